@@ -1,0 +1,119 @@
+//! Tracepoint backend, part 2: `cgroup/bind4` and `cgroup/bind6` on the cgroup-v2 root.
+//!
+//! Kernel path (checked on 6.1, 6.12, 6.18): `__sys_bind()` → `inet_bind()` / `inet6_bind()` →
+//! (6.6+: `inet_bind_sk()` / `inet6_bind_sk()`) → `BPF_CGROUP_RUN_PROG_INET{4,6}_BIND_LOCK()` →
+//! `__inet_bind()` / `__inet6_bind()` → `sk->sk_prot->get_port()`. The hook runs after the
+//! family/length checks and before the privileged-port check and port allocation, in the caller's
+//! context, with the address exactly as the kernel will use it (`user_ip4`/`user_ip6`/`user_port`)
+//! and the socket at hand, so `bpf_getsockopt()` can read its reuse options (SO_REUSEPORT from
+//! 5.13, SO_REUSEADDR from 6.1).
+//!
+//! The program only observes. It always returns 1 ("allow"): returning 0 would make the traced
+//! bind() fail with EPERM. The collector attaches it with `BPF_F_ALLOW_MULTI` so it runs beside,
+//! and never displaces, programs others attached to the same cgroup.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::bpf_getsockopt, macros::cgroup_sock_addr, programs::SockAddrContext,
+};
+use tracer_common::{AF_INET6, Syscall, flags};
+
+use crate::{
+    config::conf,
+    kernel::{current_tid, from_head, read_head},
+    maps::PENDING,
+};
+
+const ALLOW: i32 = 1;
+const SOL_SOCKET: i32 = 1;
+const SO_REUSEADDR: i32 = 2;
+const SO_REUSEPORT: i32 = 15;
+
+#[cgroup_sock_addr(bind4)]
+pub fn bind4(ctx: SockAddrContext) -> i32 {
+    let _ = observe::<false>(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn bind6(ctx: SockAddrContext) -> i32 {
+    let _ = observe::<true>(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn getsockopt_int(ctx: &SockAddrContext, level: i32, name: i32) -> Option<i32> {
+    let mut v: i32 = 0;
+    // SAFETY: the helper writes at most `optlen` bytes into `v`.
+    let r = unsafe {
+        bpf_getsockopt(
+            ctx.sock_addr.cast::<c_void>(),
+            level,
+            name,
+            (&raw mut v).cast::<c_void>(),
+            4,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+/// Fills this thread's pending bind() with what the kernel is about to act on. `V6` selects the
+/// address field: the verifier lets bind4 read only `user_ip4` and bind6 only `user_ip6`.
+#[inline(always)]
+fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
+    let ev = PENDING.get_ptr_mut(current_tid())?;
+    // SAFETY: the entry belongs to this thread, which is inside bind(); nothing else writes it.
+    let ev = unsafe { &mut *ev };
+    if ev.syscall != Syscall::Bind as u8 {
+        return None;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the program's context; every field below is readable in bind4/bind6 with a
+    // 4-byte load (the verifier rewrites these loads), and `sk` is never NULL there.
+    unsafe {
+        ev.family = (*sa).user_family as u16;
+        ev.port = u16::from_be((*sa).user_port as u16);
+        ev.addr = [0; 16];
+        if V6 {
+            let mut i = 0;
+            while i < 4 {
+                let w = core::ptr::read_volatile(&raw const (*sa).user_ip6[i]);
+                ev.addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+                i += 1;
+            }
+        } else {
+            ev.addr[..4].copy_from_slice(&(*sa).user_ip4.to_ne_bytes());
+        }
+        ev.flags |= flags::ADDR_KNOWN;
+        ev.protocol = (*sa).protocol as u16;
+        ev.sock_type = (*sa).type_ as u16;
+        ev.flags |= flags::PROTO_KNOWN;
+        let sk = (*sa).__bindgen_anon_1.sk;
+        ev.bound_dev_if = (*sk).bound_dev_if;
+        ev.flags |= flags::DEV_KNOWN;
+        // IPV6_V6ONLY is not readable through bpf_getsockopt(); copy the head of the socket (the
+        // verifier forbids offsetting a socket pointer here) and take the bit from the copy.
+        if let Some(v6only) =
+            read_head(sk as *const u8).and_then(|h| from_head(&h, conf!(kernel.skc_ipv6only)))
+        {
+            ev.flags |= flags::V6ONLY_KNOWN;
+            if v6only != 0 && ev.family == AF_INET6 {
+                ev.flags |= flags::V6ONLY;
+            }
+        }
+    }
+    if let (Some(reuseaddr), Some(reuseport)) = (
+        getsockopt_int(ctx, SOL_SOCKET, SO_REUSEADDR),
+        getsockopt_int(ctx, SOL_SOCKET, SO_REUSEPORT),
+    ) {
+        ev.flags |= flags::SOCKOPTS_KNOWN;
+        if reuseaddr != 0 {
+            ev.flags |= flags::REUSEADDR;
+        }
+        if reuseport != 0 {
+            ev.flags |= flags::REUSEPORT;
+        }
+    }
+    Some(())
+}

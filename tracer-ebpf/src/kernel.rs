@@ -1,0 +1,239 @@
+//! Reading kernel memory: the calling task and `struct sock` fields, at offsets resolved from BTF
+//! by the collector (`tracer_common::KernelOffsets`), and tracepoint fields at offsets read from
+//! tracefs. Every reader returns `None` when the offset is unknown or the read fails, so a field
+//! that moved on some kernel is reported as unknown rather than as a wrong value.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
+    },
+    programs::TracePointContext,
+};
+use tracer_common::{AF_INET, AF_INET6, FieldLoc, flags};
+
+use crate::config::conf;
+
+/// Reads the field at `loc` of the kernel object at `base`.
+#[inline(always)]
+pub fn read(base: *const u8, loc: FieldLoc) -> Option<u64> {
+    if !loc.known() || base.is_null() {
+        return None;
+    }
+    let total_bits = loc.shift as u32 + loc.bits as u32;
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
+    let raw = unsafe {
+        let p = base.add(loc.byte as usize);
+        if total_bits <= 8 {
+            bpf_probe_read_kernel(p).ok()? as u64
+        } else if total_bits <= 16 {
+            bpf_probe_read_kernel(p.cast::<u16>()).ok()? as u64
+        } else if total_bits <= 32 {
+            bpf_probe_read_kernel(p.cast::<u32>()).ok()? as u64
+        } else {
+            bpf_probe_read_kernel(p.cast::<u64>()).ok()?
+        }
+    };
+    let v = raw >> loc.shift;
+    Some(if loc.bits >= 64 {
+        v
+    } else {
+        v & ((1u64 << loc.bits) - 1)
+    })
+}
+
+/// The first bytes of `struct sock_common`, copied whole: for contexts (cgroup hooks) where the
+/// verifier forbids pointer arithmetic on the socket but allows reading from its start.
+pub const HEAD: usize = 32;
+
+#[inline(always)]
+pub fn read_head(sk: *const u8) -> Option<[u8; HEAD]> {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel(sk.cast::<[u8; HEAD]>()) }.ok()
+}
+
+/// Extracts the field at `loc` from a copied [`HEAD`] (only fields lying inside it).
+#[inline(always)]
+pub fn from_head(head: &[u8; HEAD], loc: FieldLoc) -> Option<u64> {
+    let start = loc.byte as usize;
+    let total_bits = loc.shift as usize + loc.bits as usize;
+    if !loc.known() || total_bits > 32 || start + 4 > HEAD {
+        return None;
+    }
+    let raw = u32::from_le_bytes([
+        head[start],
+        head[start + 1],
+        head[start + 2],
+        head[start + 3],
+    ]);
+    let v = (raw >> loc.shift) as u64;
+    Some(if loc.bits >= 32 {
+        v
+    } else {
+        v & ((1u64 << loc.bits) - 1)
+    })
+}
+
+#[inline(always)]
+pub fn read_ptr(base: *const u8, loc: FieldLoc) -> Option<*const u8> {
+    read(base, loc)
+        .map(|v| v as *const u8)
+        .filter(|p| !p.is_null())
+}
+
+/// Reads `N` bytes (an address) at `loc` of the object at `base`.
+#[inline(always)]
+pub fn read_bytes<const N: usize>(base: *const u8, loc: FieldLoc) -> Option<[u8; N]> {
+    if !loc.known() || base.is_null() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel_buf(base.add(loc.byte as usize), &mut out).ok()? };
+    Some(out)
+}
+
+/// Reads a whole tracepoint field (8, 16, 32 or 64 bits wide).
+#[inline(always)]
+pub fn tp_read(ctx: &TracePointContext, loc: FieldLoc) -> Option<u64> {
+    if !loc.known() {
+        return None;
+    }
+    let off = loc.byte as usize;
+    // SAFETY: the offsets come from this kernel's tracefs format file.
+    unsafe {
+        match loc.bits {
+            8 => ctx.read_at::<u8>(off).ok().map(u64::from),
+            16 => ctx.read_at::<u16>(off).ok().map(u64::from),
+            32 => ctx.read_at::<u32>(off).ok().map(u64::from),
+            64 => ctx.read_at::<u64>(off).ok(),
+            _ => None,
+        }
+    }
+}
+
+#[inline(always)]
+pub fn tp_bytes<const N: usize>(ctx: &TracePointContext, loc: FieldLoc) -> Option<[u8; N]> {
+    if !loc.known() {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { ctx.read_at::<[u8; N]>(loc.byte as usize).ok() }
+}
+
+/// The inode number of a `struct net`.
+#[inline(always)]
+pub fn net_inum(net: *const u8) -> u32 {
+    read(net, conf!(kernel.net_inum)).unwrap_or(0) as u32
+}
+
+/// The network namespace (inode number) of the current task, 0 if unreadable.
+#[inline(always)]
+pub fn current_netns() -> u32 {
+    // SAFETY: a helper without arguments.
+    let task = unsafe { generated::bpf_get_current_task() } as *const u8;
+    read_ptr(task, conf!(kernel.task_nsproxy))
+        .and_then(|nsproxy| read_ptr(nsproxy, conf!(kernel.nsproxy_net_ns)))
+        .map_or(0, net_inum)
+}
+
+/// Who is running: filled into events and owner records.
+pub struct Caller {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+#[inline(always)]
+pub fn caller() -> Caller {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    Caller {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        // SAFETY: a helper without arguments.
+        cgroup_id: unsafe { generated::bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+pub fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// What the programs need to know about a `struct sock` (or `inet_timewait_sock`: both start with
+/// `struct sock_common`).
+#[derive(Clone, Copy)]
+pub struct SockView {
+    pub family: u16,
+    pub state: u8,
+    pub port: u16,
+    pub addr: [u8; 16],
+    pub bound_dev_if: u32,
+    /// `tracer_common::flags` bits, with the `*_KNOWN` bits for what could be read.
+    pub flags: u16,
+    pub protocol: u16,
+    pub sock_type: u16,
+    pub netns: u32,
+}
+
+/// Reads `sk`'s socket options and identity. Fields that cannot be read stay zero and their
+/// `*_KNOWN` bit stays clear.
+#[inline(always)]
+pub fn sock_view(sk: *const u8) -> SockView {
+    let mut v = SockView {
+        family: read(sk, conf!(kernel.skc_family)).unwrap_or(0) as u16,
+        state: read(sk, conf!(kernel.skc_state)).unwrap_or(0) as u8,
+        port: read(sk, conf!(kernel.skc_num)).unwrap_or(0) as u16,
+        addr: [0; 16],
+        bound_dev_if: 0,
+        flags: 0,
+        protocol: 0,
+        sock_type: 0,
+        netns: read_ptr(sk, conf!(kernel.skc_net)).map_or(0, net_inum),
+    };
+    if v.family == AF_INET6 {
+        v.addr = read_bytes::<16>(sk, conf!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+    } else if v.family == AF_INET
+        && let Some(a) = read_bytes::<4>(sk, conf!(kernel.skc_rcv_saddr))
+    {
+        v.addr[..4].copy_from_slice(&a);
+    }
+    if let (Some(reuse), Some(reuseport)) = (
+        read(sk, conf!(kernel.skc_reuse)),
+        read(sk, conf!(kernel.skc_reuseport)),
+    ) {
+        v.flags |= flags::SOCKOPTS_KNOWN;
+        if reuse != 0 {
+            v.flags |= flags::REUSEADDR;
+        }
+        if reuseport != 0 {
+            v.flags |= flags::REUSEPORT;
+        }
+    }
+    if let Some(v6only) = read(sk, conf!(kernel.skc_ipv6only)) {
+        v.flags |= flags::V6ONLY_KNOWN;
+        if v6only != 0 && v.family == AF_INET6 {
+            v.flags |= flags::V6ONLY;
+        }
+    }
+    if let Some(dev) = read(sk, conf!(kernel.skc_bound_dev_if)) {
+        v.bound_dev_if = dev as u32;
+        v.flags |= flags::DEV_KNOWN;
+    }
+    if let (Some(proto), Some(ty)) = (
+        read(sk, conf!(kernel.sk_protocol)),
+        read(sk, conf!(kernel.sk_type)),
+    ) {
+        v.protocol = proto as u16;
+        v.sock_type = ty as u16;
+        v.flags |= flags::PROTO_KNOWN;
+    }
+    v
+}

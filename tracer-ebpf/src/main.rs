@@ -1,0 +1,26 @@
+//! bindtrace's kernel programs.
+//!
+//! One module per hook family; each program is a thin wrapper around a `try_*` function.
+//! Nothing here may change what the traced program sees: tracepoints cannot, and the cgroup hooks
+//! always return "allow".
+#![no_std]
+#![no_main]
+
+mod cgroup_bind;
+mod config;
+mod kernel;
+mod maps;
+mod report;
+mod sock_state;
+mod syscalls;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this; it exists to satisfy `no_std`.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,32 @@
+//! Maps shared by all programs. Sizes here are defaults; the collector may override them at load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{BindEvent, HistoryKey, Owner, counter};
+
+/// Failure (and, with `--all`, success) records for the collector.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Per-CPU counters (`tracer_common::counter`): records dropped, history writes failed, failures
+/// seen. Summed by the collector, so a full ring buffer never loses events silently.
+#[map(name = "LOST")]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// A syscall in flight, keyed by thread id: built up at entry (and by the hooks that run inside
+/// the syscall), reported at exit. LRU so that a thread killed mid-syscall cannot leak an entry.
+#[map(name = "PENDING")]
+pub static PENDING: LruHashMap<u32, BindEvent> = LruHashMap::with_max_entries(16 * 1024, 0);
+
+/// Who last held a port: (netns, port, protocol, role) → owner. This is what names the process
+/// behind a TIME-WAIT socket long after it exited.
+#[map(name = "HISTORY")]
+pub static HISTORY: LruHashMap<HistoryKey, Owner> = LruHashMap::with_max_entries(32 * 1024, 0);
+
+/// Outgoing TCP connections between `connect()` (CLOSE→SYN_SENT, in the caller's context, source
+/// port maybe not chosen yet) and SYN_SENT→ESTABLISHED (any context, port known), keyed by the
+/// socket's address.
+#[map(name = "CONNECTING")]
+pub static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(16 * 1024, 0);

@@ -1,0 +1,165 @@
+//! `sock:inet_sock_set_state` (4.16+; `TP_PROTO(const struct sock *sk, const int oldstate,
+//! const int newstate)`, fired from `inet_sk_set_state()`/`inet_sk_state_store()`; checked on 6.1,
+//! 6.12, 6.18). Attached by every backend: it is how owners of outgoing connections are
+//! remembered, so that a TIME-WAIT socket left by a process that has since exited still has a name.
+//!
+//! - CLOSE→SYN_SENT runs in `tcp_v4_connect()`/`tcp_v6_connect()`, in the connecting process,
+//!   before the source port is chosen: remember the process against the socket's address.
+//! - SYN_SENT→ESTABLISHED runs in softirq (any process): the source port is now known; move the
+//!   remembered owner into `HISTORY` under (netns, port).
+//! - CLOSE→LISTEN runs in `inet_csk_listen_start()` inside listen(), before `get_port()` re-checks
+//!   the port: fill in the pending listen() with the socket's address and options.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use tracer_common::{AF_INET6, HistoryKey, IPPROTO_TCP, Owner, Role, Syscall, flags, tcp_state};
+
+use crate::{
+    config::conf,
+    kernel::{self, SockView, current_tid, sock_view, tp_bytes, tp_read},
+    maps::{CONNECTING, PENDING},
+    report::remember,
+};
+
+const SOCK_STREAM: u16 = 1;
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+    if tp_read(ctx, conf!(tp.ss_protocol))? as u16 != IPPROTO_TCP {
+        return None;
+    }
+    let old = tp_read(ctx, conf!(tp.ss_oldstate))? as u8;
+    let new = tp_read(ctx, conf!(tp.ss_newstate))? as u8;
+    let sk = tp_read(ctx, conf!(tp.ss_skaddr))?;
+    match (old, new) {
+        (tcp_state::CLOSE, tcp_state::LISTEN) => on_listen(ctx, sk),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(sk),
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_established(ctx, sk),
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) => CONNECTING.remove(sk).ok(),
+        _ => None,
+    }
+}
+
+/// The local address as the tracepoint reports it.
+#[inline(always)]
+fn tp_local(ctx: &TracePointContext, family: u16) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    if family == AF_INET6 {
+        addr = tp_bytes::<16>(ctx, conf!(tp.ss_saddr_v6)).unwrap_or([0; 16]);
+    } else if let Some(a) = tp_bytes::<4>(ctx, conf!(tp.ss_saddr)) {
+        addr[..4].copy_from_slice(&a);
+    }
+    addr
+}
+
+#[inline(always)]
+fn tp_remote(ctx: &TracePointContext, family: u16) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    if family == AF_INET6 {
+        addr = tp_bytes::<16>(ctx, conf!(tp.ss_daddr_v6)).unwrap_or([0; 16]);
+    } else if let Some(a) = tp_bytes::<4>(ctx, conf!(tp.ss_daddr)) {
+        addr[..4].copy_from_slice(&a);
+    }
+    addr
+}
+
+/// Options of the socket as flags, plus the bits saying they are TCP and known.
+#[inline(always)]
+fn stream_flags(view: &SockView) -> u16 {
+    (view.flags
+        & (flags::REUSEADDR
+            | flags::REUSEPORT
+            | flags::V6ONLY
+            | flags::SOCKOPTS_KNOWN
+            | flags::V6ONLY_KNOWN
+            | flags::DEV_KNOWN))
+        | flags::PROTO_KNOWN
+}
+
+#[inline(always)]
+fn on_listen(ctx: &TracePointContext, sk: u64) -> Option<()> {
+    let ev = PENDING.get_ptr_mut(current_tid())?;
+    // SAFETY: this thread's entry; it is inside listen().
+    let ev = unsafe { &mut *ev };
+    if ev.syscall != Syscall::Listen as u8 {
+        return None;
+    }
+    let view = sock_view(sk as *const u8);
+    ev.family = tp_read(ctx, conf!(tp.ss_family))? as u16;
+    ev.port = tp_read(ctx, conf!(tp.ss_sport))? as u16;
+    ev.addr = tp_local(ctx, ev.family);
+    ev.protocol = IPPROTO_TCP;
+    ev.sock_type = SOCK_STREAM;
+    ev.bound_dev_if = view.bound_dev_if;
+    ev.netns = view.netns;
+    ev.flags |= stream_flags(&view) | flags::ADDR_KNOWN;
+    Some(())
+}
+
+#[inline(always)]
+fn on_connect(sk: u64) -> Option<()> {
+    let c = kernel::caller();
+    let view = sock_view(sk as *const u8);
+    let owner = Owner {
+        // SAFETY: a helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: c.cgroup_id,
+        pid: c.pid,
+        uid: c.uid,
+        comm: c.comm,
+        local_addr: view.addr,
+        remote_addr: [0; 16],
+        remote_port: 0,
+        family: view.family,
+        flags: stream_flags(&view),
+        role: Role::Connected as u8,
+        _pad: 0,
+    };
+    let _ = CONNECTING.insert(sk, owner, 0);
+
+    // A connect() in flight on this thread: it is a TCP one; note the socket's own address/options.
+    if let Some(ev) = PENDING.get_ptr_mut(c.tid) {
+        // SAFETY: this thread's entry; it is inside connect().
+        let ev = unsafe { &mut *ev };
+        if ev.syscall == Syscall::Connect as u8 {
+            ev.protocol = IPPROTO_TCP;
+            ev.sock_type = SOCK_STREAM;
+            ev.addr = view.addr;
+            ev.port = view.port;
+            ev.bound_dev_if = view.bound_dev_if;
+            ev.netns = view.netns;
+            ev.flags |= stream_flags(&view) | flags::ADDR_KNOWN;
+        }
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn on_established(ctx: &TracePointContext, sk: u64) -> Option<()> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let mut owner = unsafe { *CONNECTING.get(sk)? };
+    let _ = CONNECTING.remove(sk);
+    let family = tp_read(ctx, conf!(tp.ss_family))? as u16;
+    owner.family = family;
+    owner.local_addr = tp_local(ctx, family);
+    owner.remote_addr = tp_remote(ctx, family);
+    owner.remote_port = tp_read(ctx, conf!(tp.ss_dport))? as u16;
+    let key = HistoryKey {
+        netns: sock_view_netns(sk),
+        port: tp_read(ctx, conf!(tp.ss_sport))? as u16,
+        protocol: IPPROTO_TCP as u8,
+        role: Role::Connected as u8,
+    };
+    remember(&key, &owner);
+    Some(())
+}
+
+#[inline(always)]
+fn sock_view_netns(sk: u64) -> u32 {
+    kernel::read_ptr(sk as *const u8, conf!(kernel.skc_net)).map_or(0, kernel::net_inum)
+}

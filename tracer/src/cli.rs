@@ -1,0 +1,198 @@
+//! Command-line interface. `--help` is documentation: keep the texts exact.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{backend::BackendChoice, output::OutputFormat};
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+  Watch every failing bind()/listen() on the host:
+      sudo bindtrace watch
+  Only port 8080, as JSON lines:
+      sudo bindtrace watch --port 8080 --output json
+  Also show successful binds of one process:
+      sudo bindtrace watch --all --pid 4242";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bindtrace",
+    version,
+    about = "Catches bind()/listen() failures (\"Address already in use\" and its relatives) \
+             as they happen, and says who failed, on what, and who held the port.",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace failing bind(), listen() and connect() calls on this host, live.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Also report successful bind() and listen() calls (failures only by default).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Which kernel hooks to use; `auto` picks the best this kernel offers.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Kernel BTF to read struct offsets from (default: /sys/kernel/btf/vmlinux).
+    #[arg(long, value_name = "FILE")]
+    pub kernel_btf: Option<PathBuf>,
+
+    /// Write this file once every probe is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub ready_file: Option<PathBuf>,
+
+    /// Have the kernel programs log their decisions (verbose; for debugging bindtrace itself).
+    #[arg(long, hide = true)]
+    pub debug_ebpf: bool,
+}
+
+/// Which events to report. Applied in the kernel.
+#[derive(Debug, Default, Clone, Args)]
+#[command(next_help_heading = "Filters")]
+pub struct FilterArgs {
+    /// Only this local port (for connect(): also the destination port).
+    #[arg(long, value_parser = parse_port)]
+    pub port: Option<u16>,
+
+    /// Only this process (thread-group id).
+    #[arg(long, value_parser = parse_pid)]
+    pub pid: Option<u32>,
+
+    /// Only processes with this command name (as in /proc/PID/comm, at most 15 bytes).
+    #[arg(long, value_parser = parse_comm)]
+    pub comm: Option<String>,
+}
+
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("port 0 means \"any port\"; give a port from 1 to 65535".to_string()),
+        Ok(p) if p <= 65535 => Ok(p as u16),
+        Ok(p) => Err(format!("port {p} is out of range (1-65535)")),
+        Err(_) => Err(format!("{s:?} is not a port number (1-65535)")),
+    }
+}
+
+pub fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("pid 0 is not a process".to_string()),
+        Ok(p) if p <= 4_194_304 => Ok(p),
+        Ok(p) => Err(format!("pid {p} is above the kernel's maximum (4194304)")),
+        Err(_) => Err(format!("{s:?} is not a process id")),
+    }
+}
+
+pub fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the command name is empty".to_string());
+    }
+    if s.len() > 15 {
+        return Err(format!(
+            "{s:?} is {} bytes; the kernel keeps only 15 bytes of a command name \
+             (use {:?})",
+            s.len(),
+            truncate_comm(s)
+        ));
+    }
+    if s.contains('\0') {
+        return Err("the command name contains a NUL byte".to_string());
+    }
+    Ok(s.to_string())
+}
+
+fn truncate_comm(s: &str) -> &str {
+    let mut end = 15;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl FilterArgs {
+    /// The comm filter as the kernel compares it.
+    pub fn comm_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        if let Some(c) = &self.comm {
+            out[..c.len()].copy_from_slice(c.as_bytes());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ports_are_validated() {
+        assert_eq!(parse_port("8080"), Ok(8080));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        assert!(parse_port("0").unwrap_err().contains("1 to 65535"));
+        assert!(parse_port("65536").unwrap_err().contains("out of range"));
+        assert!(parse_port("http").unwrap_err().contains("not a port"));
+    }
+
+    #[test]
+    fn pids_and_comms_are_validated() {
+        assert_eq!(parse_pid("1"), Ok(1));
+        assert!(parse_pid("0").is_err());
+        assert!(parse_pid("-3").is_err());
+        assert_eq!(parse_comm("java"), Ok("java".into()));
+        let long = parse_comm("a-very-long-process-name").unwrap_err();
+        assert!(long.contains("\"a-very-long-pro\""), "{long}");
+        let f = FilterArgs {
+            comm: Some("java".into()),
+            ..FilterArgs::default()
+        };
+        assert_eq!(&f.comm_bytes()[..5], b"java\0");
+    }
+
+    #[test]
+    fn watch_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "bindtrace",
+            "watch",
+            "--port",
+            "8080",
+            "--pid",
+            "7",
+            "--comm",
+            "java",
+            "--output",
+            "json",
+            "--all",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command;
+        assert_eq!(w.filters.port, Some(8080));
+        assert_eq!(w.filters.pid, Some(7));
+        assert_eq!(w.output, OutputFormat::Json);
+        assert!(w.all);
+        assert!(Cli::try_parse_from(["bindtrace", "watch", "--port", "0"]).is_err());
+        assert!(Cli::try_parse_from(["bindtrace", "watch", "--backend", "magic"]).is_err());
+    }
+}

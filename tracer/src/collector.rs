@@ -1,0 +1,137 @@
+//! Reads the kernel's ring buffer without busy polling (epoll via tokio's `AsyncFd`), decodes each
+//! record into an [`Event`] and hands it to a [`Sink`]. Also watches the kernel's counters so
+//! records the ring buffer had no room for are reported, never silently dropped.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use tokio::io::{Interest, unix::AsyncFd};
+use tracer_common::{counter, names};
+
+use crate::event::{self, Event};
+
+/// Where decoded events go.
+pub trait Sink {
+    fn event(&mut self, ev: Event) -> Result<()>;
+    /// `lost` records were dropped in the kernel since the last call (`lost_total` since start).
+    fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> Result<()>;
+}
+
+/// What a run saw, for the summary at exit.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub failures: u64,
+    /// Records dropped in the kernel because the ring buffer was full.
+    pub lost: u64,
+    /// Records that did not decode (counted, skipped).
+    pub corrupt: u64,
+    /// Failures the kernel saw and meant to send (reported + lost).
+    pub failures_seen: u64,
+}
+
+/// Registers an fd-owning object with tokio's reactor for readability.
+///
+/// Only for objects that own their descriptor for their whole life (aya's maps and loggers do:
+/// they close it on drop and never swap it), which is what tokio requires.
+pub fn readable<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: see above: the descriptor stays open and the same until `inner` is dropped, which
+    // happens only with the AsyncFd.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+pub struct Collector {
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    stats: Stats,
+}
+
+impl Collector {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        let ring = RingBuf::try_from(
+            ebpf.take_map(names::EVENTS)
+                .ok_or_else(|| anyhow!("map {} missing", names::EVENTS))?,
+        )?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(names::LOST)
+                .ok_or_else(|| anyhow!("map {} missing", names::LOST))?,
+        )?;
+        Ok(Self {
+            ring: readable(ring).context("registering the ring buffer with epoll")?,
+            counters,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Sum over CPUs of one kernel counter.
+    pub fn kernel_counter(&self, index: u32) -> u64 {
+        self.counters.get(&index, 0).map_or(0, |v| v.iter().sum())
+    }
+
+    fn drain(&mut self, sink: &mut dyn Sink) -> Result<()> {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match event::decode(&item) {
+                Ok((kind, raw)) => {
+                    let ev = Event::from_raw(kind, &raw, event::monotonic_to_wall);
+                    self.stats.events += 1;
+                    if ev.is_failure() {
+                        self.stats.failures += 1;
+                    }
+                    drop(item);
+                    sink.event(ev)?;
+                }
+                Err(e) => {
+                    self.stats.corrupt += 1;
+                    if self.stats.corrupt == 1 {
+                        log::warn!("skipping a ring-buffer record that does not decode: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_lost(&mut self, sink: &mut dyn Sink) -> Result<()> {
+        let total = self.kernel_counter(counter::RINGBUF_FULL);
+        self.stats.failures_seen = self.kernel_counter(counter::FAILURES_SEEN);
+        if total > self.stats.lost {
+            let new = total - self.stats.lost;
+            self.stats.lost = total;
+            let now = event::rfc3339(event::monotonic_to_wall(event::monotonic_now()));
+            sink.lost(&now, new, total)?;
+        }
+        Ok(())
+    }
+
+    /// Runs until `shutdown` completes, then drains what is left and returns the statistics.
+    pub async fn run(
+        mut self,
+        sink: &mut dyn Sink,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Stats> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ready = self.ring.readable_mut() => {
+                    let mut guard = ready.context("waiting on the ring buffer")?;
+                    guard.clear_ready();
+                    drop(guard);
+                    self.drain(sink)?;
+                }
+                _ = tick.tick() => self.check_lost(sink)?,
+                () = &mut shutdown => break,
+            }
+        }
+        self.drain(sink)?;
+        self.check_lost(sink)?;
+        Ok(self.stats)
+    }
+}

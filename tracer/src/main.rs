@@ -1,0 +1,125 @@
+//! bindtrace: catches bind()/listen() failures as they happen and says who failed, on what, who
+//! held the port and why.
+
+mod backend;
+mod btf;
+mod cli;
+mod collector;
+mod errno;
+mod event;
+mod host;
+mod output;
+mod tracefs;
+
+use std::{fs, path::Path, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::Parser as _;
+use tracer_common::Config;
+
+use crate::{
+    cli::{Cli, Command, WatchArgs},
+    collector::Collector,
+    output::Renderer,
+};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bindtrace: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Watch(args) => watch(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bindtrace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers the default action (exit) still applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Writes `contents` to `path` atomically, so a reader never sees half of it.
+fn write_atomically(path: &Path, contents: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+async fn watch(args: WatchArgs) -> Result<()> {
+    let config = Config {
+        filter_pid: args.filters.pid.unwrap_or(0),
+        filter_port: args.filters.port.unwrap_or(0),
+        filter_comm: args.filters.comm_bytes(),
+        self_pid: std::process::id(),
+        report_success: u8::from(args.all),
+        debug: u8::from(args.debug_ebpf),
+        ..Config::default()
+    };
+    let mut tracer = backend::start(backend::Settings {
+        choice: args.backend,
+        kernel_btf: args.kernel_btf.clone(),
+        config,
+    })?;
+    for note in &tracer.notes {
+        eprintln!("bindtrace: note: {note}");
+    }
+    if args.debug_ebpf {
+        match aya_log::EbpfLogger::init(&mut tracer.ebpf) {
+            Ok(logger) => {
+                let mut logger = collector::readable(logger)?;
+                tokio::spawn(async move {
+                    while let Ok(mut guard) = logger.readable_mut().await {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                });
+            }
+            Err(e) => eprintln!("bindtrace: note: eBPF logging unavailable: {e}"),
+        }
+    }
+    let collector = Collector::new(&mut tracer.ebpf)?;
+    if let Some(path) = &args.ready_file {
+        write_atomically(path, &format!("{}\n", tracer.backend.as_str()))?;
+    }
+    eprintln!(
+        "bindtrace: tracing bind()/listen() failures with the {} backend (Ctrl-C to stop)",
+        tracer.backend.as_str()
+    );
+    let mut renderer = Renderer::stdout(args.output);
+    let stats = collector.run(&mut renderer, shutdown_signal()).await?;
+    eprintln!(
+        "bindtrace: {} failure(s) reported, {} event(s) lost, {} record(s) unreadable",
+        stats.failures, stats.lost, stats.corrupt
+    );
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The one place that renders what bindtrace reports: a human line per event (`text`) or one JSON
+//! object per line (`json`).
+//!
+//! Process names and paths come from other users' processes: in text output every control or
+//! non-printable character is shown as `\xNN`, so a crafted `comm` cannot forge lines or colours.
+//! JSON output is escaped by serde_json.
+
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+};
+
+use serde::Serialize;
+
+use crate::{
+    collector::Sink,
+    event::{Event, SyscallName, endpoint},
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (the schema is in the README).
+    Json,
+}
+
+/// Makes untrusted text safe to print on a terminal.
+pub fn sanitize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' || c == '\u{feff}' {
+            for b in c.to_string().bytes() {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A notice that is not an event: lost records, for instance.
+#[derive(Serialize)]
+struct LostNotice<'a> {
+    time: &'a str,
+    event: &'static str,
+    /// Records lost since the previous notice.
+    lost: u64,
+    /// Records lost since start.
+    lost_total: u64,
+    reason: &'static str,
+}
+
+pub struct Renderer {
+    format: OutputFormat,
+    out: Box<dyn Write + Send>,
+}
+
+impl Renderer {
+    pub fn new(format: OutputFormat, out: Box<dyn Write + Send>) -> Self {
+        Self { format, out }
+    }
+
+    pub fn stdout(format: OutputFormat) -> Self {
+        Self::new(format, Box::new(io::stdout()))
+    }
+
+    pub fn event(&mut self, ev: &Event) -> io::Result<()> {
+        match self.format {
+            OutputFormat::Json => {
+                serde_json::to_writer(&mut self.out, ev)?;
+                self.out.write_all(b"\n")?;
+            }
+            OutputFormat::Text => {
+                let line = text_line(ev);
+                self.out.write_all(line.as_bytes())?;
+            }
+        }
+        self.out.flush()
+    }
+
+    /// Reports records the kernel could not hand over (ring buffer full).
+    pub fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> io::Result<()> {
+        match self.format {
+            OutputFormat::Json => {
+                let n = LostNotice {
+                    time,
+                    event: "events_lost",
+                    lost,
+                    lost_total,
+                    reason: "ring buffer full",
+                };
+                serde_json::to_writer(&mut self.out, &n)?;
+                self.out.write_all(b"\n")?;
+            }
+            OutputFormat::Text => writeln!(
+                self.out,
+                "{time} LOST {lost} event(s): the ring buffer was full ({lost_total} lost since start)"
+            )?,
+        }
+        self.out.flush()
+    }
+}
+
+impl Sink for Renderer {
+    fn event(&mut self, ev: Event) -> anyhow::Result<()> {
+        Ok(Renderer::event(self, &ev)?)
+    }
+    fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> anyhow::Result<()> {
+        Ok(Renderer::lost(self, time, lost, lost_total)?)
+    }
+}
+
+fn options(ev: &Event) -> String {
+    if !ev.options_known {
+        return "options unknown".to_string();
+    }
+    let mut v = Vec::new();
+    if ev.reuseaddr {
+        v.push("SO_REUSEADDR");
+    }
+    if ev.reuseport {
+        v.push("SO_REUSEPORT");
+    }
+    if ev.v6only == Some(true) {
+        v.push("IPV6_V6ONLY");
+    }
+    if v.is_empty() {
+        "no SO_REUSEADDR/SO_REUSEPORT".to_string()
+    } else {
+        v.join(",")
+    }
+}
+
+/// `2026-11-25T15:41:07.123456789Z EADDRINUSE bind tcp 0.0.0.0:8080 by python3[4242] uid=0 ...`
+pub fn text_line(ev: &Event) -> String {
+    let what = match ev.syscall {
+        SyscallName::Connect => format!(
+            "connect {} to {} (from {})",
+            ev.protocol,
+            endpoint(
+                ev.remote_addr.as_deref().unwrap_or("?"),
+                ev.remote_port.unwrap_or(0)
+            ),
+            ev.local()
+        ),
+        s => format!("{} {} {}", s.as_str(), ev.protocol, ev.local()),
+    };
+    let mut line = format!(
+        "{} {} ({}) {} by {}[{}] uid={} {} netns={}",
+        ev.time,
+        ev.error,
+        crate::errno::text(ev.errno),
+        what,
+        sanitize(&ev.comm),
+        ev.pid,
+        ev.uid,
+        options(ev),
+        ev.netns,
+    );
+    if ev.bound_dev_if != 0 {
+        let _ = write!(line, " dev={}", ev.bound_dev_if);
+    }
+    line.push('\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{BackendName, EventName};
+
+    pub(crate) fn event() -> Event {
+        Event {
+            time: "2026-11-25T15:41:07.000000001Z".into(),
+            event: EventName::BindFailure,
+            syscall: SyscallName::Bind,
+            errno: 98,
+            error: "EADDRINUSE".into(),
+            pid: 42,
+            tid: 42,
+            comm: "java".into(),
+            uid: 0,
+            gid: 0,
+            netns: 4_026_531_840,
+            cgroup_id: 1,
+            family: "ipv6".into(),
+            protocol: "tcp".into(),
+            addr: "::".into(),
+            port: 8080,
+            remote_addr: None,
+            remote_port: None,
+            reuseaddr: true,
+            reuseport: false,
+            v6only: Some(false),
+            options_known: true,
+            bound_dev_if: 0,
+            backend: BackendName::Tracepoint,
+        }
+    }
+
+    #[test]
+    fn text_line_names_everything() {
+        let line = text_line(&event());
+        assert_eq!(
+            line,
+            "2026-11-25T15:41:07.000000001Z EADDRINUSE (Address already in use) bind tcp \
+             [::]:8080 by java[42] uid=0 SO_REUSEADDR netns=4026531840\n"
+        );
+    }
+
+    #[test]
+    fn hostile_comm_cannot_forge_lines_or_colours() {
+        let mut ev = event();
+        ev.comm = "x\n2026 EADDRINUSE\x1b[31m".into();
+        let line = text_line(&ev);
+        assert_eq!(
+            line.matches('\n').count(),
+            1,
+            "one line per event: {line:?}"
+        );
+        assert!(
+            !line.contains('\x1b'),
+            "no escape byte reaches the terminal: {line:?}"
+        );
+        assert!(line.contains("x\\x0a2026 EADDRINUSE\\x1b[31m"));
+
+        let mut out = Vec::new();
+        serde_json::to_writer(&mut out, &ev).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            !s.contains('\n') && !s.contains('\x1b'),
+            "JSON escapes them: {s}"
+        );
+        let back: Event = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.comm, ev.comm);
+    }
+}

@@ -1,0 +1,170 @@
+//! tracefs: mounting it when the host did not, and reading tracepoint field offsets from the
+//! `format` files (they differ between kernels: `inet_sock_set_state.protocol` is a `u8` on 5.4 and
+//! a `u16` from 5.10).
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use tracer_common::{FieldLoc, TracepointOffsets};
+
+const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// Returns tracefs' mount point, mounting it on `/sys/kernel/tracing` if needed.
+pub fn ensure_mounted() -> Result<PathBuf> {
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    let target = Path::new(CANDIDATES[0]);
+    let src = CString::new("tracefs")?;
+    let dst = CString::new(CANDIDATES[0])?;
+    // SAFETY: plain mount(2) with valid C strings and no data.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!(
+            "tracefs is not mounted and mounting it on {} failed: {e} \
+             (run as root, or mount it yourself: mount -t tracefs tracefs {})",
+            target.display(),
+            target.display()
+        );
+    }
+    log::info!("mounted tracefs on {}", target.display());
+    find().ok_or_else(|| anyhow!("mounted tracefs but {}/events is missing", target.display()))
+}
+
+/// tracefs' mount point, if mounted.
+pub fn find() -> Option<PathBuf> {
+    CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("events").is_dir())
+}
+
+/// Field name → location, parsed from a tracepoint `format` file.
+pub fn parse_format(text: &str) -> HashMap<String, FieldLoc> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let mut decl = None;
+        let mut offset = None;
+        let mut size = None;
+        for (i, part) in rest.split(';').enumerate() {
+            let part = part.trim();
+            if i == 0 {
+                decl = Some(part);
+            } else if let Some(v) = part.strip_prefix("offset:") {
+                offset = v.parse::<u16>().ok();
+            } else if let Some(v) = part.strip_prefix("size:") {
+                size = v.parse::<u16>().ok();
+            }
+        }
+        let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) else {
+            continue;
+        };
+        // "const void * skaddr", "__u8 saddr[4]": the name is the last word, minus any "[N]".
+        let Some(name) = decl.rsplit([' ', '*']).next() else {
+            continue;
+        };
+        let name = name.split('[').next().unwrap_or(name);
+        // FieldLoc holds at most 255 bits; nothing read here is wider than an IPv6 address.
+        if size == 0 || size > 31 {
+            continue;
+        }
+        out.insert(name.to_string(), FieldLoc::at(offset, size as u8));
+    }
+    out
+}
+
+/// Fields of one tracepoint.
+pub fn format(root: &Path, category: &str, name: &str) -> Result<HashMap<String, FieldLoc>> {
+    let path = root.join("events").join(category).join(name).join("format");
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "tracepoint {category}:{name} is not available ({})",
+            path.display()
+        )
+    })?;
+    Ok(parse_format(&text))
+}
+
+fn need(fields: &HashMap<String, FieldLoc>, tp: &str, name: &str) -> Result<FieldLoc> {
+    fields
+        .get(name)
+        .copied()
+        .ok_or_else(|| anyhow!("tracepoint {tp} has no field {name}"))
+}
+
+/// Byte arrays (addresses) are read whole, not as integers: keep their offset, mark them known.
+fn array(fields: &HashMap<String, FieldLoc>, tp: &str, name: &str) -> Result<FieldLoc> {
+    let f = need(fields, tp, name)?;
+    Ok(FieldLoc::at(f.byte, 8))
+}
+
+/// Offsets of the syscall tracepoints' arguments and of `sock:inet_sock_set_state`.
+pub fn offsets(root: &Path) -> Result<TracepointOffsets> {
+    let enter = format(root, "syscalls", "sys_enter_bind")?;
+    let exit = format(root, "syscalls", "sys_exit_bind")?;
+    let ss = format(root, "sock", "inet_sock_set_state")?;
+    let e = "syscalls:sys_enter_bind";
+    let s = "sock:inet_sock_set_state";
+    Ok(TracepointOffsets {
+        sys_arg0: need(&enter, e, "fd")?,
+        sys_arg1: need(&enter, e, "umyaddr")?,
+        sys_arg2: need(&enter, e, "addrlen")?,
+        sys_ret: need(&exit, "syscalls:sys_exit_bind", "ret")?,
+        ss_skaddr: need(&ss, s, "skaddr")?,
+        ss_oldstate: need(&ss, s, "oldstate")?,
+        ss_newstate: need(&ss, s, "newstate")?,
+        ss_sport: need(&ss, s, "sport")?,
+        ss_dport: need(&ss, s, "dport")?,
+        ss_family: need(&ss, s, "family")?,
+        ss_protocol: need(&ss, s, "protocol")?,
+        ss_saddr: array(&ss, s, "saddr")?,
+        ss_daddr: array(&ss, s, "daddr")?,
+        ss_saddr_v6: array(&ss, s, "saddr_v6")?,
+        ss_daddr_v6: array(&ss, s, "daddr_v6")?,
+        _pad: FieldLoc::NONE,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SET_STATE_5_4: &str = "name: inet_sock_set_state
+ID: 1234
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u8 protocol;\toffset:30;\tsize:1;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:31;\tsize:4;\tsigned:0;
+";
+
+    #[test]
+    fn parses_pointer_array_and_narrow_fields() {
+        let f = parse_format(SET_STATE_5_4);
+        assert_eq!(f["skaddr"], FieldLoc::at(8, 8));
+        assert_eq!(f["oldstate"], FieldLoc::at(16, 4));
+        assert_eq!(f["protocol"], FieldLoc::at(30, 1), "5.4's u8 protocol");
+        assert_eq!(f["saddr"].byte, 31);
+        assert!(!f.contains_key("format"));
+    }
+}
