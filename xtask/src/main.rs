@@ -1,1 +1,51 @@
-fn main() {}
+//! Project tasks cargo alone cannot do: tool set-up, running the tracer as root, the test tiers
+//! (including VMs booting other kernels) and benchmarks.
+//!
+//!     cargo xtask setup            install what building and testing need (idempotent)
+//!     cargo xtask run [-- ARGS]    set up, build, run `bindtrace watch ARGS` as root
+//!     cargo xtask test             set up, then every test tier this machine can run
+
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "bindtrace's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and packages needed to build and test (idempotent).
+    Setup,
+    /// Set up, build (release) and run `bindtrace watch` with ARGS, as root.
+    Run {
+        /// Arguments for `bindtrace watch` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test tier this machine can run.
+    Test(test::TestArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    util::extend_path();
+    match cli.task {
+        Task::Setup => setup::all(),
+        Task::Run { args } => {
+            setup::build_tools()?;
+            util::cargo(&["build", "--release", "--package", "tracer"])?;
+            let bin = util::root().join("target/release/bindtrace");
+            let mut cmd = util::as_root(&bin);
+            cmd.arg("watch").args(&args);
+            util::exec(cmd)
+        }
+        Task::Test(args) => test::run(&args),
+    }
+}

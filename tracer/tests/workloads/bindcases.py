@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Real bind()/listen()/connect() situations for bindtrace's kernel tests.
+
+Run inside a private network namespace (the tests use `ip netns exec`). Each case sets up real
+sockets (and, where the case says "another process", real child processes), provokes the failure
+and prints one JSON object on stdout: what the kernel actually answered, with the pid and command
+of each process involved. The tests then compare bindtrace's events with this ground truth.
+
+Cases follow ../../../shared/docs/seed-digest.md (numbers are the seed's).
+"""
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+
+HOST = "127.0.0.1"
+
+
+def sock(family=socket.AF_INET, kind=socket.SOCK_STREAM, reuseaddr=False, reuseport=False):
+    s = socket.socket(family, kind)
+    if reuseaddr:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return s
+
+
+def attempt(fn):
+    """Runs fn(); returns 0 on success or the errno it failed with."""
+    try:
+        fn()
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+def server(port, family=socket.AF_INET, host=HOST):
+    """A listener to connect to (not the port under test)."""
+    s = sock(family, reuseaddr=True)
+    s.bind((host, port))
+    s.listen(128)
+    return s
+
+
+def spawn(case, *args):
+    """Starts this script as another process running `case`; returns (proc, first JSON line)."""
+    p = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), case, *map(str, args)],
+        stdin=subprocess.PIPE,  # the helper holds its sockets until this pipe closes
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = p.stdout.readline()
+    if not line:
+        raise SystemExit(f"helper {case} died before reporting")
+    return p, json.loads(line)
+
+
+def report(**kw):
+    kw.setdefault("pid", os.getpid())
+    with open("/proc/self/comm") as f:
+        kw.setdefault("comm", f.read().strip())
+    print(json.dumps(kw), flush=True)
+
+
+# --- helpers run as "another process" -------------------------------------------------------
+
+
+def helper_listen(port, reuseaddr):
+    s = sock(reuseaddr=reuseaddr == "1")
+    s.bind(("0.0.0.0", int(port)))
+    s.listen(16)
+    report(role="listener")
+    sys.stdin.read()
+
+
+def helper_connect_from(port, server_port, reuseaddr):
+    """Connects to server_port from local port `port`, holds the connection until stdin closes."""
+    s = sock(reuseaddr=reuseaddr == "1")
+    s.bind((HOST, int(port)))
+    s.connect((HOST, int(server_port)))
+    report(role="client", local=s.getsockname()[1])
+    sys.stdin.read()
+
+
+# --- cases ------------------------------------------------------------------------------------
+
+
+def case_3_1(port):
+    """A listens on *:P; B (another process) binds P as a source port to connect out."""
+    a, info = spawn("helper_listen", port, 1)
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind((HOST, port)))
+    a.kill()
+    report(case="3.1", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False, holder_pid=info["pid"])
+
+
+def case_3_2a(port):
+    """B connected from P (no SO_REUSEADDR); A binds P with SO_REUSEADDR to listen."""
+    srv = server(port + 1)
+    b, info = spawn("helper_connect_from", port, port + 1, 0)
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    b.kill()
+    report(case="3.2a", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False, holder_pid=info["pid"])
+
+
+def case_3_3(port):
+    """One process connects from P to a server, then binds P to listen (no SO_REUSEADDR)."""
+    srv = server(port + 1)
+    c = sock()
+    c.bind((HOST, port))
+    c.connect((HOST, port + 1))
+    s = sock()
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    report(case="3.3", errno=err, port=port, addr="0.0.0.0", reuseaddr=False, reuseport=False)
+
+
+def case_3_4(port):
+    """One process listens on P, then binds a new socket to P as a source port."""
+    lst = sock(reuseaddr=True)
+    lst.bind(("0.0.0.0", port))
+    lst.listen(16)
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind((HOST, port)))
+    report(case="3.4", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
+
+
+def case_ipv6(port):
+    """[::]:P is taken; a second IPv6 socket binds [::]:P."""
+    a = sock(socket.AF_INET6)
+    a.bind(("::", port))
+    a.listen(16)
+    s = sock(socket.AF_INET6)
+    err = attempt(lambda: s.bind(("::", port)))
+    report(case="ipv6", errno=err, port=port, addr="::", reuseaddr=False, reuseport=False)
+
+
+def case_udp(port):
+    """Two UDP sockets on the same address, the second with SO_REUSEADDR only."""
+    a = sock(kind=socket.SOCK_DGRAM)
+    a.bind((HOST, port))
+    s = sock(kind=socket.SOCK_DGRAM, reuseaddr=True)
+    err = attempt(lambda: s.bind((HOST, port)))
+    report(case="udp", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
+
+
+def case_listen(port):
+    """A and B both SO_REUSEADDR, both bind P (allowed); A listens; B's listen() fails."""
+    a = sock(reuseaddr=True)
+    b = sock(reuseaddr=True)
+    a.bind((HOST, port))
+    b.bind((HOST, port))
+    a.listen(16)
+    err = attempt(lambda: b.listen(16))
+    report(case="listen", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
+
+
+def case_successes(port, count=50):
+    """`count` binds that all succeed, then one marker failure (bind of an address not on
+    this host): once the marker is reported, every earlier event of this process has been."""
+    socks = []
+    for i in range(count):
+        s = sock(reuseaddr=i % 2 == 0)
+        s.bind((HOST, port + i))
+        if i % 3 == 0:
+            s.listen(4)
+        socks.append(s)
+    marker = sock()
+    err = attempt(lambda: marker.bind(("192.0.2.1", port)))
+    report(case="successes", ok=count, marker_errno=err, marker_port=port, first=port, last=port + count - 1)
+
+
+def case_errnos(port):
+    """EADDRNOTAVAIL (address not on this host) and EINVAL (a socket bound twice)."""
+    a = sock()
+    e1 = attempt(lambda: a.bind(("192.0.2.7", port)))
+    b = sock()
+    b.bind((HOST, port))
+    e2 = attempt(lambda: b.bind((HOST, port + 1)))
+    report(case="errnos", eaddrnotavail=e1, einval=e2, port=port)
+
+
+def case_eacces(port):
+    """Run as an unprivileged user: binding a port below 1024 fails with EACCES."""
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    report(case="eacces", errno=err, port=port, uid=os.getuid())
+
+
+def case_filters(port):
+    """Failures on port+1 (twice), then on port: for --port filter tests. Once the failure on
+    `port` is reported, the earlier ones would have been too had the filter let them through."""
+    hold = sock()
+    hold.bind((HOST, port))
+    hold2 = sock()
+    hold2.bind((HOST, port + 1))
+    results = []
+    for p in (port + 1, port + 1, port):
+        s = sock()
+        results.append(attempt(lambda: s.bind((HOST, p))))
+    report(case="filters", errnos=results, port=port, other=port + 1)
+
+
+def case_gated(port, comm=""):
+    """Reports its pid, waits for a line on stdin, then fails a bind on `port` (which it holds
+    itself). `comm`, if given, renames the process first (as prctl(PR_SET_NAME) would)."""
+    if comm:
+        with open("/proc/self/comm", "w") as f:
+            f.write(comm)
+    hold = sock()
+    hold.bind((HOST, port))
+    report(case="gated", stage="ready", port=port)
+    sys.stdin.readline()
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    report(case="gated", stage="done", errno=err, port=port, addr=HOST, reuseaddr=False, reuseport=False)
+
+
+if __name__ == "__main__":
+    name, *args = sys.argv[1:]
+    fn = globals()[name]
+    if name.startswith("helper_"):
+        fn(*args)
+    elif name == "case_gated":
+        fn(int(args[0]), *args[1:])
+    else:
+        fn(*map(int, args))
