@@ -47,6 +47,10 @@ pub struct WatchArgs {
     #[arg(long)]
     pub all: bool,
 
+    /// Report failures without looking up who held the port.
+    #[arg(long)]
+    pub no_holders: bool,
+
     /// Which kernel hooks to use; `auto` picks the best this kernel offers.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,

@@ -5,22 +5,29 @@ mod backend;
 mod btf;
 mod cli;
 mod collector;
+mod diagnose;
 mod errno;
 mod event;
 mod host;
+mod netns;
 mod output;
+mod owners;
+mod pipeline;
+mod procfs;
+mod sockdiag;
 mod tracefs;
 
 use std::{fs, path::Path, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
-use tracer_common::Config;
+use tracer_common::{Config, names};
 
 use crate::{
     cli::{Cli, Command, WatchArgs},
     collector::Collector,
     output::Renderer,
+    pipeline::Pipeline,
 };
 
 fn main() -> ExitCode {
@@ -115,8 +122,21 @@ async fn watch(args: WatchArgs) -> Result<()> {
         "bindtrace: tracing bind()/listen() failures with the {} backend (Ctrl-C to stop)",
         tracer.backend.as_str()
     );
-    let mut renderer = Renderer::stdout(args.output);
-    let stats = collector.run(&mut renderer, shutdown_signal()).await?;
+    let investigator = (!args.no_holders).then(|| {
+        let history = tracer
+            .ebpf
+            .take_map(names::HISTORY)
+            .and_then(|m| aya::maps::HashMap::try_from(m).ok())
+            .map(owners::History::new);
+        if history.is_none() {
+            eprintln!("bindtrace: note: owner history unavailable; TIME-WAIT owners stay unknown");
+        }
+        owners::Investigator::new(history)
+    });
+    let mut pipeline = Pipeline::start(Renderer::stdout(args.output), investigator);
+    let stats = collector.run(&mut pipeline, shutdown_signal()).await;
+    pipeline.finish()?;
+    let stats = stats?;
     eprintln!(
         "bindtrace: {} failure(s) reported, {} event(s) lost, {} record(s) unreadable",
         stats.failures, stats.lost, stats.corrupt

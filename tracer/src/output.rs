@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::{
     collector::Sink,
+    diagnose,
     event::{Event, SyscallName, endpoint},
 };
 
@@ -104,6 +105,56 @@ impl Renderer {
     }
 }
 
+/// `LISTEN tcp 0.0.0.0:8080 nginx[999] uid=0 (live) SO_REUSEADDR` — for text output.
+fn holder_text(h: &diagnose::Holder) -> String {
+    let mut s = format!("{} {} {}", h.state.as_str(), h.protocol, h.local);
+    if let Some(r) = h.remote {
+        let _ = write!(s, " -> {r}");
+    }
+    let _ = match (&h.comm, h.pid) {
+        (Some(c), Some(p)) => write!(s, " {c}[{p}]"),
+        (None, Some(p)) => write!(s, " pid {p}"),
+        _ => write!(s, " (no owner)"),
+    };
+    if let Some(u) = h.uid {
+        let _ = write!(s, " uid={u}");
+    }
+    let src = match h.source {
+        diagnose::Source::Live => "live".to_string(),
+        diagnose::Source::History => {
+            let alive = match h.owner_alive {
+                Some(false) => ", exited",
+                Some(true) => ", running",
+                None => "",
+            };
+            format!("history{}{alive}", diagnose::age(h))
+        }
+        diagnose::Source::Unknown => "owner unknown".to_string(),
+    };
+    let _ = write!(s, " ({src})");
+    let opts: Vec<&str> = [
+        (h.reuseaddr, "SO_REUSEADDR"),
+        (h.reuseport, "SO_REUSEPORT"),
+        (h.v6only, "IPV6_V6ONLY"),
+    ]
+    .iter()
+    .filter(|(v, _)| *v == Some(true))
+    .map(|(_, n)| *n)
+    .collect();
+    if !opts.is_empty() {
+        s.push(' ');
+        s.push_str(&opts.join(","));
+    } else if h.reuseaddr.is_none() {
+        s.push_str(" options unknown");
+    } else {
+        s.push_str(" no SO_REUSEADDR/SO_REUSEPORT");
+    }
+    if !h.shared_with.is_empty() {
+        let _ = write!(s, " shared with pids {:?}", h.shared_with);
+    }
+    s
+}
+
 impl Sink for Renderer {
     fn event(&mut self, ev: Event) -> anyhow::Result<()> {
         Ok(Renderer::event(self, &ev)?)
@@ -164,8 +215,34 @@ pub fn text_line(ev: &Event) -> String {
         let _ = write!(line, " dev={}", ev.bound_dev_if);
     }
     line.push('\n');
+    if let Some(d) = &ev.diagnosis {
+        for h in d.holders.iter().take(MAX_HOLDER_LINES) {
+            let tag = if h.conflicts {
+                "held by"
+            } else {
+                "also on the port"
+            };
+            let _ = writeln!(line, "    {tag}: {}", sanitize(&holder_text(h)));
+        }
+        if d.holders.len() > MAX_HOLDER_LINES {
+            let _ = writeln!(
+                line,
+                "    ... and {} more",
+                d.holders.len() - MAX_HOLDER_LINES
+            );
+        }
+        let _ = writeln!(
+            line,
+            "    cause: {}: {}",
+            d.cause.as_str(),
+            sanitize(&d.hint)
+        );
+    }
     line
 }
+
+/// Holders shown under a failure in text output (JSON has them all).
+const MAX_HOLDER_LINES: usize = 5;
 
 #[cfg(test)]
 mod tests {
@@ -198,6 +275,7 @@ mod tests {
             options_known: true,
             bound_dev_if: 0,
             backend: BackendName::Tracepoint,
+            diagnosis: None,
         }
     }
 

@@ -225,7 +225,7 @@ fn pid_filter_keeps_only_that_process() {
     let wanted = ns.spawn_gated(8095, "");
     let tracer = Tracer::start(&["--pid", &wanted.pid().to_string()]);
     let other = ns.run_case("case_3_4", &["8096"]);
-    let done = wanted.release();
+    let done = wanted.release().expect("the gated workload's final report");
     assert_eq!(done["errno"], 98);
     tracer.failure(done["pid"].as_u64().unwrap(), 8095);
     let others: Vec<Value> = tracer
@@ -248,7 +248,7 @@ fn comm_filter_keeps_only_that_command() {
     let wanted = ns.spawn_gated(8097, "bt-wanted");
     let tracer = Tracer::start(&["--comm", "bt-wanted"]);
     let other = ns.run_case("case_3_4", &["8098"]);
-    let done = wanted.release();
+    let done = wanted.release().expect("the gated workload's final report");
     let ev = tracer.failure(done["pid"].as_u64().unwrap(), 8097);
     assert_eq!(ev["comm"], "bt-wanted");
     let others: Vec<Value> = tracer

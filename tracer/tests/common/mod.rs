@@ -129,48 +129,73 @@ impl Netns {
     }
 }
 
-/// A workload process that waits for a go-ahead before failing (`case_gated`).
-pub struct Gated {
+/// A workload still running: it has reported and waits for a line on stdin.
+pub struct Running {
     child: Child,
     out: BufReader<std::process::ChildStdout>,
-    pub ready: Value,
+    /// Its first report.
+    pub report: Value,
 }
 
-impl Gated {
+impl Running {
     pub fn pid(&self) -> u64 {
-        self.ready["pid"].as_u64().expect("pid")
+        self.report["pid"].as_u64().expect("pid")
     }
 
-    /// Lets it fail its bind; returns its final report.
-    pub fn release(mut self) -> Value {
+    /// Sends the go-ahead; returns its next report, if it prints one before exiting.
+    pub fn release(mut self) -> Option<Value> {
         use std::io::Write as _;
         let mut stdin = self.child.stdin.take().unwrap();
-        stdin.write_all(b"go\n").unwrap();
+        let _ = stdin.write_all(b"go\n");
+        drop(stdin);
         let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
+        let _ = self.out.read_line(&mut line);
         let _ = self.child.wait();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("gated printed {line:?}: {e}"))
+        serde_json::from_str(&line).ok()
     }
 }
 
 impl Netns {
-    /// Starts `case_gated` (optionally renamed to `comm`) and waits until it holds its port.
-    pub fn spawn_gated(&self, port: u16, comm: &str) -> Gated {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, python()])
-            .arg(workload_script())
-            .args(["case_gated", &port.to_string(), comm])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the gated workload");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let ready =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("gated printed {line:?}: {e}"));
-        Gated { child, out, ready }
+    /// Starts a case that holds its sockets after reporting (`BINDCASES_HOLD=1`), until
+    /// `Running::release`.
+    pub fn hold_case(&self, case: &str, args: &[&str]) -> Running {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, python()]);
+        hold(cmd, case, args)
     }
+
+    /// `case_gated`: waits before failing; optionally renamed to `comm`.
+    pub fn spawn_gated(&self, port: u16, comm: &str) -> Running {
+        self.hold_case("case_gated", &[&port.to_string(), comm])
+    }
+}
+
+/// Like `Netns::hold_case`, in the host's own network namespace.
+pub fn hold_case_on_host(case: &str, args: &[&str]) -> Running {
+    hold(Command::new(python()), case, args)
+}
+
+/// The inode of the host's (this test's) network namespace.
+pub fn host_netns() -> u64 {
+    std::fs::metadata("/proc/self/ns/net").unwrap().ino()
+}
+
+fn hold(mut cmd: Command, case: &str, args: &[&str]) -> Running {
+    let mut child = cmd
+        .arg(workload_script())
+        .arg(case)
+        .args(args)
+        .env("BINDCASES_HOLD", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the workload");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let report = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("workload {case} printed {line:?}: {e}"));
+    Running { child, out, report }
 }
 
 impl Drop for Netns {

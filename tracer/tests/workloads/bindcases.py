@@ -17,6 +17,9 @@ import subprocess
 import sys
 
 HOST = "127.0.0.1"
+# With BINDCASES_HOLD=1 a case keeps its sockets and helper processes until a line arrives on
+# stdin, so a test can look at what bindtrace said about them while they still exist.
+HOLD = os.environ.get("BINDCASES_HOLD") == "1"
 
 
 def sock(family=socket.AF_INET, kind=socket.SOCK_STREAM, reuseaddr=False, reuseport=False):
@@ -45,13 +48,16 @@ def server(port, family=socket.AF_INET, host=HOST):
     return s
 
 
-def spawn(case, *args):
-    """Starts this script as another process running `case`; returns (proc, first JSON line)."""
+def spawn(case, *args, user=None):
+    """Starts this script as another process running `case` (as `user` if given); returns
+    (proc, first JSON line)."""
     p = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), case, *map(str, args)],
         stdin=subprocess.PIPE,  # the helper holds its sockets until this pipe closes
         stdout=subprocess.PIPE,
         text=True,
+        user=user,
+        env={**os.environ, "BINDCASES_HOLD": "0"},
     )
     line = p.stdout.readline()
     if not line:
@@ -66,15 +72,32 @@ def report(**kw):
     print(json.dumps(kw), flush=True)
 
 
+def finish(**kw):
+    """Reports, then (with BINDCASES_HOLD=1) waits for the test before tearing anything down."""
+    report(**kw)
+    if HOLD:
+        sys.stdin.readline()
+
+
 # --- helpers run as "another process" -------------------------------------------------------
 
 
-def helper_listen(port, reuseaddr):
-    s = sock(reuseaddr=reuseaddr == "1")
+def helper_listen(port, reuseaddr, reuseport="0"):
+    s = sock(reuseaddr=reuseaddr == "1", reuseport=reuseport == "1")
     s.bind(("0.0.0.0", int(port)))
     s.listen(16)
-    report(role="listener")
+    report(role="listener", uid=os.getuid())
     sys.stdin.read()
+
+
+def helper_connect_and_leave(port, server_port):
+    """Connects from `port` (no SO_REUSEADDR), closes first (so this side enters TIME-WAIT) and
+    exits: the seed's 1a."""
+    s = sock()
+    s.bind((HOST, int(port)))
+    s.connect((HOST, int(server_port)))
+    report(role="client")
+    s.close()
 
 
 def helper_connect_from(port, server_port, reuseaddr):
@@ -94,8 +117,8 @@ def case_3_1(port):
     a, info = spawn("helper_listen", port, 1)
     s = sock(reuseaddr=True)
     err = attempt(lambda: s.bind((HOST, port)))
+    finish(case="3.1", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False, holder_pid=info["pid"])
     a.kill()
-    report(case="3.1", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False, holder_pid=info["pid"])
 
 
 def case_3_2a(port):
@@ -104,8 +127,8 @@ def case_3_2a(port):
     b, info = spawn("helper_connect_from", port, port + 1, 0)
     s = sock(reuseaddr=True)
     err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="3.2a", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False, holder_pid=info["pid"])
     b.kill()
-    report(case="3.2a", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False, holder_pid=info["pid"])
 
 
 def case_3_3(port):
@@ -116,7 +139,7 @@ def case_3_3(port):
     c.connect((HOST, port + 1))
     s = sock()
     err = attempt(lambda: s.bind(("0.0.0.0", port)))
-    report(case="3.3", errno=err, port=port, addr="0.0.0.0", reuseaddr=False, reuseport=False)
+    finish(case="3.3", errno=err, port=port, addr="0.0.0.0", reuseaddr=False, reuseport=False)
 
 
 def case_3_4(port):
@@ -126,7 +149,7 @@ def case_3_4(port):
     lst.listen(16)
     s = sock(reuseaddr=True)
     err = attempt(lambda: s.bind((HOST, port)))
-    report(case="3.4", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
+    finish(case="3.4", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
 
 
 def case_ipv6(port):
@@ -136,7 +159,7 @@ def case_ipv6(port):
     a.listen(16)
     s = sock(socket.AF_INET6)
     err = attempt(lambda: s.bind(("::", port)))
-    report(case="ipv6", errno=err, port=port, addr="::", reuseaddr=False, reuseport=False)
+    finish(case="ipv6", errno=err, port=port, addr="::", reuseaddr=False, reuseport=False)
 
 
 def case_udp(port):
@@ -145,7 +168,7 @@ def case_udp(port):
     a.bind((HOST, port))
     s = sock(kind=socket.SOCK_DGRAM, reuseaddr=True)
     err = attempt(lambda: s.bind((HOST, port)))
-    report(case="udp", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
+    finish(case="udp", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
 
 
 def case_listen(port):
@@ -156,7 +179,73 @@ def case_listen(port):
     b.bind((HOST, port))
     a.listen(16)
     err = attempt(lambda: b.listen(16))
-    report(case="listen", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
+    finish(case="listen", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
+
+
+def case_1a(port):
+    """Another process connected from P without SO_REUSEADDR, closed first and exited: its
+    TIME-WAIT (no owner left in the kernel) blocks a SO_REUSEADDR listener on P."""
+    srv = server(port + 1)
+    c, info = spawn("helper_connect_and_leave", port, port + 1)
+    conn, _ = srv.accept()
+    conn.recv(1)  # the client's FIN
+    conn.close()  # now the client side moves to TIME-WAIT
+    c.wait()
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="1a", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False,
+           holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port + 1)
+
+
+def case_1b(port):
+    """Another process holds an ESTABLISHED connection from P (no SO_REUSEADDR); a SO_REUSEADDR
+    listener on P fails."""
+    srv = server(port + 1)
+    b, info = spawn("helper_connect_from", port, port + 1, 0)
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="1b", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False,
+           holder_pid=info["pid"], remote_port=port + 1)
+    b.kill()
+
+
+def case_reuseport_uids(port):
+    """SO_REUSEPORT on both, but the listener belongs to uid 65534 and this process to root."""
+    a, info = spawn("helper_listen", port, 0, 1, user=65534)
+    s = sock(reuseport=True)
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="reuseport_uids", errno=err, port=port, addr="0.0.0.0", reuseaddr=False,
+           reuseport=True, holder_pid=info["pid"], holder_uid=info["uid"])
+    a.kill()
+
+
+def case_dual_stack(port):
+    """[::]:P without IPV6_V6ONLY also covers IPv4: a bind of 0.0.0.0:P fails."""
+    a = sock(socket.AF_INET6)
+    a.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    a.bind(("::", port))
+    a.listen(16)
+    s = sock()
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="dual_stack", errno=err, port=port, addr="0.0.0.0", reuseaddr=False, reuseport=False)
+
+
+def case_connect_exhaust(port):
+    """With ip_local_port_range narrowed to 4 ports in this namespace, the 5th connection to
+    the same server finds no free source port: connect() fails with EADDRNOTAVAIL."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+        f.write("40000 40003")
+    srv = server(port)
+    conns = []
+    err = 0
+    for _ in range(5):
+        c = sock()
+        err = attempt(lambda: c.connect((HOST, port)))
+        if err:
+            break
+        conns.append(c)
+    finish(case="connect_exhaust", errno=err, port=0, remote_port=port, connected=len(conns),
+           reuseaddr=False, reuseport=False)
 
 
 def case_successes(port, count=50):

@@ -1,0 +1,909 @@
+//! Why a bind/listen/connect failed: which of the sockets on the port blocked it, the cause in one
+//! word, and one sentence that names the fix. Pure rules over plain data; the lookups that feed
+//! them live in `owners`.
+//!
+//! The conflict rules are the kernel's (`inet_csk_bind_conflict()`, `udp_lib_lport_inuse()`,
+//! 4.19 … 6.18; see docs/kernel.md): a listener never shares a port by SO_REUSEADDR alone; other
+//! TCP sockets share when both set SO_REUSEADDR; SO_REUSEPORT shares when both set it and have the
+//! same owner uid (TIME-WAIT: any uid); IPv6 `[::]` without IPV6_V6ONLY covers IPv4; devices
+//! conflict only if either is unbound or both are the same. The kernel's verdict is the fact — when
+//! these rules find no culprit among the sockets present, the closest one is still named.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, SyscallName};
+
+const EACCES: i32 = 13;
+const EINVAL: i32 = 22;
+const EADDRINUSE: i32 = 98;
+const EADDRNOTAVAIL: i32 = 99;
+
+/// The cause of a failure (JSON `cause`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// A listening socket holds the port.
+    ListenerConflict,
+    /// A TIME-WAIT connection holds the port.
+    TimeWaitConflict,
+    /// A connection (ESTABLISHED, SYN-SENT, ...) uses the port as its local port.
+    OutgoingConnectionConflict,
+    /// A socket is bound to the port but neither listens nor connects.
+    BoundSocketConflict,
+    /// A UDP socket holds the port.
+    UdpConflict,
+    /// Both sides set SO_REUSEPORT but belong to different users.
+    ReuseportMismatch,
+    /// An IPv6 wildcard socket covers IPv4 (or the reverse).
+    DualStackConflict,
+    /// No free port in `ip_local_port_range` (connect EADDRNOTAVAIL, bind(0) EADDRINUSE).
+    EphemeralExhausted,
+    /// EACCES: a port below `ip_unprivileged_port_start` without CAP_NET_BIND_SERVICE.
+    PrivilegedPort,
+    /// EADDRNOTAVAIL on bind: the address is not on any interface of the namespace.
+    AddressNotLocal,
+    /// EINVAL: the socket is already bound (or the address is malformed).
+    AlreadyBound,
+    /// Nothing found that explains it.
+    Unknown,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ListenerConflict => "listener_conflict",
+            Self::TimeWaitConflict => "time_wait_conflict",
+            Self::OutgoingConnectionConflict => "outgoing_connection_conflict",
+            Self::BoundSocketConflict => "bound_socket_conflict",
+            Self::UdpConflict => "udp_conflict",
+            Self::ReuseportMismatch => "reuseport_mismatch",
+            Self::DualStackConflict => "dual_stack_conflict",
+            Self::EphemeralExhausted => "ephemeral_exhausted",
+            Self::PrivilegedPort => "privileged_port",
+            Self::AddressNotLocal => "address_not_local",
+            Self::AlreadyBound => "already_bound",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A holder's socket state (JSON `holders[].state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    Listen,
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    CloseWait,
+    LastAck,
+    Closing,
+    /// Bound, neither listening nor connected (TCP_BOUND_INACTIVE, an unconnected UDP socket).
+    Bound,
+}
+
+impl State {
+    /// From the kernel's state number (`tracer_common::tcp_state`).
+    pub fn from_kernel(state: u8, udp: bool) -> Self {
+        use tracer_common::tcp_state as s;
+        match state {
+            s::ESTABLISHED => Self::Established,
+            s::SYN_SENT => Self::SynSent,
+            s::SYN_RECV | s::NEW_SYN_RECV => Self::SynRecv,
+            s::FIN_WAIT1 => Self::FinWait1,
+            s::FIN_WAIT2 => Self::FinWait2,
+            s::TIME_WAIT => Self::TimeWait,
+            s::CLOSE_WAIT => Self::CloseWait,
+            s::LAST_ACK => Self::LastAck,
+            s::LISTEN if !udp => Self::Listen,
+            s::CLOSING => Self::Closing,
+            _ => Self::Bound,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listen => "LISTEN",
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Closing => "CLOSING",
+            Self::Bound => "BOUND",
+        }
+    }
+
+    fn is_connection(self) -> bool {
+        !matches!(self, Self::Listen | Self::TimeWait | Self::Bound)
+    }
+
+    /// Which holder explains a failure best, first.
+    fn rank(self) -> u8 {
+        match self {
+            Self::Listen => 0,
+            Self::TimeWait => 2,
+            Self::Bound => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Where a holder's owner (pid, command) came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Looked up now: the process has the socket open.
+    Live,
+    /// Remembered by bindtrace's kernel programs (the socket has no owner now, e.g. TIME-WAIT).
+    History,
+    /// Neither: the socket is there but nothing names its process.
+    Unknown,
+}
+
+/// A socket that holds (or held) the port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holder {
+    pub state: State,
+    pub protocol: String,
+    pub local: SocketAddr,
+    pub remote: Option<SocketAddr>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub source: Source,
+    pub reuseaddr: Option<bool>,
+    pub reuseport: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6only: Option<bool>,
+    pub bound_dev_if: u32,
+    /// How long ago the owner took the port (from history).
+    pub age_ms: Option<u64>,
+    /// Whether the owner process still runs (history owners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_alive: Option<bool>,
+    /// Other processes sharing the same socket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<u32>,
+    /// Socket inode (0: TIME-WAIT or orphaned).
+    pub inode: u64,
+    /// Whether the kernel's rules say this socket blocks the request.
+    pub conflicts: bool,
+}
+
+/// The `ip_local_port_range` / `ip_local_reserved_ports` of the failing namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortContext {
+    pub range: Option<(u16, u16)>,
+    pub reserved: Vec<(u16, u16)>,
+    /// For exhaustion: sockets using a port of the range (towards the destination, for connect).
+    pub ports_in_use: Option<u32>,
+}
+
+/// `"32768\t60999\n"` → (32768, 60999).
+pub fn parse_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace().map(str::parse::<u16>);
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// `"8080,9000-9010\n"` → [(8080, 8080), (9000, 9010)].
+pub fn parse_reserved(s: &str) -> Vec<(u16, u16)> {
+    s.trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| match p.split_once('-') {
+            Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
+            None => p.trim().parse().ok().map(|v| (v, v)),
+        })
+        .collect()
+}
+
+impl PortContext {
+    pub fn is_reserved(&self, port: u16) -> bool {
+        self.reserved.iter().any(|&(a, b)| (a..=b).contains(&port))
+    }
+
+    /// Inside the ephemeral range and not reserved: outgoing connections may take it.
+    pub fn in_ephemeral_range(&self, port: u16) -> bool {
+        self.range
+            .is_some_and(|(lo, hi)| (lo..=hi).contains(&port) && !self.is_reserved(port))
+    }
+
+    fn range_text(&self) -> String {
+        self.range
+            .map_or_else(|| "?".to_string(), |(lo, hi)| format!("{lo}-{hi}"))
+    }
+}
+
+/// The verdict added to a failure event (flattened into its JSON object).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    pub cause: Cause,
+    pub same_process: bool,
+    pub in_ephemeral_range: bool,
+    /// `ip_local_port_range` of the failing namespace, `"lo-hi"`.
+    pub port_range: Option<String>,
+    /// `ip_local_reserved_ports` of the failing namespace, as the kernel prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_ports: Option<String>,
+    /// For `ephemeral_exhausted`: how many sockets held a port of the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_in_use: Option<u32>,
+    /// The sockets on the port, the one that explains the failure first.
+    pub holders: Vec<Holder>,
+    pub hint: String,
+}
+
+/// What the failing caller asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub syscall: SyscallName,
+    pub errno: i32,
+    pub udp: bool,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub v6only: Option<bool>,
+    pub uid: u32,
+    pub pid: u32,
+    pub bound_dev_if: u32,
+    pub remote: Option<SocketAddr>,
+}
+
+impl Request {
+    pub fn from_event(ev: &Event) -> Self {
+        let addr = ev.addr.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        Self {
+            syscall: ev.syscall,
+            errno: ev.errno,
+            udp: ev.protocol == "udp",
+            addr,
+            port: ev.port,
+            reuseaddr: ev.reuseaddr,
+            reuseport: ev.reuseport,
+            v6only: ev.v6only,
+            uid: ev.uid,
+            pid: ev.pid,
+            bound_dev_if: ev.bound_dev_if,
+            remote: ev
+                .remote_addr
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .map(|ip| SocketAddr::new(ip, ev.remote_port.unwrap_or(0))),
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+/// Whether two local addresses overlap, with IPV6_V6ONLY deciding whether `[::]` covers IPv4.
+pub fn addresses_overlap(
+    a: IpAddr,
+    a_v6only: Option<bool>,
+    b: IpAddr,
+    b_v6only: Option<bool>,
+) -> bool {
+    let (a, b) = (canonical(a), canonical(b));
+    match (a, b) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified() || x == y,
+        (IpAddr::V6(x), IpAddr::V6(y)) => x.is_unspecified() || y.is_unspecified() || x == y,
+        (IpAddr::V4(_), IpAddr::V6(y)) => y.is_unspecified() && b_v6only != Some(true),
+        (IpAddr::V6(x), IpAddr::V4(_)) => x.is_unspecified() && a_v6only != Some(true),
+    }
+}
+
+fn cross_family(a: IpAddr, b: IpAddr) -> bool {
+    canonical(a).is_ipv4() != canonical(b).is_ipv4()
+}
+
+/// Whether `h` blocks `req` by the kernel's rules (unknown options count as "not shared").
+pub fn conflicts(req: &Request, h: &Holder) -> bool {
+    if req.bound_dev_if != 0 && h.bound_dev_if != 0 && req.bound_dev_if != h.bound_dev_if {
+        return false;
+    }
+    if !addresses_overlap(req.addr, req.v6only, h.local.ip(), h.v6only) {
+        return false;
+    }
+    let both_reuseaddr = req.reuseaddr && h.reuseaddr == Some(true);
+    let both_reuseport = req.reuseport && h.reuseport == Some(true);
+    let same_user = h.uid.is_some_and(|u| u == req.uid);
+    if req.udp {
+        return !(both_reuseaddr || (both_reuseport && same_user));
+    }
+    if req.syscall == SyscallName::Listen {
+        // listen() re-checks the port with the socket already LISTEN: only listeners (and
+        // SO_REUSEPORT groups) decide.
+        return h.state == State::Listen && !(both_reuseport && same_user);
+    }
+    match h.state {
+        State::Listen => !(both_reuseport && same_user),
+        State::TimeWait => !(both_reuseaddr || both_reuseport),
+        _ => !(both_reuseaddr || (both_reuseport && same_user)),
+    }
+}
+
+fn who(h: &Holder) -> String {
+    match (&h.comm, h.pid) {
+        (Some(c), Some(p)) => format!("{c} (pid {p})"),
+        (None, Some(p)) => format!("pid {p}"),
+        _ => "an unknown process".to_string(),
+    }
+}
+
+/// `" 12 s ago"` / `" 340 ms ago"` (empty when unknown).
+pub fn age(h: &Holder) -> String {
+    h.age_ms.map_or_else(String::new, |ms| {
+        if ms >= 1000 {
+            format!(" {} s ago", (ms + 500) / 1000)
+        } else {
+            format!(" {ms} ms ago")
+        }
+    })
+}
+
+fn reserve_fix(port: u16, ctx: &PortContext) -> String {
+    format!(
+        "port {port} lies in the ephemeral range {} (net.ipv4.ip_local_port_range) and is not \
+         reserved: reserve it with `sysctl -w net.ipv4.ip_local_reserved_ports={port}` (add to \
+         any existing list) or move the range above your listen ports",
+        ctx.range_text()
+    )
+}
+
+/// A TIME-WAIT holder: who left it (from history) and, if the port is ephemeral, how to reserve it.
+fn time_wait_hint(h: &Holder, w: &str, port: u16, ctx: &PortContext) -> String {
+    let local = h.local;
+    let ephemeral = ctx.in_ephemeral_range(port);
+    let remote = h.remote.map(|r| format!(" to {r}")).unwrap_or_default();
+    let owner = if h.source == Source::History {
+        let gone = if h.owner_alive == Some(false) {
+            " (since exited)"
+        } else {
+            ""
+        };
+        format!(", opened{} by {w}{gone}", age(h))
+    } else {
+        String::new()
+    };
+    let opt = if h.reuseaddr == Some(false) {
+        " without SO_REUSEADDR"
+    } else {
+        ""
+    };
+    let fix = if ephemeral {
+        reserve_fix(port, ctx)
+    } else {
+        "set SO_REUSEADDR on both sockets, or wait for TIME-WAIT to end (60 s)".to_string()
+    };
+    format!(
+        "a TIME-WAIT connection from {local}{remote}{owner}{opt}, holds the port for up \
+             to 60 s; {fix}"
+    )
+}
+
+/// Builds the one-sentence fix.
+fn hint(
+    cause: Cause,
+    req: &Request,
+    primary: Option<&Holder>,
+    same: bool,
+    ctx: &PortContext,
+) -> String {
+    match primary {
+        Some(h) => hint_for_holder(cause, req, h, same, ctx),
+        None => hint_without_holder(cause, req, ctx),
+    }
+}
+
+fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String {
+    let port = req.port;
+    match cause {
+        Cause::EphemeralExhausted => {
+            let dest = req
+                .remote
+                .map(|r| format!(" towards {r}"))
+                .unwrap_or_default();
+            format!(
+                "no free local port in ip_local_port_range {}{dest} ({} in use): widen the \
+                     range, reuse connections (pooling, keep-alive), or spread them over more \
+                     source addresses",
+                ctx.range_text(),
+                ctx.ports_in_use
+                    .map_or_else(|| "?".to_string(), |n| n.to_string())
+            )
+        }
+        Cause::PrivilegedPort => format!(
+            "port {port} is below net.ipv4.ip_unprivileged_port_start: run with \
+                 CAP_NET_BIND_SERVICE, or use a port of 1024 or more"
+        ),
+        Cause::AddressNotLocal => format!(
+            "{} is not an address of this network namespace: bind to an address it has (or \
+                 0.0.0.0), or set IP_FREEBIND / net.ipv4.ip_nonlocal_bind=1 to bind before it \
+                 appears",
+            req.addr
+        ),
+        Cause::AlreadyBound => "the socket is already bound (bind() may be called once per \
+                                    socket) or the address length is wrong"
+            .to_string(),
+        _ => format!(
+            "no socket holding port {port} was found in the failing process's network namespace \
+             when it was looked up (it may have closed already); {}",
+            if ctx.in_ephemeral_range(port) {
+                reserve_fix(port, ctx)
+            } else {
+                "retry, or watch with `--all` to see who binds it".to_string()
+            }
+        ),
+    }
+}
+
+fn hint_for_holder(
+    cause: Cause,
+    req: &Request,
+    h: &Holder,
+    same: bool,
+    ctx: &PortContext,
+) -> String {
+    let port = req.port;
+    let ephemeral = ctx.in_ephemeral_range(port);
+    let w = who(h);
+    let local = h.local;
+    match cause {
+        Cause::ListenerConflict if same && req.syscall == SyscallName::Listen => format!(
+            "this process already listens on {local} with another socket: two sockets listen on \
+             one port only if both set SO_REUSEPORT; close one of them or set SO_REUSEPORT on both"
+        ),
+        Cause::ListenerConflict if same => format!(
+            "this process already listens on {local}: a second socket cannot bind that port (a \
+             listener never shares it by SO_REUSEADDR); reuse the listening socket, or let the \
+             kernel choose a source port (bind to port 0)"
+        ),
+        Cause::ListenerConflict => {
+            let reuseport = if req.reuseport && h.reuseport == Some(false) {
+                " (SO_REUSEPORT must be set on both sockets to share it)"
+            } else {
+                ""
+            };
+            format!(
+                "{w} is already listening on {local}{reuseport}: stop it or choose another port"
+            )
+        }
+        Cause::TimeWaitConflict => time_wait_hint(h, &w, port, ctx),
+        Cause::OutgoingConnectionConflict if same => format!(
+            "this process itself has a connection from port {port} ({local} to {}): bind the \
+             listener before connecting, or set SO_REUSEADDR on both sockets",
+            h.remote.map_or_else(|| "?".to_string(), |r| r.to_string())
+        ),
+        Cause::OutgoingConnectionConflict => {
+            let remote = h.remote.map(|r| format!(" to {r}")).unwrap_or_default();
+            let fix = if ephemeral {
+                reserve_fix(port, ctx)
+            } else {
+                "set SO_REUSEADDR on both sockets, or stop that connection".to_string()
+            };
+            format!(
+                "{w} has a {} connection from {local}{remote} that uses port {port} as its \
+                 source port; {fix}",
+                h.state.as_str()
+            )
+        }
+        Cause::BoundSocketConflict => format!(
+            "{w} has a socket bound to {local} that neither listens nor connects{}: close it, or \
+             set SO_REUSEADDR on both sockets",
+            if h.source == Source::History {
+                age(h)
+            } else {
+                String::new()
+            }
+        ),
+        Cause::UdpConflict => format!(
+            "{w} already has a UDP socket on {local}: set SO_REUSEPORT on both sockets (same user) \
+             to share the port, or choose another port"
+        ),
+        Cause::ReuseportMismatch => format!(
+            "both sockets set SO_REUSEPORT but belong to different users (uid {} here, uid {} for \
+             {w}); the kernel shares a port only within one user: run both as the same user",
+            req.uid,
+            h.uid.map_or_else(|| "?".to_string(), |u| u.to_string())
+        ),
+        Cause::DualStackConflict => {
+            if h.local.is_ipv6() {
+                format!(
+                    "{w} holds {local}, and an IPv6 wildcard without IPV6_V6ONLY also covers \
+                     IPv4: set IPV6_V6ONLY on it, or bind only one of the two"
+                )
+            } else {
+                format!(
+                    "{w} holds {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also \
+                     covers IPv4: set IPV6_V6ONLY on this socket, or bind only one of the two"
+                )
+            }
+        }
+        _ => format!("{w} holds {local}"),
+    }
+}
+
+/// Decides the cause from the failing request, the sockets found on the port and the namespace's
+/// port settings.
+pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Diagnosis {
+    for h in &mut holders {
+        h.conflicts = conflicts(req, h);
+    }
+    // Culprits first, then by how well a state explains a failure.
+    holders.sort_by_key(|h| (!h.conflicts, h.state.rank(), h.source != Source::Live));
+    let in_range = ctx.in_ephemeral_range(req.port);
+    let fixed = match req.errno {
+        EADDRNOTAVAIL if req.syscall == SyscallName::Connect => Some(Cause::EphemeralExhausted),
+        EADDRINUSE if req.port == 0 => Some(Cause::EphemeralExhausted),
+        EACCES => Some(Cause::PrivilegedPort),
+        EADDRNOTAVAIL => Some(Cause::AddressNotLocal),
+        EINVAL => Some(Cause::AlreadyBound),
+        EADDRINUSE => None,
+        _ => Some(Cause::Unknown),
+    };
+    let (cause, primary) = if let Some(c) = fixed {
+        (c, None)
+    } else if let Some(h) = holders.first() {
+        let both_reuseport = req.reuseport && h.reuseport == Some(true);
+        let other_user = h.uid.is_some_and(|u| u != req.uid);
+        let cause = if both_reuseport && other_user && h.state != State::TimeWait {
+            Cause::ReuseportMismatch
+        } else if cross_family(req.addr, h.local.ip()) {
+            Cause::DualStackConflict
+        } else if req.udp || h.protocol == "udp" {
+            Cause::UdpConflict
+        } else {
+            match h.state {
+                State::Listen => Cause::ListenerConflict,
+                State::TimeWait => Cause::TimeWaitConflict,
+                State::Bound => Cause::BoundSocketConflict,
+                s if s.is_connection() => Cause::OutgoingConnectionConflict,
+                _ => Cause::Unknown,
+            }
+        };
+        (cause, Some(h))
+    } else {
+        (Cause::Unknown, None)
+    };
+    let same_process =
+        primary.is_some_and(|h| h.pid == Some(req.pid) || h.shared_with.contains(&req.pid));
+    let hint = hint(cause, req, primary, same_process, ctx);
+    let holders = if fixed.is_some() && cause != Cause::EphemeralExhausted {
+        Vec::new()
+    } else {
+        holders
+    };
+    Diagnosis {
+        cause,
+        same_process,
+        in_ephemeral_range: in_range,
+        port_range: ctx.range.map(|(lo, hi)| format!("{lo}-{hi}")),
+        reserved_ports: (!ctx.reserved.is_empty()).then(|| {
+            ctx.reserved
+                .iter()
+                .map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        ports_in_use: ctx.ports_in_use,
+        holders,
+        hint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(addr: &str, port: u16) -> Request {
+        Request {
+            syscall: SyscallName::Bind,
+            errno: EADDRINUSE,
+            udp: false,
+            addr: addr.parse().unwrap(),
+            port,
+            reuseaddr: false,
+            reuseport: false,
+            v6only: None,
+            uid: 1000,
+            pid: 100,
+            bound_dev_if: 0,
+            remote: None,
+        }
+    }
+
+    fn holder(state: State, local: &str) -> Holder {
+        Holder {
+            state,
+            protocol: "tcp".into(),
+            local: local.parse().unwrap(),
+            remote: None,
+            pid: Some(200),
+            comm: Some("redis-cli".into()),
+            uid: Some(1000),
+            source: Source::Live,
+            reuseaddr: Some(false),
+            reuseport: Some(false),
+            v6only: None,
+            bound_dev_if: 0,
+            age_ms: None,
+            owner_alive: None,
+            shared_with: vec![],
+            inode: 1,
+            conflicts: false,
+        }
+    }
+
+    fn ctx() -> PortContext {
+        PortContext {
+            range: Some((5000, 65535)),
+            reserved: vec![],
+            ports_in_use: None,
+        }
+    }
+
+    #[test]
+    fn seed_1a_time_wait_from_an_exited_process_blocks_even_reuseaddr() {
+        let mut r = req("0.0.0.0", 8080);
+        r.reuseaddr = true;
+        let mut h = holder(State::TimeWait, "127.0.0.1:8080");
+        h.remote = Some("127.0.0.1:6379".parse().unwrap());
+        h.source = Source::History;
+        h.owner_alive = Some(false);
+        h.age_ms = Some(12_000);
+        let d = verdict(&r, vec![h], &ctx());
+        assert_eq!(d.cause, Cause::TimeWaitConflict);
+        assert!(d.holders[0].conflicts);
+        assert!(d.in_ephemeral_range);
+        assert!(!d.same_process);
+        assert!(
+            d.hint.contains(
+                "opened 12 s ago by redis-cli (pid 200) (since exited) without SO_REUSEADDR"
+            ),
+            "{}",
+            d.hint
+        );
+        assert!(
+            d.hint.contains("ip_local_reserved_ports=8080"),
+            "{}",
+            d.hint
+        );
+    }
+
+    #[test]
+    fn time_wait_with_reuseaddr_on_both_sides_does_not_conflict() {
+        let mut r = req("0.0.0.0", 8080);
+        r.reuseaddr = true;
+        let mut h = holder(State::TimeWait, "127.0.0.1:8080");
+        h.reuseaddr = Some(true);
+        assert!(!conflicts(&r, &h));
+    }
+
+    #[test]
+    fn seed_1b_and_3_2a_established_outgoing_connection() {
+        let mut r = req("0.0.0.0", 8080);
+        r.reuseaddr = true;
+        let mut h = holder(State::Established, "127.0.0.1:8080");
+        h.remote = Some("127.0.0.1:3306".parse().unwrap());
+        let d = verdict(&r, vec![h], &ctx());
+        assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+        assert!(d.hint.contains("source port"), "{}", d.hint);
+        // 3.2b: both set SO_REUSEADDR: no conflict.
+        let mut h = holder(State::Established, "127.0.0.1:8080");
+        h.reuseaddr = Some(true);
+        assert!(!conflicts(&r, &h));
+    }
+
+    #[test]
+    fn seed_3_1_listener_never_shares_by_reuseaddr() {
+        let mut r = req("127.0.0.1", 8080);
+        r.reuseaddr = true;
+        let mut h = holder(State::Listen, "0.0.0.0:8080");
+        h.reuseaddr = Some(true);
+        let d = verdict(&r, vec![h], &ctx());
+        assert_eq!(d.cause, Cause::ListenerConflict);
+        assert!(
+            d.hint
+                .starts_with("redis-cli (pid 200) is already listening on 0.0.0.0:8080")
+        );
+    }
+
+    #[test]
+    fn seed_3_3_and_3_4_same_process() {
+        let r = req("0.0.0.0", 8080);
+        let mut h = holder(State::Established, "127.0.0.1:8080");
+        h.pid = Some(100);
+        let d = verdict(&r, vec![h], &ctx());
+        assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+        assert!(d.same_process);
+        assert!(d.hint.starts_with("this process itself"), "{}", d.hint);
+
+        let mut h = holder(State::Listen, "0.0.0.0:8080");
+        h.pid = Some(7);
+        h.shared_with = vec![100];
+        let d = verdict(&req("127.0.0.1", 8080), vec![h], &ctx());
+        assert_eq!(d.cause, Cause::ListenerConflict);
+        assert!(d.same_process, "a socket shared with the caller counts");
+    }
+
+    #[test]
+    fn seed_3_6_reuseport_same_user_shares_other_user_does_not() {
+        let mut r = req("0.0.0.0", 8080);
+        r.reuseport = true;
+        let mut h = holder(State::Listen, "0.0.0.0:8080");
+        h.reuseport = Some(true);
+        assert!(!conflicts(&r, &h), "same uid shares");
+        h.uid = Some(0);
+        assert!(conflicts(&r, &h));
+        let d = verdict(&r, vec![h], &ctx());
+        assert_eq!(d.cause, Cause::ReuseportMismatch);
+        assert!(d.hint.contains("uid 1000 here, uid 0"), "{}", d.hint);
+    }
+
+    #[test]
+    fn listen_failure_is_decided_by_listeners_only() {
+        let mut r = req("127.0.0.1", 8080);
+        r.syscall = SyscallName::Listen;
+        r.reuseaddr = true;
+        let mut bound = holder(State::Bound, "127.0.0.1:8080");
+        bound.reuseaddr = Some(true);
+        let mut lst = holder(State::Listen, "127.0.0.1:8080");
+        lst.reuseaddr = Some(true);
+        let d = verdict(&r, vec![bound, lst], &ctx());
+        assert_eq!(d.cause, Cause::ListenerConflict);
+        assert_eq!(d.holders[0].state, State::Listen);
+        assert!(!d.holders[1].conflicts);
+    }
+
+    #[test]
+    fn dual_stack() {
+        // [::] without V6ONLY covers 0.0.0.0
+        assert!(addresses_overlap(
+            "0.0.0.0".parse().unwrap(),
+            None,
+            "::".parse().unwrap(),
+            Some(false)
+        ));
+        assert!(!addresses_overlap(
+            "0.0.0.0".parse().unwrap(),
+            None,
+            "::".parse().unwrap(),
+            Some(true)
+        ));
+        assert!(addresses_overlap(
+            "::ffff:127.0.0.1".parse().unwrap(),
+            None,
+            "127.0.0.1".parse().unwrap(),
+            None
+        ));
+        assert!(!addresses_overlap(
+            "127.0.0.1".parse().unwrap(),
+            None,
+            "127.0.0.2".parse().unwrap(),
+            None
+        ));
+        let mut h = holder(State::Listen, "[::]:8080");
+        h.v6only = Some(false);
+        let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+        assert_eq!(d.cause, Cause::DualStackConflict);
+        assert!(d.hint.contains("IPV6_V6ONLY"));
+    }
+
+    #[test]
+    fn udp_and_devices() {
+        let mut r = req("127.0.0.1", 5353);
+        r.udp = true;
+        r.reuseaddr = true;
+        let mut h = holder(State::Bound, "127.0.0.1:5353");
+        h.protocol = "udp".into();
+        let d = verdict(&r, vec![h.clone()], &ctx());
+        assert_eq!(d.cause, Cause::UdpConflict);
+        h.reuseaddr = Some(true);
+        assert!(!conflicts(&r, &h), "UDP shares when both set SO_REUSEADDR");
+        let mut r = req("0.0.0.0", 8080);
+        r.bound_dev_if = 2;
+        let mut h = holder(State::Listen, "0.0.0.0:8080");
+        h.bound_dev_if = 3;
+        assert!(!conflicts(&r, &h), "different devices do not conflict");
+    }
+
+    #[test]
+    fn exhaustion_and_other_errnos() {
+        let mut r = req("0.0.0.0", 0);
+        r.syscall = SyscallName::Connect;
+        r.errno = EADDRNOTAVAIL;
+        r.remote = Some("10.0.0.5:6379".parse().unwrap());
+        let c = PortContext {
+            range: Some((40000, 40009)),
+            reserved: vec![],
+            ports_in_use: Some(10),
+        };
+        let d = verdict(&r, vec![], &c);
+        assert_eq!(d.cause, Cause::EphemeralExhausted);
+        assert_eq!(d.port_range.as_deref(), Some("40000-40009"));
+        assert!(
+            d.hint.contains("towards 10.0.0.5:6379 (10 in use)"),
+            "{}",
+            d.hint
+        );
+
+        let mut r = req("0.0.0.0", 80);
+        r.errno = EACCES;
+        assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::PrivilegedPort);
+        r.errno = EADDRNOTAVAIL;
+        assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::AddressNotLocal);
+        r.errno = EINVAL;
+        assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::AlreadyBound);
+    }
+
+    #[test]
+    fn nothing_found_is_unknown_honestly() {
+        let d = verdict(&req("0.0.0.0", 8080), vec![], &ctx());
+        assert_eq!(d.cause, Cause::Unknown);
+        assert!(d.holders.is_empty());
+        assert!(
+            d.hint.contains("no socket holding port 8080 was found"),
+            "{}",
+            d.hint
+        );
+    }
+
+    #[test]
+    fn port_settings_parse() {
+        assert_eq!(parse_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_range("9 1"), None);
+        assert_eq!(
+            parse_reserved("8080,9000-9010\n"),
+            vec![(8080, 8080), (9000, 9010)]
+        );
+        assert!(parse_reserved("\n").is_empty());
+        let c = PortContext {
+            range: Some((5000, 65535)),
+            reserved: parse_reserved("8080"),
+            ports_in_use: None,
+        };
+        assert!(
+            !c.in_ephemeral_range(8080),
+            "reserved ports are not ephemeral"
+        );
+        assert!(c.in_ephemeral_range(8081));
+        assert!(!c.in_ephemeral_range(4999));
+    }
+
+    #[test]
+    fn diagnosis_json_keys() {
+        let mut h = holder(State::TimeWait, "127.0.0.1:8080");
+        h.source = Source::History;
+        let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["cause"], "time_wait_conflict");
+        assert_eq!(v["holders"][0]["state"], "TIME_WAIT");
+        assert_eq!(v["holders"][0]["source"], "history");
+        assert_eq!(v["holders"][0]["local"], "127.0.0.1:8080");
+        assert_eq!(v["port_range"], "5000-65535");
+        let back: Diagnosis = serde_json::from_value(v).unwrap();
+        assert_eq!(back, d);
+    }
+}

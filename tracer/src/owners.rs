@@ -1,0 +1,402 @@
+//! Who holds a port: the sockets the kernel lists on it in the failing process's network
+//! namespace (`sockdiag`), joined to the processes that have them open (`procfs`), and — for
+//! sockets no process owns, like TIME-WAIT — to the owners bindtrace's kernel programs remembered
+//! in the `HISTORY` map. Then `diagnose::verdict` decides.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tracer_common::{HistoryKey, IPPROTO_TCP, IPPROTO_UDP, Owner, Role, flags, tcp_state};
+
+use crate::{
+    diagnose::{self, Diagnosis, Holder, PortContext, Request, Source, State},
+    event::{self, Event, SyscallName},
+    netns::Netns,
+    procfs,
+    sockdiag::{self, DiagSocket},
+};
+
+const EADDRINUSE: i32 = 98;
+const EADDRNOTAVAIL: i32 = 99;
+
+/// Read access to the kernel's owner history.
+pub struct History {
+    map: BpfHashMap<MapData, HistoryKey, Owner>,
+}
+
+impl History {
+    pub fn new(map: BpfHashMap<MapData, HistoryKey, Owner>) -> Self {
+        Self { map }
+    }
+
+    fn get(&self, netns: u32, port: u16, protocol: u8, role: Role) -> Option<Owner> {
+        let key = HistoryKey {
+            netns,
+            port,
+            protocol,
+            role: role as u8,
+        };
+        self.map.get(&key, 0).ok()
+    }
+}
+
+/// A history entry with what it says.
+struct Remembered {
+    owner: Owner,
+    role: Role,
+    age_ms: u64,
+    alive: bool,
+    comm: String,
+}
+
+impl Remembered {
+    fn port_flags(&self) -> (Option<bool>, Option<bool>) {
+        if self.owner.flags & flags::SOCKOPTS_KNOWN == 0 {
+            return (None, None);
+        }
+        (
+            Some(self.owner.flags & flags::REUSEADDR != 0),
+            Some(self.owner.flags & flags::REUSEPORT != 0),
+        )
+    }
+
+    fn remote(&self) -> SocketAddr {
+        SocketAddr::new(
+            event::ip(self.owner.family, &self.owner.remote_addr),
+            self.owner.remote_port,
+        )
+    }
+
+    /// Fills `h`'s owner from this entry.
+    fn apply(&self, h: &mut Holder) {
+        h.pid = Some(self.owner.pid);
+        h.comm = Some(self.comm.clone());
+        h.uid = Some(self.owner.uid);
+        h.source = Source::History;
+        h.age_ms = Some(self.age_ms);
+        h.owner_alive = Some(self.alive);
+        let (a, p) = self.port_flags();
+        h.reuseaddr = h.reuseaddr.or(a);
+        h.reuseport = h.reuseport.or(p);
+    }
+}
+
+/// Looks up holders and decides; owns the caches that make repeated lookups cheap.
+pub struct Investigator {
+    sockets: procfs::SocketTable,
+    history: Option<History>,
+    /// Kernels before 6.8 do not list bound-only sockets (TCP_BOUND_INACTIVE).
+    lists_bound_sockets: bool,
+}
+
+impl Investigator {
+    pub fn new(history: Option<History>) -> Self {
+        let lists_bound_sockets = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 8, 0));
+        Self {
+            sockets: procfs::SocketTable::default(),
+            history,
+            lists_bound_sockets,
+        }
+    }
+
+    fn remembered(&self, netns: u32, port: u16, protocol: u8) -> Vec<Remembered> {
+        let Some(history) = &self.history else {
+            return Vec::new();
+        };
+        let now = event::monotonic_now();
+        [Role::Listening, Role::Bound, Role::Connected]
+            .into_iter()
+            .filter_map(|role| {
+                let owner = history.get(netns, port, protocol, role)?;
+                let comm = event::cstr(&owner.comm);
+                Some(Remembered {
+                    role,
+                    age_ms: now.saturating_sub(owner.ts_ns) / 1_000_000,
+                    alive: procfs::alive_as(owner.pid, &comm),
+                    comm,
+                    owner,
+                })
+            })
+            .collect()
+    }
+
+    /// Works out why `ev` failed. `ns` is the failing namespace (None if it could not be opened).
+    pub fn diagnose(&mut self, ev: &Event, ns: Option<&Netns>) -> Diagnosis {
+        let req = Request::from_event(ev);
+        let protocol = if req.udp { IPPROTO_UDP } else { IPPROTO_TCP } as u8;
+        let exhaustion = (ev.syscall == SyscallName::Connect && ev.errno == EADDRNOTAVAIL)
+            || (ev.errno == EADDRINUSE && ev.port == 0);
+        let port_conflict = ev.errno == EADDRINUSE && !exhaustion;
+
+        let looked = ns.and_then(|ns| {
+            ns.run_in(|| {
+                let mut ctx = port_context();
+                let (lo, hi) = if exhaustion {
+                    ctx.range.unwrap_or((32768, 60999))
+                } else {
+                    (ev.port, ev.port)
+                };
+                let socks = if port_conflict || exhaustion {
+                    sockets(protocol, lo, hi)
+                } else {
+                    Vec::new()
+                };
+                if exhaustion {
+                    let towards = req.remote;
+                    let n = socks
+                        .iter()
+                        .filter(|s| towards.is_none_or(|r| s.remote == r))
+                        .count();
+                    ctx.ports_in_use = Some(n as u32);
+                }
+                (socks, ctx)
+            })
+            .ok()
+        });
+        let (socks, ctx) = looked.unwrap_or_default();
+        if !port_conflict {
+            return diagnose::verdict(&req, Vec::new(), &ctx);
+        }
+        let remembered = self.remembered(ev.netns, ev.port, protocol);
+        let holders = self.holders(&socks, &remembered, &req);
+        diagnose::verdict(&req, holders, &ctx)
+    }
+
+    fn holders(
+        &mut self,
+        socks: &[DiagSocket],
+        remembered: &[Remembered],
+        req: &Request,
+    ) -> Vec<Holder> {
+        let (udp, port) = (req.udp, req.port);
+        let inodes: Vec<u64> = socks.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
+        let candidates: Vec<u32> = remembered
+            .iter()
+            .filter(|r| r.alive)
+            .map(|r| r.owner.pid)
+            .collect();
+        let owners = self.sockets.owners(&inodes, &candidates);
+        let mut holders = Vec::new();
+        for s in socks {
+            let state = State::from_kernel(s.state, udp);
+            let connected = !matches!(state, State::Listen | State::Bound);
+            let mut h = Holder {
+                state,
+                protocol: if udp { "udp" } else { "tcp" }.to_string(),
+                local: s.local,
+                remote: (connected && !s.remote.ip().is_unspecified()).then_some(s.remote),
+                pid: None,
+                comm: None,
+                uid: (s.inode != 0).then_some(s.uid),
+                source: Source::Unknown,
+                reuseaddr: None,
+                reuseport: None,
+                v6only: s.v6only,
+                bound_dev_if: s.bound_dev_if,
+                age_ms: None,
+                owner_alive: None,
+                shared_with: Vec::new(),
+                inode: s.inode,
+                conflicts: false,
+            };
+            if let Some(list) = owners.get(&s.inode).filter(|l| !l.is_empty()) {
+                let (pid, fd) = list[0];
+                if let Some(p) = procfs::process(pid) {
+                    h.comm = Some(p.comm);
+                    h.uid = Some(p.uid);
+                }
+                h.pid = Some(pid);
+                h.source = Source::Live;
+                h.shared_with = list.iter().map(|&(p, _)| p).filter(|&p| p != pid).collect();
+                h.shared_with.dedup();
+                if let Some(o) = procfs::socket_options(pid, fd, s.inode) {
+                    h.reuseaddr = Some(o.reuseaddr);
+                    h.reuseport = Some(o.reuseport);
+                    h.v6only = o.v6only.or(h.v6only);
+                }
+                // Options unreadable (no ptrace access): the kernel remembered them.
+                if h.reuseaddr.is_none()
+                    && let Some(r) = remembered.iter().find(|r| r.owner.pid == pid)
+                {
+                    (h.reuseaddr, h.reuseport) = r.port_flags();
+                }
+            } else if let Some(r) = history_owner(remembered, s, state) {
+                r.apply(&mut h);
+            }
+            holders.push(h);
+        }
+        // A failed listen() leaves its socket bound: it is the caller, not a holder.
+        if req.syscall == SyscallName::Listen
+            && let Some(i) = holders.iter().position(|h| {
+                h.state == State::Bound
+                    && h.pid == Some(req.pid)
+                    && h.local == SocketAddr::new(req.addr, req.port)
+            })
+        {
+            holders.remove(i);
+        }
+        // Before 6.8 the kernel lists no bound-only socket: a live process that bound the port
+        // and still runs is the best explanation left.
+        if socks.is_empty() && !self.lists_bound_sockets {
+            for r in remembered
+                .iter()
+                .filter(|r| r.role == Role::Bound && r.alive)
+            {
+                let ip = event::ip(r.owner.family, &r.owner.local_addr);
+                let mut h = Holder {
+                    state: State::Bound,
+                    protocol: if udp { "udp" } else { "tcp" }.to_string(),
+                    local: SocketAddr::new(ip, port),
+                    remote: None,
+                    pid: None,
+                    comm: None,
+                    uid: None,
+                    source: Source::History,
+                    reuseaddr: None,
+                    reuseport: None,
+                    v6only: None,
+                    bound_dev_if: 0,
+                    age_ms: None,
+                    owner_alive: None,
+                    shared_with: Vec::new(),
+                    inode: 0,
+                    conflicts: false,
+                };
+                r.apply(&mut h);
+                holders.push(h);
+            }
+        }
+        holders
+    }
+}
+
+/// The remembered owner of a socket no process has open: the connection's creator (matched by
+/// its peer), or for a connection accepted by a listener, that listener.
+fn history_owner<'a>(
+    remembered: &'a [Remembered],
+    s: &DiagSocket,
+    state: State,
+) -> Option<&'a Remembered> {
+    if matches!(state, State::Listen | State::Bound) {
+        return remembered.iter().find(|r| r.role != Role::Connected);
+    }
+    remembered
+        .iter()
+        .find(|r| r.role == Role::Connected && same_endpoint(r.remote(), s.remote))
+        .or_else(|| remembered.iter().find(|r| r.role == Role::Listening))
+}
+
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && diagnose::canonical(a.ip()) == diagnose::canonical(b.ip())
+}
+
+/// `ip_local_port_range` and `ip_local_reserved_ports` of the calling thread's namespace.
+fn port_context() -> PortContext {
+    let read = |name: &str| fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok();
+    PortContext {
+        range: read("ip_local_port_range").and_then(|s| diagnose::parse_range(&s)),
+        reserved: read("ip_local_reserved_ports")
+            .map(|s| diagnose::parse_reserved(&s))
+            .unwrap_or_default(),
+        ports_in_use: None,
+    }
+}
+
+/// Sockets of `protocol` on ports `lo..=hi` in the calling thread's namespace, both families.
+/// Falls back to `/proc/thread-self/net/*` when sock_diag is unavailable (e.g. no `udp_diag`).
+fn sockets(protocol: u8, lo: u16, hi: u16) -> Vec<DiagSocket> {
+    let mut out = Vec::new();
+    for (family, file) in [(libc::AF_INET, ""), (libc::AF_INET6, "6")] {
+        match sockdiag::dump(protocol, family as u8, lo, hi) {
+            Ok(v) => out.extend(v),
+            Err(e) => {
+                log::debug!("sock_diag {protocol}/{family}: {e}; reading /proc instead");
+                let name = if protocol == IPPROTO_UDP as u8 {
+                    "udp"
+                } else {
+                    "tcp"
+                };
+                let path = format!("/proc/thread-self/net/{name}{file}");
+                if let Ok(text) = fs::read_to_string(path) {
+                    out.extend(
+                        parse_proc_net(&text, protocol)
+                            .into_iter()
+                            .filter(|s| (lo..=hi).contains(&s.local.port())),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn hex_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(
+            u32::from_str_radix(ip, 16).ok()?.to_le_bytes(),
+        )),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                let w = u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).ok()?;
+                b[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Parses `/proc/net/{tcp,udp}{,6}` (`sl local rem st ... uid timeout inode`).
+pub fn parse_proc_net(text: &str, protocol: u8) -> Vec<DiagSocket> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                return None;
+            }
+            Some(DiagSocket {
+                protocol,
+                state: u8::from_str_radix(f[3], 16).unwrap_or(tcp_state::CLOSE),
+                local: hex_addr(f[1])?,
+                remote: hex_addr(f[2])?,
+                uid: f[7].parse().ok()?,
+                inode: f[9].parse().ok()?,
+                bound_dev_if: 0,
+                v6only: None,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_tcp_and_tcp6() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:18EB 06 00000000:00000000 03:00001771 00000000     0        0 0 3 0000000000000000";
+        let s = parse_proc_net(v4, 6);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((s[0].state, s[0].inode), (tcp_state::LISTEN, 31337));
+        assert_eq!(s[1].remote, "127.0.0.1:6379".parse().unwrap());
+        assert_eq!(s[1].state, tcp_state::TIME_WAIT);
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 42 1 0000000000000000 100 0 0 10 0";
+        let s = parse_proc_net(v6, 6);
+        assert_eq!(s[0].local, "[::1]:8080".parse().unwrap());
+        assert_eq!(s[0].uid, 1000);
+        assert!(parse_proc_net("header\ngarbage line\n", 6).is_empty());
+    }
+}

@@ -1,0 +1,106 @@
+//! Between the collector and the output. A failure's network namespace is opened the moment it
+//! arrives (the failing process may exit a moment later); the lookup of who held the port and the
+//! verdict run on one worker thread, so events are written in the order they happened and the
+//! collector keeps draining the ring buffer meanwhile.
+
+use std::{
+    sync::mpsc,
+    thread::{self, JoinHandle},
+};
+
+use anyhow::{Result, anyhow};
+
+use crate::{
+    collector::Sink,
+    event::Event,
+    netns::{self, Netns},
+    output::Renderer,
+    owners::Investigator,
+};
+
+enum Msg {
+    Event(Box<Event>, Option<Netns>),
+    Lost { time: String, lost: u64, total: u64 },
+}
+
+pub struct Pipeline {
+    tx: Option<mpsc::Sender<Msg>>,
+    worker: Option<JoinHandle<Result<()>>>,
+    finder: netns::Finder,
+    diagnose: bool,
+}
+
+impl Pipeline {
+    /// `investigator`: None to report failures without looking up holders.
+    pub fn start(mut renderer: Renderer, investigator: Option<Investigator>) -> Self {
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let diagnose = investigator.is_some();
+        let worker = thread::Builder::new()
+            .name("bindtrace-diagnose".into())
+            .spawn(move || -> Result<()> {
+                let mut investigator = investigator;
+                for msg in rx {
+                    match msg {
+                        Msg::Event(mut ev, ns) => {
+                            if let Some(inv) = investigator.as_mut()
+                                && ev.is_failure()
+                            {
+                                ev.diagnosis = Some(inv.diagnose(&ev, ns.as_ref()));
+                            }
+                            renderer.event(&ev)?;
+                        }
+                        Msg::Lost { time, lost, total } => renderer.lost(&time, lost, total)?,
+                    }
+                }
+                Ok(())
+            })
+            .expect("spawning the diagnosis thread");
+        Self {
+            tx: Some(tx),
+            worker: Some(worker),
+            finder: netns::Finder::default(),
+            diagnose,
+        }
+    }
+
+    fn send(&mut self, msg: Msg) -> Result<()> {
+        if let Some(tx) = &self.tx
+            && tx.send(msg).is_ok()
+        {
+            return Ok(());
+        }
+        // The worker stopped: its error says why.
+        self.finish()?;
+        Err(anyhow!("the output thread stopped"))
+    }
+
+    /// Waits until everything sent has been written.
+    pub fn finish(&mut self) -> Result<()> {
+        self.tx.take();
+        match self.worker.take() {
+            Some(w) => w
+                .join()
+                .map_err(|_| anyhow!("the output thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Sink for Pipeline {
+    fn event(&mut self, ev: Event) -> Result<()> {
+        let ns = if self.diagnose && ev.is_failure() {
+            self.finder.open(u64::from(ev.netns), ev.pid, ev.tid)
+        } else {
+            None
+        };
+        self.send(Msg::Event(Box::new(ev), ns))
+    }
+
+    fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> Result<()> {
+        self.send(Msg::Lost {
+            time: time.to_string(),
+            lost,
+            total: lost_total,
+        })
+    }
+}

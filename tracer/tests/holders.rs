@@ -1,0 +1,255 @@
+//! Root-only kernel tests of the verdict: for each of the seed's situations, the failure's report
+//! must name the socket that held the port (state, owner pid/command — live or from history) and
+//! the right cause. The workloads keep their sockets until the report has been seen.
+
+mod common;
+
+use common::{Netns, Running, Tracer, can_run};
+use serde_json::Value;
+
+/// Runs a holding case in a fresh namespace; returns the failure event (with its verdict), the
+/// workload's own report, and the workload (to release once the test is done looking).
+fn held(case: &str, port: u16) -> (Value, Value, Running, Tracer, Netns) {
+    let tracer = Tracer::start(&[]);
+    let ns = Netns::new();
+    let run = ns.hold_case(case, &[&port.to_string()]);
+    let truth = run.report.clone();
+    let pid = run.pid();
+    let ev = tracer.wait_for(&format!("the failure of {case}"), |v| {
+        v["pid"] == pid && v["event"] == "bind_failure"
+    });
+    (ev, truth, run, tracer, ns)
+}
+
+fn holder(ev: &Value) -> &Value {
+    let h = &ev["holders"][0];
+    assert!(h.is_object(), "no holder named: {ev:#}");
+    h
+}
+
+#[test]
+fn seed_1a_time_wait_of_an_exited_process_is_named_from_history() {
+    if !can_run("seed_1a") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_1a", 8181);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(
+        h["source"], "history",
+        "the owner of a TIME-WAIT comes from history: {ev:#}"
+    );
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["comm"], truth["holder_comm"], "{ev:#}");
+    assert_eq!(
+        h["owner_alive"], false,
+        "the connecting process has exited: {ev:#}"
+    );
+    assert_eq!(
+        h["reuseaddr"], false,
+        "it connected without SO_REUSEADDR: {ev:#}"
+    );
+    assert_eq!(h["local"], "127.0.0.1:8181");
+    assert_eq!(h["remote"], "127.0.0.1:8182");
+    assert!(h["age_ms"].as_u64().is_some(), "{ev:#}");
+    assert_eq!(ev["same_process"], false);
+    assert_eq!(
+        ev["in_ephemeral_range"], false,
+        "8181 is below the default range: {ev:#}"
+    );
+    assert!(ev["hint"].as_str().unwrap().contains("TIME-WAIT"), "{ev:#}");
+    run.release();
+}
+
+#[test]
+fn seed_1b_established_connection_of_another_process() {
+    if !can_run("seed_1b") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_1b", 8183);
+    assert_eq!(ev["cause"], "outgoing_connection_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "ESTABLISHED");
+    assert_eq!(h["source"], "live");
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["comm"], "python3");
+    assert_eq!(h["reuseaddr"], false, "read from the live socket: {ev:#}");
+    assert_eq!(h["remote"], "127.0.0.1:8184");
+    assert_eq!(ev["same_process"], false);
+    run.release();
+}
+
+#[test]
+fn seed_3_1_listener_of_another_process() {
+    if !can_run("seed_3_1") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_3_1", 8185);
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "LISTEN");
+    assert_eq!(h["pid"], truth["holder_pid"]);
+    assert_eq!(h["source"], "live");
+    assert_eq!(h["reuseaddr"], true, "{ev:#}");
+    assert_eq!(h["local"], "0.0.0.0:8185");
+    assert_eq!(ev["same_process"], false);
+    run.release();
+}
+
+#[test]
+fn seed_3_2a_outgoing_connection_holds_the_listen_port() {
+    if !can_run("seed_3_2a") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_3_2a", 8187);
+    assert_eq!(ev["cause"], "outgoing_connection_conflict", "{ev:#}");
+    assert_eq!(holder(&ev)["pid"], truth["holder_pid"]);
+    run.release();
+}
+
+#[test]
+fn seed_3_3_same_process_connected_from_the_port() {
+    if !can_run("seed_3_3") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_3_3", 8189);
+    assert_eq!(ev["cause"], "outgoing_connection_conflict", "{ev:#}");
+    assert_eq!(ev["same_process"], true, "{ev:#}");
+    assert_eq!(holder(&ev)["pid"], truth["pid"]);
+    assert!(
+        ev["hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("this process itself"),
+        "{ev:#}"
+    );
+    run.release();
+}
+
+#[test]
+fn seed_3_4_same_process_listens_on_the_port() {
+    if !can_run("seed_3_4") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_3_4", 8191);
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    assert_eq!(ev["same_process"], true);
+    let h = holder(&ev);
+    assert_eq!((&h["state"], &h["pid"]), (&"LISTEN".into(), &truth["pid"]));
+    run.release();
+}
+
+#[test]
+fn reuseport_pair_owned_by_different_users() {
+    if !can_run("reuseport_uids") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_reuseport_uids", 8193);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["reuseport"], true);
+    assert_eq!(ev["cause"], "reuseport_mismatch", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["uid"], 65534);
+    assert_eq!(h["reuseport"], true);
+    assert_eq!(h["pid"], truth["holder_pid"]);
+    run.release();
+}
+
+#[test]
+fn listen_failure_names_the_listener() {
+    if !can_run("listen") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_listen", 8195);
+    assert_eq!(ev["syscall"], "listen");
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "LISTEN");
+    assert_eq!(h["pid"], truth["pid"], "both sockets are this process's");
+    assert_eq!(ev["same_process"], true);
+    run.release();
+}
+
+#[test]
+fn udp_conflict() {
+    if !can_run("udp") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_udp", 5353);
+    assert_eq!(ev["cause"], "udp_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["protocol"], "udp");
+    assert_eq!(h["pid"], truth["pid"]);
+    assert_eq!(h["reuseaddr"], false);
+    run.release();
+}
+
+#[test]
+fn ipv6_wildcard_covers_ipv4() {
+    if !can_run("dual_stack") {
+        return;
+    }
+    let (ev, _truth, run, ..) = held("case_dual_stack", 8197);
+    assert_eq!(ev["family"], "ipv4");
+    assert_eq!(ev["cause"], "dual_stack_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["local"], "[::]:8197");
+    assert_eq!(h["v6only"], false);
+    assert!(ev["hint"].as_str().unwrap().contains("IPV6_V6ONLY"));
+    run.release();
+}
+
+#[test]
+fn ipv6_listener_conflict() {
+    if !can_run("ipv6") {
+        return;
+    }
+    let (ev, _truth, run, ..) = held("case_ipv6", 8199);
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    assert_eq!(holder(&ev)["local"], "[::]:8199");
+    run.release();
+}
+
+#[test]
+fn connect_without_a_free_ephemeral_port() {
+    if !can_run("connect_exhaust") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_connect_exhaust", 7000);
+    assert_eq!(truth["errno"], 99, "{truth}");
+    assert_eq!(truth["connected"], 4);
+    assert_eq!(ev["syscall"], "connect");
+    assert_eq!(ev["error"], "EADDRNOTAVAIL");
+    assert_eq!(ev["remote_addr"], "127.0.0.1");
+    assert_eq!(ev["remote_port"], 7000);
+    assert_eq!(ev["cause"], "ephemeral_exhausted", "{ev:#}");
+    assert_eq!(
+        ev["port_range"], "40000-40003",
+        "the namespace's own range: {ev:#}"
+    );
+    assert_eq!(ev["ports_in_use"], 4, "{ev:#}");
+    run.release();
+}
+
+#[test]
+fn failure_in_the_hosts_own_namespace() {
+    if !can_run("host_netns") {
+        return;
+    }
+    // A port that is free on the host right now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tracer = Tracer::start(&[]);
+    let run = common::hold_case_on_host("case_3_4", &[&port.to_string()]);
+    let pid = run.pid();
+    let ev = tracer.failure(pid, u64::from(port));
+    assert_eq!(ev["netns"], common::host_netns());
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    assert_eq!(holder(&ev)["pid"], pid);
+    run.release();
+}
