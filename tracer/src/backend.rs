@@ -39,6 +39,8 @@ pub struct Settings {
     pub kernel_btf: Option<PathBuf>,
     /// Filters and switches; the offsets and backend are filled in here.
     pub config: Config,
+    /// Entries of the owner-history map.
+    pub history_size: u32,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything (the links are file
@@ -113,7 +115,7 @@ fn attach_cgroup_bind(ebpf: &mut Ebpf, root: &File, prog: &str) -> Result<()> {
 }
 
 /// Loads the object with `config` frozen into its `CONFIG` global.
-fn load(config: &Config, kernel_btf: Option<&PathBuf>) -> Result<Ebpf> {
+fn load(config: &Config, kernel_btf: Option<&PathBuf>, history_size: u32) -> Result<Ebpf> {
     let btf = match kernel_btf {
         Some(p) => Some(
             aya::Btf::parse_file(p, aya::Endianness::default())
@@ -124,6 +126,7 @@ fn load(config: &Config, kernel_btf: Option<&PathBuf>) -> Result<Ebpf> {
     EbpfLoader::new()
         .btf(btf.as_ref())
         .override_global(names::CONFIG, config, true)
+        .map_max_entries(names::HISTORY, history_size)
         .load(EBPF_OBJECT)
         .context("loading bindtrace's eBPF object into the kernel")
 }
@@ -134,6 +137,7 @@ pub fn start(settings: Settings) -> Result<Tracer> {
         choice,
         kernel_btf,
         mut config,
+        history_size,
     } = settings;
     let mut notes = Vec::new();
     match choice {
@@ -163,7 +167,7 @@ pub fn start(settings: Settings) -> Result<Tracer> {
     config.tp = tracefs::offsets(&tracefs)?;
     config.backend = Backend::Tracepoint as u8;
 
-    let mut ebpf = load(&config, kernel_btf.as_ref())?;
+    let mut ebpf = load(&config, kernel_btf.as_ref(), history_size)?;
     attach_tracepoint(
         &mut ebpf,
         "inet_sock_set_state",

@@ -51,6 +51,11 @@ pub struct WatchArgs {
     #[arg(long)]
     pub no_holders: bool,
 
+    /// Ports whose last owners the kernel remembers (about 150 bytes each): how far back a
+    /// TIME-WAIT socket's owner can be named on a busy host.
+    #[arg(long, value_name = "ENTRIES", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    pub history_size: u32,
+
     /// Which kernel hooks to use; `auto` picks the best this kernel offers.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,

@@ -523,15 +523,22 @@ fn hint_for_holder(
             h.uid.map_or_else(|| "?".to_string(), |u| u.to_string())
         ),
         Cause::DualStackConflict => {
+            let what = if h.state == State::Listen {
+                "is listening on"
+            } else {
+                "holds"
+            };
             if h.local.is_ipv6() {
                 format!(
-                    "{w} holds {local}, and an IPv6 wildcard without IPV6_V6ONLY also covers \
-                     IPv4: set IPV6_V6ONLY on it, or bind only one of the two"
+                    "{w} {what} {local}, an IPv6 wildcard without IPV6_V6ONLY that also covers \
+                     IPv4 port {port}: stop it, choose another port, or set IPV6_V6ONLY on that \
+                     socket"
                 )
             } else {
                 format!(
-                    "{w} holds {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also \
-                     covers IPv4: set IPV6_V6ONLY on this socket, or bind only one of the two"
+                    "{w} {what} {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also \
+                     covers IPv4 port {port}: stop it, choose another port, or set IPV6_V6ONLY \
+                     on this socket (Java: -Djava.net.preferIPv4Stack=true binds IPv4 only)"
                 )
             }
         }

@@ -96,6 +96,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         choice: args.backend,
         kernel_btf: args.kernel_btf.clone(),
         config,
+        history_size: args.history_size,
     })?;
     for note in &tracer.notes {
         eprintln!("bindtrace: note: {note}");

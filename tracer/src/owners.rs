@@ -97,7 +97,7 @@ impl Investigator {
         let lists_bound_sockets = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 8, 0));
         Self {
-            sockets: procfs::SocketTable::default(),
+            sockets: procfs::SocketTable::prefilled(),
             history,
             lists_bound_sockets,
         }
@@ -126,6 +126,7 @@ impl Investigator {
 
     /// Works out why `ev` failed. `ns` is the failing namespace (None if it could not be opened).
     pub fn diagnose(&mut self, ev: &Event, ns: Option<&Netns>) -> Diagnosis {
+        let started = std::time::Instant::now();
         let req = Request::from_event(ev);
         let protocol = if req.udp { IPPROTO_UDP } else { IPPROTO_TCP } as u8;
         let exhaustion = (ev.syscall == SyscallName::Connect && ev.errno == EADDRNOTAVAIL)
@@ -158,11 +159,19 @@ impl Investigator {
             .ok()
         });
         let (socks, ctx) = looked.unwrap_or_default();
+        let listed = started.elapsed();
         if !port_conflict {
             return diagnose::verdict(&req, Vec::new(), &ctx);
         }
         let remembered = self.remembered(ev.netns, ev.port, protocol);
         let holders = self.holders(&socks, &remembered, &req);
+        log::debug!(
+            "lookup for pid {} port {}: {} socket(s) listed in {listed:?}, owners found in {:?}",
+            ev.pid,
+            ev.port,
+            socks.len(),
+            started.elapsed().saturating_sub(listed)
+        );
         diagnose::verdict(&req, holders, &ctx)
     }
 

@@ -4,7 +4,9 @@
 //!     cargo xtask setup            install what building and testing need (idempotent)
 //!     cargo xtask run [-- ARGS]    set up, build, run `bindtrace watch ARGS` as root
 //!     cargo xtask test             set up, then every test tier this machine can run
+//!     cargo xtask bench verdict    failure-to-verdict latency (root)
 
+mod bench;
 mod setup;
 mod test;
 mod util;
@@ -31,6 +33,9 @@ enum Task {
     },
     /// Set up, then run every test tier this machine can run.
     Test(test::TestArgs),
+    /// Benchmarks (root).
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 fn main() -> Result<()> {
@@ -47,5 +52,9 @@ fn main() -> Result<()> {
             util::exec(cmd)
         }
         Task::Test(args) => test::run(&args),
+        Task::Bench(b) => {
+            setup::build_tools()?;
+            bench::run(&b)
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! - LLVM 22 development packages, and `bpf-linker` 0.13 built against them (the linker that
 //!   turns Rust's LLVM bitcode into BPF objects; a plain `cargo install bpf-linker` looks for
 //!   libLLVM in the wrong place on Debian);
-//! - what the kernel tests run: iproute2 (`ip netns`), util-linux (`setpriv`), python3.
+//! - what the kernel tests run: iproute2 (`ip netns`), util-linux (`setpriv`), python3, and the
+//!   real programs they trace (curl, a JDK).
 
 use std::process::Command;
 
@@ -15,7 +16,14 @@ use crate::util::{self, output, run, step, succeeds};
 /// Needed to build the eBPF programs.
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 /// Needed by the kernel tests on this host.
-const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "python3"];
+/// `curl` and a JDK are real programs the kernel tests run bindtrace against.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "python3",
+    "curl",
+    "openjdk-17-jdk-headless",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Everything needed to build.
