@@ -42,20 +42,24 @@ pub fn bind6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// An int socket option. The output slot starts uninitialised on purpose: a slot holding a
+/// constant makes some verifiers (seen on 6.1 with `bpf_get_func_ret`) keep believing the constant
+/// after the helper wrote it, and prune the branches that test the real value.
 #[inline(always)]
 fn getsockopt_int(ctx: &SockAddrContext, level: i32, name: i32) -> Option<i32> {
-    let mut v: i32 = 0;
-    // SAFETY: the helper writes at most `optlen` bytes into `v`.
+    let mut v = core::mem::MaybeUninit::<i32>::uninit();
+    // SAFETY: the helper writes `optlen` (4) bytes into `v` on success, the only case read.
     let r = unsafe {
         bpf_getsockopt(
             ctx.sock_addr.cast::<c_void>(),
             level,
             name,
-            (&raw mut v).cast::<c_void>(),
+            v.as_mut_ptr().cast::<c_void>(),
             4,
         )
     };
-    (r == 0).then_some(v)
+    // SAFETY: see above.
+    (r == 0).then(|| unsafe { v.assume_init() })
 }
 
 /// Fills this thread's pending bind() with what the kernel is about to act on. `V6` selects the

@@ -167,6 +167,34 @@ pub fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+/// The peer of a connecting socket: address and port (host order).
+#[inline(always)]
+pub fn sock_remote(sk: *const u8, family: u16) -> ([u8; 16], u16) {
+    let mut addr = [0u8; 16];
+    if family == AF_INET6 {
+        addr = read_bytes::<16>(sk, conf!(kernel.skc_v6_daddr)).unwrap_or([0; 16]);
+    } else if let Some(a) = read_bytes::<4>(sk, conf!(kernel.skc_daddr)) {
+        addr[..4].copy_from_slice(&a);
+    }
+    let port = u16::from_be(read(sk, conf!(kernel.skc_dport)).unwrap_or(0) as u16);
+    (addr, port)
+}
+
+/// Family, port (host order) and address of a `sockaddr_in`/`sockaddr_in6` image: family(2)
+/// port(2, network order) then addr(4) at 4, or flowinfo(4) and addr(16) at 8.
+#[inline(always)]
+pub fn parse_sockaddr(raw: &[u8; 24]) -> Option<(u16, u16, [u8; 16])> {
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let mut addr = [0u8; 16];
+    match family {
+        AF_INET => addr[..4].copy_from_slice(&raw[4..8]),
+        AF_INET6 => addr.copy_from_slice(&raw[8..24]),
+        _ => return None,
+    }
+    Some((family, port, addr))
+}
+
 /// What the programs need to know about a `struct sock` (or `inet_timewait_sock`: both start with
 /// `struct sock_common`).
 #[derive(Clone, Copy)]
@@ -183,31 +211,38 @@ pub struct SockView {
     pub netns: u32,
 }
 
-/// Reads `sk`'s socket options and identity. Fields that cannot be read stay zero and their
-/// `*_KNOWN` bit stays clear.
-#[inline(always)]
+/// Reads `sk`'s socket options and identity. The head of `struct sock_common` (address, ports,
+/// family, state, option bits, device) is copied in one read and decoded from the copy; the rest
+/// is read field by field. Fields that cannot be read stay zero and their `*_KNOWN` bit stays
+/// clear.
+#[inline(never)]
 pub fn sock_view(sk: *const u8) -> SockView {
     let mut v = SockView {
-        family: read(sk, conf!(kernel.skc_family)).unwrap_or(0) as u16,
-        state: read(sk, conf!(kernel.skc_state)).unwrap_or(0) as u8,
-        port: read(sk, conf!(kernel.skc_num)).unwrap_or(0) as u16,
+        family: 0,
+        state: 0,
+        port: 0,
         addr: [0; 16],
         bound_dev_if: 0,
         flags: 0,
         protocol: 0,
         sock_type: 0,
-        netns: read_ptr(sk, conf!(kernel.skc_net)).map_or(0, net_inum),
+        netns: 0,
     };
+    let Some(head) = read_head(sk) else {
+        return v;
+    };
+    let field = |loc| from_head(&head, loc);
+    v.family = field(conf!(kernel.skc_family)).unwrap_or(0) as u16;
+    v.state = field(conf!(kernel.skc_state)).unwrap_or(0) as u8;
+    v.port = field(conf!(kernel.skc_num)).unwrap_or(0) as u16;
     if v.family == AF_INET6 {
         v.addr = read_bytes::<16>(sk, conf!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
-    } else if v.family == AF_INET
-        && let Some(a) = read_bytes::<4>(sk, conf!(kernel.skc_rcv_saddr))
-    {
-        v.addr[..4].copy_from_slice(&a);
+    } else if let Some(a) = field(conf!(kernel.skc_rcv_saddr)) {
+        v.addr[..4].copy_from_slice(&(a as u32).to_le_bytes());
     }
     if let (Some(reuse), Some(reuseport)) = (
-        read(sk, conf!(kernel.skc_reuse)),
-        read(sk, conf!(kernel.skc_reuseport)),
+        field(conf!(kernel.skc_reuse)),
+        field(conf!(kernel.skc_reuseport)),
     ) {
         v.flags |= flags::SOCKOPTS_KNOWN;
         if reuse != 0 {
@@ -217,16 +252,17 @@ pub fn sock_view(sk: *const u8) -> SockView {
             v.flags |= flags::REUSEPORT;
         }
     }
-    if let Some(v6only) = read(sk, conf!(kernel.skc_ipv6only)) {
+    if let Some(v6only) = field(conf!(kernel.skc_ipv6only)) {
         v.flags |= flags::V6ONLY_KNOWN;
         if v6only != 0 && v.family == AF_INET6 {
             v.flags |= flags::V6ONLY;
         }
     }
-    if let Some(dev) = read(sk, conf!(kernel.skc_bound_dev_if)) {
+    if let Some(dev) = field(conf!(kernel.skc_bound_dev_if)) {
         v.bound_dev_if = dev as u32;
         v.flags |= flags::DEV_KNOWN;
     }
+    v.netns = read_ptr(sk, conf!(kernel.skc_net)).map_or(0, net_inum);
     if let (Some(proto), Some(ty)) = (
         read(sk, conf!(kernel.sk_protocol)),
         read(sk, conf!(kernel.sk_type)),

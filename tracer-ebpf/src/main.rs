@@ -8,8 +8,12 @@
 
 mod cgroup_bind;
 mod config;
+mod fexit;
+mod inet;
 mod kernel;
+mod kprobe;
 mod maps;
+mod probe;
 mod report;
 mod sock_state;
 mod syscalls;

@@ -20,6 +20,11 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map(name = "PENDING")]
 pub static PENDING: LruHashMap<u32, BindEvent> = LruHashMap::with_max_entries(16 * 1024, 0);
 
+/// Per-CPU room to build one event in: BPF stacks are 512 bytes, and an event plus the frames of
+/// the readers that fill it do not fit.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<BindEvent> = PerCpuArray::with_max_entries(1, 0);
+
 /// Who last held a port: (netns, port, protocol, role) → owner. This is what names the process
 /// behind a TIME-WAIT socket long after it exited.
 #[map(name = "HISTORY")]
@@ -30,3 +35,7 @@ pub static HISTORY: LruHashMap<HistoryKey, Owner> = LruHashMap::with_max_entries
 /// socket's address.
 #[map(name = "CONNECTING")]
 pub static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(16 * 1024, 0);
+
+/// kprobe backend: the socket a `__inet_hash_connect()` in flight works on, keyed by thread.
+#[map(name = "CONNECT_SK")]
+pub static CONNECT_SK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4 * 1024, 0);

@@ -13,35 +13,28 @@ use tracer_common::{AF_INET, AF_INET6, BindEvent, Syscall, flags};
 
 use crate::{
     config::conf,
-    kernel::{current_tid, tp_read},
+    kernel::{current_tid, parse_sockaddr, tp_read},
     maps::PENDING,
     report::finish,
 };
 
 const EADDRNOTAVAIL: i64 = 99;
 
-/// Family, port (host order) and address of a user-space `sockaddr_in`/`sockaddr_in6`.
+/// Family, port (host order) and address of a user-space `sockaddr_in`/`sockaddr_in6`. Reads
+/// only as many bytes as the family's structure has: a 16-byte `sockaddr_in` may end a page.
 #[inline(always)]
 fn read_user_sockaddr(uaddr: u64) -> Option<(u16, u16, [u8; 16])> {
     let p = uaddr as *const u8;
     // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
     let family: u16 = unsafe { bpf_probe_read_user(p.cast::<u16>()) }.ok()?;
-    let mut addr = [0u8; 16];
-    match family {
-        AF_INET => {
-            // sockaddr_in: family(2) port(2, network order) addr(4)
-            let raw: [u8; 8] = unsafe { bpf_probe_read_user(p.cast::<[u8; 8]>()) }.ok()?;
-            addr[..4].copy_from_slice(&raw[4..8]);
-            Some((family, u16::from_be_bytes([raw[2], raw[3]]), addr))
-        }
-        AF_INET6 => {
-            // sockaddr_in6: family(2) port(2) flowinfo(4) addr(16)
-            let raw: [u8; 24] = unsafe { bpf_probe_read_user(p.cast::<[u8; 24]>()) }.ok()?;
-            addr.copy_from_slice(&raw[8..24]);
-            Some((family, u16::from_be_bytes([raw[2], raw[3]]), addr))
-        }
-        _ => None,
+    let mut raw = [0u8; 24];
+    if family == AF_INET6 {
+        raw = unsafe { bpf_probe_read_user(p.cast::<[u8; 24]>()) }.ok()?;
+    } else if family == AF_INET {
+        let head: [u8; 8] = unsafe { bpf_probe_read_user(p.cast::<[u8; 8]>()) }.ok()?;
+        raw[..8].copy_from_slice(&head);
     }
+    parse_sockaddr(&raw)
 }
 
 /// `int bind(int fd, struct sockaddr *umyaddr, int addrlen)` /

@@ -1,23 +1,33 @@
 //! The one place that decides which kernel hooks bindtrace uses, loads the programs and attaches
-//! them.
+//! them. Backends, best first:
 //!
-//! Backends, best first:
-//! - `tracepoint`: `syscalls:sys_{enter,exit}_{bind,listen,connect}` + `cgroup/bind4`,`bind6` on the
-//!   cgroup-v2 root + `sock:inet_sock_set_state`. Needs no kprobes or BTF trampolines, so it runs
-//!   on locked-down kernels like Firecracker guests.
+//! | backend | hooks | needs |
+//! |---|---|---|
+//! | `fexit` | fexit on `inet_bind`, `inet6_bind`, `inet_csk_get_port`, `__inet_hash_connect` | BTF, BPF trampolines (5.5+; `bpf_get_func_ret` 5.17+) |
+//! | `kprobe` | kprobe + kretprobe on the same functions | `CONFIG_KPROBES` |
+//! | `tracepoint` | `syscalls:sys_{enter,exit}_{bind,listen,connect}` + `cgroup/bind4`,`bind6` | syscall tracepoints, cgroup v2 |
 //!
-//! Every backend also attaches `sock:inet_sock_set_state` to remember who owns outgoing
-//! connections.
+//! All three also attach `sock:inet_sock_set_state` (owners of outgoing connections). `auto`
+//! tries them in that order and keeps the first that really loads and attaches — a probe by
+//! doing, not by kernel version — telling the user in one line why each one before it was
+//! skipped. The kernel programs themselves are in `tracer-ebpf/src/{fexit,kprobe,syscalls,
+//! cgroup_bind,sock_state}.rs`.
 
-use std::{fs::File, path::PathBuf};
+use std::{
+    fmt,
+    fs::File,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FExit, KProbe, ProgramError, TracePoint,
+    },
     util::KernelVersion,
 };
-use tracer_common::{Backend, Config, names};
+use tracer_common::{Backend, Config, KernelOffsets, TracepointOffsets, names};
 
 use crate::{btf, event::BackendName, host, tracefs};
 
@@ -26,11 +36,36 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// The best backend this kernel offers.
+    /// The best backend this kernel offers: fexit, then kprobe, then tracepoint.
     #[default]
     Auto,
-    /// Syscall tracepoints + cgroup bind hooks.
+    /// BPF trampolines on the kernel's inet functions.
+    Fexit,
+    /// kprobes and kretprobes on the same functions.
+    Kprobe,
+    /// Syscall tracepoints + cgroup bind hooks (no kprobes or trampolines needed).
     Tracepoint,
+}
+
+impl BackendChoice {
+    pub fn candidates(self) -> &'static [BackendName] {
+        match self {
+            Self::Auto => &[
+                BackendName::Fexit,
+                BackendName::Kprobe,
+                BackendName::Tracepoint,
+            ],
+            Self::Fexit => &[BackendName::Fexit],
+            Self::Kprobe => &[BackendName::Kprobe],
+            Self::Tracepoint => &[BackendName::Tracepoint],
+        }
+    }
+}
+
+impl fmt::Display for BackendName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the user asked for, besides the backend.
@@ -48,20 +83,82 @@ pub struct Settings {
 pub struct Tracer {
     pub ebpf: Ebpf,
     pub backend: BackendName,
-    /// Start-up notes worth telling the user (degraded features, fallbacks).
+    /// Start-up notes worth telling the user: backends skipped and why, degraded features.
     pub notes: Vec<String>,
 }
 
-/// The syscall tracepoints, exits before entries so that a call whose entry was seen is always
-/// finished (see `attach_tracepoints`).
-const SYSCALL_TRACEPOINTS: [(&str, &str, &str); 6] = [
-    ("sys_exit_bind", "syscalls", "sys_exit_bind"),
-    ("sys_exit_listen", "syscalls", "sys_exit_listen"),
-    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
-    ("sys_enter_bind", "syscalls", "sys_enter_bind"),
-    ("sys_enter_listen", "syscalls", "sys_enter_listen"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-];
+/// What the running kernel offers, resolved once for all attempts.
+pub struct Kernel {
+    /// BTF for fexit/tp_btf loading (None: no BTF).
+    pub btf: Option<Btf>,
+    pub btf_error: Option<String>,
+    pub offsets: KernelOffsets,
+    pub tp: TracepointOffsets,
+    pub tracefs: Result<PathBuf, String>,
+    pub cgroup2: Result<PathBuf, String>,
+    pub notes: Vec<String>,
+}
+
+impl Kernel {
+    pub fn probe(kernel_btf: Option<&Path>) -> Result<Self> {
+        let mut notes = Vec::new();
+        if let Some(p) = kernel_btf
+            && !p.is_file()
+        {
+            bail!("--kernel-btf {}: no such file", p.display());
+        }
+        let (btf, btf_error) = match kernel_btf {
+            Some(p) => match Btf::parse_file(p, aya::Endianness::default()) {
+                Ok(b) => (Some(b), None),
+                Err(e) => bail!("--kernel-btf {}: not BTF ({e})", p.display()),
+            },
+            None => match Btf::from_sys_fs() {
+                Ok(b) => (Some(b), None),
+                Err(e) => (
+                    None,
+                    Some(format!("{} unreadable ({e})", btf::SYSFS_VMLINUX)),
+                ),
+            },
+        };
+        let offsets = match btf::KernelBtf::load(kernel_btf) {
+            Ok(kbtf) => {
+                let (offsets, missing) = kbtf.offsets();
+                for m in missing {
+                    notes.push(format!("BTF lacks {m}; that field is reported as unknown"));
+                }
+                offsets
+            }
+            Err(e) => {
+                let (offsets, unknown) = btf::fallback_offsets();
+                notes.push(format!(
+                    "no kernel BTF ({e:#}): using the built-in x86_64 sock_common offsets; \
+                     unknown: {}",
+                    unknown.join(", ")
+                ));
+                offsets
+            }
+        };
+        let tracefs = tracefs::ensure_mounted().map_err(|e| format!("{e:#}"));
+        let tp = match &tracefs {
+            Ok(root) => {
+                let (tp, missing) = tracefs::offsets(root);
+                notes.extend(missing);
+                tp
+            }
+            Err(_) => TracepointOffsets::default(),
+        };
+        let cgroup2 = host::cgroup2_root().map_err(|e| format!("{e:#}"));
+        Ok(Self {
+            btf,
+            btf_error,
+            offsets,
+            tp,
+            tracefs,
+            cgroup2,
+            notes,
+        })
+    }
+}
 
 /// A load error with the verifier's verdict (its last lines) instead of its whole log; the whole
 /// log goes to the debug log (`RUST_LOG=debug`).
@@ -74,6 +171,15 @@ fn load_error(e: ProgramError, prog: &str) -> anyhow::Error {
             let log = verifier_log.to_string();
             log::debug!("verifier log for {prog}:\n{log}");
             let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() {
+                let why = if io_error.raw_os_error() == Some(libc::EPERM) {
+                    " — with no verifier message: this kernel forbids the program type here \
+                     (e.g. BPF trampolines when function tracing is disabled)"
+                } else {
+                    ""
+                };
+                return anyhow!("the kernel refused to load {prog}: {io_error}{why}");
+            }
             let tail = lines[lines.len().saturating_sub(8)..].join("\n    ");
             anyhow!(
                 "the kernel refused to load {prog} ({io_error}); the verifier said:\n    {tail}"
@@ -83,11 +189,18 @@ fn load_error(e: ProgramError, prog: &str) -> anyhow::Error {
     }
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
-    let p: &mut TracePoint = ebpf
+fn program<'a, T>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
         .program_mut(prog)
-        .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
-        .try_into()?;
+        .ok_or_else(|| anyhow!("program {prog} missing from the object"))?;
+    Ok(p.try_into()?)
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
+    let p: &mut TracePoint = program(ebpf, prog)?;
     p.load().map_err(|e| load_error(e, prog))?;
     p.attach(category, name)
         .with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
@@ -95,10 +208,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
 }
 
 fn attach_cgroup_bind(ebpf: &mut Ebpf, root: &File, prog: &str) -> Result<()> {
-    let p: &mut CgroupSockAddr = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
-        .try_into()?;
+    let p: &mut CgroupSockAddr = program(ebpf, prog)?;
     p.load().map_err(|e| load_error(e, prog))?;
     // Run beside programs others attached, never replace or block them. aya attaches with a BPF
     // link from 5.7: links are always multi-attach and `link_create` rejects the flag (EINVAL).
@@ -114,76 +224,205 @@ fn attach_cgroup_bind(ebpf: &mut Ebpf, root: &File, prog: &str) -> Result<()> {
     Ok(())
 }
 
+fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, prog: &str, function: &str) -> Result<()> {
+    let p: &mut FExit = program(ebpf, prog)?;
+    p.load(function, btf).map_err(|e| load_error(e, prog))?;
+    p.attach()
+        .with_context(|| format!("attaching {prog} to {function}"))?;
+    Ok(())
+}
+
+/// Loads `prog` once (if needed) and attaches it to `function`.
+fn attach_kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<()> {
+    let p: &mut KProbe = program(ebpf, prog)?;
+    if p.fd().is_err() {
+        p.load().map_err(|e| load_error(e, prog))?;
+    }
+    p.attach(function, 0)
+        .with_context(|| format!("attaching {prog} to {function}"))?;
+    Ok(())
+}
+
+/// Whether the kernel can create kprobes at all (`CONFIG_KPROBES`): the kprobe PMU or tracefs'
+/// `kprobe_events`.
+pub fn kprobes_available(kernel: &Kernel) -> Result<(), String> {
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    let events = kernel
+        .tracefs
+        .as_ref()
+        .is_ok_and(|t| t.join("kprobe_events").exists());
+    if pmu || events {
+        Ok(())
+    } else {
+        Err(
+            "this kernel has no kprobes (no kprobe PMU in /sys/bus/event_source/devices, no \
+             kprobe_events in tracefs: CONFIG_KPROBES is off)"
+                .to_string(),
+        )
+    }
+}
+
 /// Loads the object with `config` frozen into its `CONFIG` global.
-fn load(config: &Config, kernel_btf: Option<&PathBuf>, history_size: u32) -> Result<Ebpf> {
-    let btf = match kernel_btf {
-        Some(p) => Some(
-            aya::Btf::parse_file(p, aya::Endianness::default())
-                .with_context(|| format!("reading --kernel-btf {}", p.display()))?,
-        ),
-        None => aya::Btf::from_sys_fs().ok(),
-    };
+fn load(kernel: &Kernel, config: &Config, history_size: u32) -> Result<Ebpf> {
     EbpfLoader::new()
-        .btf(btf.as_ref())
+        .btf(kernel.btf.as_ref())
         .override_global(names::CONFIG, config, true)
         .map_max_entries(names::HISTORY, history_size)
         .load(EBPF_OBJECT)
         .context("loading bindtrace's eBPF object into the kernel")
 }
 
-/// Resolves everything the programs need, then loads and attaches the chosen backend.
-pub fn start(settings: Settings) -> Result<Tracer> {
-    let Settings {
-        choice,
-        kernel_btf,
-        mut config,
-        history_size,
-    } = settings;
+/// Loads and attaches one backend; returns notes on what works in a degraded way.
+pub fn attach(
+    backend: BackendName,
+    kernel: &Kernel,
+    config: &Config,
+    history_size: u32,
+) -> Result<(Ebpf, Vec<String>)> {
     let mut notes = Vec::new();
-    match choice {
-        BackendChoice::Auto | BackendChoice::Tracepoint => {}
-    }
-    host::require_privileges(true)?;
-    let cgroup_root = host::cgroup2_root()?;
-    let tracefs = tracefs::ensure_mounted()?;
-
-    config.kernel = match btf::KernelBtf::load(kernel_btf.as_deref()) {
-        Ok(kbtf) => {
-            let (offsets, missing) = kbtf.offsets();
-            for m in missing {
-                notes.push(format!("BTF lacks {m}; that field is reported as unknown"));
+    let mut config = *config;
+    config.backend = match backend {
+        BackendName::Fexit => Backend::Fexit,
+        BackendName::Kprobe => Backend::Kprobe,
+        _ => Backend::Tracepoint,
+    } as u8;
+    // Cheap checks first, so the reason given is the real one.
+    match backend {
+        BackendName::Fexit if kernel.btf.is_none() => bail!(
+            "needs kernel BTF: {}",
+            kernel.btf_error.as_deref().unwrap_or("none")
+        ),
+        BackendName::Kprobe => kprobes_available(kernel).map_err(|e| anyhow!(e))?,
+        BackendName::Tracepoint => {
+            if !config.tp.sys_ret.known() {
+                bail!("the syscall tracepoints are missing (CONFIG_FTRACE_SYSCALLS is off)");
             }
-            offsets
+            kernel.cgroup2.as_ref().map_err(|e| anyhow!("{e}"))?;
+            host::require_privileges(true)?;
         }
-        Err(e) => {
-            let (offsets, unknown) = btf::fallback_offsets();
-            notes.push(format!(
-                "no kernel BTF ({e:#}): using the built-in x86_64 sock_common offsets; unknown: {}",
-                unknown.join(", ")
-            ));
-            offsets
-        }
-    };
-    config.tp = tracefs::offsets(&tracefs)?;
-    config.backend = Backend::Tracepoint as u8;
-
-    let mut ebpf = load(&config, kernel_btf.as_ref(), history_size)?;
-    attach_tracepoint(
-        &mut ebpf,
-        "inet_sock_set_state",
-        "sock",
-        "inet_sock_set_state",
-    )?;
-    let root = File::open(&cgroup_root)
-        .with_context(|| format!("opening the cgroup-v2 root {}", cgroup_root.display()))?;
-    attach_cgroup_bind(&mut ebpf, &root, "bind4")?;
-    attach_cgroup_bind(&mut ebpf, &root, "bind6")?;
-    for (prog, category, name) in SYSCALL_TRACEPOINTS {
-        attach_tracepoint(&mut ebpf, prog, category, name)?;
+        _ => {}
     }
-    Ok(Tracer {
-        ebpf,
-        backend: BackendName::Tracepoint,
-        notes,
-    })
+    let mut ebpf = load(kernel, &config, history_size)?;
+    if config.tp.ss_skaddr.known() {
+        attach_tracepoint(
+            &mut ebpf,
+            "inet_sock_set_state",
+            "sock",
+            "inet_sock_set_state",
+        )
+        .unwrap_or_else(|e| {
+            notes.push(format!(
+                "owners of outgoing connections are not remembered ({e:#}): TIME-WAIT \
+                     holders will have no owner"
+            ));
+        });
+    } else {
+        notes.push(
+            "sock:inet_sock_set_state is missing (kernel < 4.16?): TIME-WAIT holders will \
+             have no owner"
+                .to_string(),
+        );
+    }
+    match backend {
+        BackendName::Fexit => {
+            let btf = kernel.btf.as_ref().expect("checked above");
+            attach_fexit(&mut ebpf, btf, "fexit_inet_bind", "inet_bind")?;
+            attach_fexit(&mut ebpf, btf, "fexit_inet6_bind", "inet6_bind")?;
+            attach_fexit(
+                &mut ebpf,
+                btf,
+                "fexit_inet_csk_get_port",
+                "inet_csk_get_port",
+            )?;
+            if let Err(e) = attach_fexit(
+                &mut ebpf,
+                btf,
+                "fexit_inet_hash_connect",
+                "__inet_hash_connect",
+            ) {
+                notes.push(format!("connect() port exhaustion is not traced: {e:#}"));
+            }
+        }
+        BackendName::Kprobe => {
+            attach_kprobe(&mut ebpf, "kp_inet_bind", "inet_bind")?;
+            attach_kprobe(&mut ebpf, "kp_inet6_bind", "inet6_bind")?;
+            attach_kprobe(&mut ebpf, "krp_bind", "inet_bind")?;
+            attach_kprobe(&mut ebpf, "krp_bind", "inet6_bind")?;
+            attach_kprobe(&mut ebpf, "kp_inet_csk_get_port", "inet_csk_get_port")?;
+            attach_kprobe(&mut ebpf, "krp_inet_csk_get_port", "inet_csk_get_port")?;
+            if let Err(e) = attach_kprobe(&mut ebpf, "kp_inet_hash_connect", "__inet_hash_connect")
+                .and_then(|()| {
+                    attach_kprobe(&mut ebpf, "krp_inet_hash_connect", "__inet_hash_connect")
+                })
+            {
+                notes.push(format!("connect() port exhaustion is not traced: {e:#}"));
+            }
+        }
+        _ => {
+            let root_path = kernel.cgroup2.as_ref().map_err(|e| anyhow!("{e}"))?;
+            let root = File::open(root_path)
+                .with_context(|| format!("opening the cgroup-v2 root {}", root_path.display()))?;
+            attach_cgroup_bind(&mut ebpf, &root, "bind4")?;
+            attach_cgroup_bind(&mut ebpf, &root, "bind6")?;
+            // Exits before entries: a call whose entry was seen is always finished.
+            for (prog, name) in [
+                ("sys_exit_bind", "sys_exit_bind"),
+                ("sys_exit_listen", "sys_exit_listen"),
+                ("sys_exit_connect", "sys_exit_connect"),
+                ("sys_enter_bind", "sys_enter_bind"),
+                ("sys_enter_listen", "sys_enter_listen"),
+                ("sys_enter_connect", "sys_enter_connect"),
+            ] {
+                attach_tracepoint(&mut ebpf, prog, "syscalls", name)?;
+            }
+        }
+    }
+    Ok((ebpf, notes))
+}
+
+/// Tries the chosen backend(s) in order and returns the first that attaches.
+pub fn start(settings: &Settings) -> Result<Tracer> {
+    host::require_privileges(false)?;
+    let kernel = Kernel::probe(settings.kernel_btf.as_deref())?;
+    let mut config = settings.config;
+    config.kernel = kernel.offsets;
+    config.tp = kernel.tp;
+    let mut skipped = Vec::new();
+    for &backend in settings.choice.candidates() {
+        match attach(backend, &kernel, &config, settings.history_size) {
+            Ok((ebpf, notes)) => {
+                let mut all = kernel.notes.clone();
+                all.extend(skipped.iter().map(|s| format!("{s}; falling back")));
+                all.extend(notes);
+                return Ok(Tracer {
+                    ebpf,
+                    backend,
+                    notes: all,
+                });
+            }
+            Err(e) => skipped.push(format!("{backend} backend unavailable: {e:#}")),
+        }
+    }
+    bail!(
+        "no backend could be attached on this kernel:\n  {}",
+        skipped.join("\n  ")
+    )
+}
+
+/// Whether this kernel loads a tp_btf program (for `doctor`; never attached).
+pub fn probe_tp_btf(kernel: &Kernel) -> Result<()> {
+    let btf = kernel
+        .btf
+        .as_ref()
+        .ok_or_else(|| anyhow!("no kernel BTF"))?;
+    let config = Config {
+        kernel: kernel.offsets,
+        tp: kernel.tp,
+        ..Config::default()
+    };
+    let mut ebpf = load(kernel, &config, 1024)?;
+    let p: &mut BtfTracePoint = program(&mut ebpf, "probe_tp_btf")?;
+    p.load("inet_sock_set_state", btf)
+        .map_err(|e| load_error(e, "probe_tp_btf"))?;
+    Ok(())
 }

@@ -8,6 +8,8 @@ use crate::{backend::BackendChoice, output::OutputFormat};
 
 const EXAMPLES: &str = "\
 EXAMPLES:
+  Check what this kernel supports:
+      sudo bindtrace doctor
   Watch every failing bind()/listen() on the host:
       sudo bindtrace watch
   Only port 8080, as JSON lines:
@@ -32,6 +34,19 @@ pub struct Cli {
 pub enum Command {
     /// Trace failing bind(), listen() and connect() calls on this host, live.
     Watch(WatchArgs),
+    /// Show what this kernel offers and which backend `--backend auto` would choose, and why.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Kernel BTF to read struct offsets from (default: /sys/kernel/btf/vmlinux).
+    #[arg(long, value_name = "FILE")]
+    pub kernel_btf: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -196,7 +211,9 @@ mod tests {
             "--all",
         ])
         .unwrap();
-        let Command::Watch(w) = cli.command;
+        let Command::Watch(w) = cli.command else {
+            panic!("watch parses as watch");
+        };
         assert_eq!(w.filters.port, Some(8080));
         assert_eq!(w.filters.pid, Some(7));
         assert_eq!(w.output, OutputFormat::Json);

@@ -45,7 +45,8 @@ pub fn missing_caps(caps: u64, needs_cgroup: bool) -> Vec<&'static str> {
     missing
 }
 
-/// Fails with a message naming what is missing when the programs cannot be loaded.
+/// Fails with a message naming what is missing when the programs cannot be loaded (`needs_cgroup`:
+/// also attached to a cgroup).
 pub fn require_privileges(needs_cgroup: bool) -> Result<()> {
     let missing = missing_caps(effective_caps(), needs_cgroup);
     if missing.is_empty() {

@@ -6,6 +6,7 @@ mod btf;
 mod cli;
 mod collector;
 mod diagnose;
+mod doctor;
 mod errno;
 mod event;
 mod host;
@@ -46,11 +47,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Watch(args) => watch(args).await,
+            Command::Watch(args) => watch(args).await.map(|()| true),
+            Command::Doctor(args) => doctor::run(args.kernel_btf.as_deref(), args.output),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("bindtrace: {e:#}");
             ExitCode::FAILURE
@@ -92,7 +95,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         debug: u8::from(args.debug_ebpf),
         ..Config::default()
     };
-    let mut tracer = backend::start(backend::Settings {
+    let mut tracer = backend::start(&backend::Settings {
         choice: args.backend,
         kernel_btf: args.kernel_btf.clone(),
         config,

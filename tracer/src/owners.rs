@@ -238,16 +238,6 @@ impl Investigator {
             }
             holders.push(h);
         }
-        // A failed listen() leaves its socket bound: it is the caller, not a holder.
-        if req.syscall == SyscallName::Listen
-            && let Some(i) = holders.iter().position(|h| {
-                h.state == State::Bound
-                    && h.pid == Some(req.pid)
-                    && h.local == SocketAddr::new(req.addr, req.port)
-            })
-        {
-            holders.remove(i);
-        }
         // Before 6.8 the kernel lists no bound-only socket: a live process that bound the port
         // and still runs is the best explanation left.
         if socks.is_empty() && !self.lists_bound_sockets {
@@ -278,6 +268,16 @@ impl Investigator {
                 r.apply(&mut h);
                 holders.push(h);
             }
+        }
+        // A failed listen() leaves its socket bound: it is the caller, not a holder.
+        if req.syscall == SyscallName::Listen
+            && let Some(i) = holders.iter().position(|h| {
+                h.state == State::Bound
+                    && h.pid == Some(req.pid)
+                    && h.local == SocketAddr::new(req.addr, req.port)
+            })
+        {
+            holders.remove(i);
         }
         holders
     }

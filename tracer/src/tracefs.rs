@@ -116,31 +116,65 @@ fn array(fields: &HashMap<String, FieldLoc>, tp: &str, name: &str) -> Result<Fie
     Ok(FieldLoc::at(f.byte, 8))
 }
 
-/// Offsets of the syscall tracepoints' arguments and of `sock:inet_sock_set_state`.
-pub fn offsets(root: &Path) -> Result<TracepointOffsets> {
-    let enter = format(root, "syscalls", "sys_enter_bind")?;
-    let exit = format(root, "syscalls", "sys_exit_bind")?;
-    let ss = format(root, "sock", "inet_sock_set_state")?;
-    let e = "syscalls:sys_enter_bind";
-    let s = "sock:inet_sock_set_state";
-    Ok(TracepointOffsets {
-        sys_arg0: need(&enter, e, "fd")?,
-        sys_arg1: need(&enter, e, "umyaddr")?,
-        sys_arg2: need(&enter, e, "addrlen")?,
-        sys_ret: need(&exit, "syscalls:sys_exit_bind", "ret")?,
-        ss_skaddr: need(&ss, s, "skaddr")?,
-        ss_oldstate: need(&ss, s, "oldstate")?,
-        ss_newstate: need(&ss, s, "newstate")?,
-        ss_sport: need(&ss, s, "sport")?,
-        ss_dport: need(&ss, s, "dport")?,
-        ss_family: need(&ss, s, "family")?,
-        ss_protocol: need(&ss, s, "protocol")?,
-        ss_saddr: array(&ss, s, "saddr")?,
-        ss_daddr: array(&ss, s, "daddr")?,
-        ss_saddr_v6: array(&ss, s, "saddr_v6")?,
-        ss_daddr_v6: array(&ss, s, "daddr_v6")?,
-        _pad: FieldLoc::NONE,
-    })
+/// Offsets of the syscall tracepoints' arguments and of `sock:inet_sock_set_state`, each group
+/// left unknown (with the reason returned) when this kernel lacks it: the syscall tracepoints
+/// need `CONFIG_FTRACE_SYSCALLS`, `inet_sock_set_state` needs 4.16.
+pub fn offsets(root: &Path) -> (TracepointOffsets, Vec<String>) {
+    let mut o = TracepointOffsets::default();
+    let mut missing = Vec::new();
+    let sys = || -> Result<[FieldLoc; 4]> {
+        let enter = format(root, "syscalls", "sys_enter_bind")?;
+        let exit = format(root, "syscalls", "sys_exit_bind")?;
+        let e = "syscalls:sys_enter_bind";
+        Ok([
+            need(&enter, e, "fd")?,
+            need(&enter, e, "umyaddr")?,
+            need(&enter, e, "addrlen")?,
+            need(&exit, "syscalls:sys_exit_bind", "ret")?,
+        ])
+    };
+    match sys() {
+        Ok([a0, a1, a2, ret]) => {
+            (o.sys_arg0, o.sys_arg1, o.sys_arg2, o.sys_ret) = (a0, a1, a2, ret);
+        }
+        Err(e) => missing.push(format!("{e:#}")),
+    }
+    let ss = || -> Result<[FieldLoc; 11]> {
+        let f = format(root, "sock", "inet_sock_set_state")?;
+        let s = "sock:inet_sock_set_state";
+        Ok([
+            need(&f, s, "skaddr")?,
+            need(&f, s, "oldstate")?,
+            need(&f, s, "newstate")?,
+            need(&f, s, "sport")?,
+            need(&f, s, "dport")?,
+            need(&f, s, "family")?,
+            need(&f, s, "protocol")?,
+            array(&f, s, "saddr")?,
+            array(&f, s, "daddr")?,
+            array(&f, s, "saddr_v6")?,
+            array(&f, s, "daddr_v6")?,
+        ])
+    };
+    match ss() {
+        Ok(f) => {
+            [
+                o.ss_skaddr,
+                o.ss_oldstate,
+                o.ss_newstate,
+                o.ss_sport,
+                o.ss_dport,
+                o.ss_family,
+                o.ss_protocol,
+                o.ss_saddr,
+                o.ss_daddr,
+                o.ss_saddr_v6,
+                o.ss_daddr_v6,
+            ] = f;
+        }
+        Err(e) => missing.push(format!("{e:#}")),
+    }
+    (o, missing)
 }
 
 #[cfg(test)]

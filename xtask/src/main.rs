@@ -7,6 +7,7 @@
 //!     cargo xtask bench verdict    failure-to-verdict latency (root)
 
 mod bench;
+mod kernels;
 mod setup;
 mod test;
 mod util;
@@ -23,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the toolchain pieces and packages needed to build and test (idempotent).
+    /// Install the toolchain pieces, packages and VM kernels needed to build and test
+    /// (idempotent).
     Setup,
     /// Set up, build (release) and run `bindtrace watch` with ARGS, as root.
     Run {
@@ -42,7 +44,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     util::extend_path();
     match cli.task {
-        Task::Setup => setup::all(),
+        Task::Setup => setup::all().and_then(|()| setup::vm()),
         Task::Run { args } => {
             setup::build_tools()?;
             util::cargo(&["build", "--release", "--package", "tracer"])?;

@@ -39,6 +39,19 @@ pub fn all() -> Result<()> {
     step("test packages", || apt(TEST_PACKAGES))
 }
 
+/// What the VM tier needs: qemu, Debian's 6.1 and 6.12 kernels, virtme-ng.
+pub fn vm() -> Result<()> {
+    let mut pkgs = vec!["qemu-system-x86", "busybox-static"];
+    pkgs.extend(crate::kernels::VM_KERNELS.iter().map(|(_, pkg, _)| *pkg));
+    step("VM packages (qemu, kernels)", || apt(&pkgs))?;
+    step("virtme-ng", || {
+        if util::succeeds(Command::new("vng").arg("--version")) {
+            return Ok(());
+        }
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "virtme-ng"]))
+    })
+}
+
 fn rust_src() -> Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",

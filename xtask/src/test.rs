@@ -1,14 +1,14 @@
 //! The test tiers, in order:
 //! 1. formatting, lints and the logic tests that need no privileges (`cargo test`);
 //! 2. kernel tests on this host, as root: the real programs, real failures in private network
-//!    namespaces (`tracer/tests/*.rs`).
+//!    namespaces (`tracer/tests/*.rs`), with the backend `auto` picks here;
+//! 3. the same kernel tests in VMs booting Debian's 6.1 and 6.12 kernels, once per backend each
+//!    kernel offers (`kernels.rs`).
 
-use std::process::Command;
-
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::{
-    setup,
+    kernels, setup,
     util::{self, cargo, step},
 };
 
@@ -17,11 +17,20 @@ pub struct TestArgs {
     /// Skip set-up (when it is known to be done).
     #[arg(long)]
     no_setup: bool,
+    /// Skip the VM tier (tier 3).
+    #[arg(long)]
+    no_vm: bool,
+    /// Write the kernel matrix of this run to docs/kernels.md.
+    #[arg(long)]
+    update_docs: bool,
 }
 
 pub fn run(args: &TestArgs) -> Result<()> {
     if !args.no_setup {
         step("set-up", setup::all)?;
+        if !args.no_vm {
+            step("set-up for the VM tier", setup::vm)?;
+        }
     }
     step("format check", || cargo(&["fmt", "--all", "--", "--check"]))?;
     step("clippy", || {
@@ -39,21 +48,68 @@ pub fn run(args: &TestArgs) -> Result<()> {
     step("tier 1: logic tests (no root)", || {
         cargo(&["test", "--release", "--lib", "--bins"])
     })?;
-    step("tier 2: kernel tests on this host (root)", kernel_tests)?;
+    if !util::is_root() && !util::succeeds(std::process::Command::new("sudo").args(["-n", "true"]))
+    {
+        eprintln!(
+            "SKIP tiers 2 and 3: not root and sudo needs a password; run `sudo cargo xtask test`"
+        );
+        return Ok(());
+    }
+    let bins = step("build the kernel tests", kernels::build_tests)?;
+    let mut runs = Vec::new();
+    let host = step("tier 2: kernel tests on this host (root)", || {
+        let started = std::time::Instant::now();
+        let doctor = kernels::doctor_here()?;
+        let auto = doctor["auto"].as_str().unwrap_or("auto").to_string();
+        let outcome = kernels::run_here(&bins, "auto")?;
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        Ok(kernels::KernelRun {
+            label: "host".into(),
+            release: release.trim().to_string(),
+            doctor,
+            backends: [(auto, outcome)].into(),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    })?;
+    report(&host);
+    runs.push(host);
+    if !args.no_vm {
+        for (label, _, prefix) in kernels::VM_KERNELS {
+            let Some(image) = kernels::image(prefix) else {
+                bail!("no /boot/{prefix}* kernel image: run `cargo xtask setup`");
+            };
+            let run = step(&format!("tier 3: kernel tests in a {label} VM"), || {
+                kernels::run_in_vm(label, &image, &bins)
+            })?;
+            report(&run);
+            runs.push(run);
+        }
+    }
+    let table = kernels::table(&runs);
+    let skips = kernels::skips(&runs);
+    println!("\nkernel matrix:\n{table}");
+    let doc = kernels::document(&runs, &table, &skips);
+    std::fs::write(util::root().join("target/kernel-matrix.md"), &doc)?;
+    if args.update_docs {
+        std::fs::write(util::root().join("docs/kernels.md"), &doc)?;
+    }
+    if runs.iter().any(kernels::KernelRun::failed) {
+        bail!("kernel tests failed (see above)");
+    }
     Ok(())
 }
 
-fn kernel_tests() -> Result<()> {
-    if util::is_root() {
-        return cargo(&["test", "--release", "--package", "tracer", "--test", "*"]);
+/// Prints a kernel's results, with the logs of failed tests.
+fn report(run: &kernels::KernelRun) {
+    for (backend, o) in &run.backends {
+        eprintln!(
+            "    {} {backend}: {} ({:.0} s for the kernel)",
+            run.label,
+            o.cell(),
+            run.seconds
+        );
+        if !o.ok() {
+            eprintln!("{}", o.log);
+        }
     }
-    if !util::succeeds(Command::new("sudo").args(["-n", "true"])) {
-        eprintln!("SKIP tier 2: not root and sudo needs a password; run `sudo cargo xtask test`");
-        return Ok(());
-    }
-    util::run(
-        util::as_root("cargo")
-            .args(["test", "--release", "--package", "tracer", "--test", "*"])
-            .current_dir(util::root()),
-    )
 }

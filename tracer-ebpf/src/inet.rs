@@ -1,0 +1,129 @@
+//! The fexit and kprobe backends' shared part: turning the arguments of the kernel's inet
+//! functions into events. Each backend (`fexit.rs`, `kprobe.rs`) only fetches arguments and the
+//! return value its own way and calls these.
+//!
+//! Functions (prototypes checked on 6.1, 6.12 and 6.18; 6.19 renames `struct sockaddr` to
+//! `struct sockaddr_unsized` in the bind prototypes, with the same registers):
+//! - `int inet_bind(struct socket *sock, struct sockaddr *uaddr, int addr_len)` and
+//!   `int inet6_bind(...)` (same): every bind() of an AF_INET/AF_INET6 socket, TCP and UDP alike
+//!   (their `get_port` is `inet_csk_get_port` / `udp_v{4,6}_get_port` inside), including binds that
+//!   bypass the syscall (io_uring's `IORING_OP_BIND`, in-kernel `kernel_bind()`). `uaddr` is the
+//!   kernel's copy of the caller's address: the requested address and port.
+//! - `int inet_csk_get_port(struct sock *sk, unsigned short snum)`: called by bind() (socket in
+//!   CLOSE: reported by `inet_bind` instead, so one call yields one event) and by listen()
+//!   (socket already LISTEN: the re-check that fails when another socket listens). Returns 1 on
+//!   conflict up to 6.0 and -EADDRINUSE from 6.1: any non-zero is a failure, reported as
+//!   EADDRINUSE, which is what listen() then returns.
+//! - `int __inet_hash_connect(struct inet_timewait_death_row *, struct sock *sk, u64
+//!   port_offset, ...)`: picks the ephemeral port of a TCP connect() (IPv4 and IPv6);
+//!   -EADDRNOTAVAIL when the range has no free port.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use tracer_common::{BindEvent, Syscall, flags, tcp_state};
+
+use crate::{
+    config::conf,
+    kernel::{parse_sockaddr, read_ptr, sock_remote, sock_view},
+    maps::SCRATCH,
+    report::finish,
+};
+
+/// This CPU's scratch event, zeroed. Programs run to completion on one CPU without preemption by
+/// another BPF program of the same kind using it, so the slot is ours until we return.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut BindEvent> {
+    let p = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: see above.
+    let ev = unsafe { &mut *p };
+    *ev = BindEvent::ZERO;
+    Some(ev)
+}
+
+const EADDRINUSE: i64 = 98;
+const EADDRNOTAVAIL: i64 = 99;
+
+/// Options and identity of `sk` copied into `ev`.
+#[inline(always)]
+fn fill_from_sock(ev: &mut BindEvent, sk: *const u8) {
+    let v = sock_view(sk);
+    ev.flags |= v.flags;
+    ev.bound_dev_if = v.bound_dev_if;
+    ev.protocol = v.protocol;
+    ev.sock_type = v.sock_type;
+    ev.netns = v.netns;
+    if ev.family == 0 {
+        ev.family = v.family;
+    }
+}
+
+/// A bind request, built in the scratch slot: the socket and the kernel's copy of the caller's
+/// address.
+#[inline(always)]
+pub fn bind_request(sock: *const u8, uaddr: *const u8) -> Option<&'static mut BindEvent> {
+    // SAFETY: bpf_probe_read_kernel checks the address. The kernel copied the caller's address into
+    // a sockaddr_storage, so 24 bytes are always there.
+    let raw: [u8; 24] = unsafe { bpf_probe_read_kernel(uaddr.cast::<[u8; 24]>()) }.ok()?;
+    let (family, port, addr) = parse_sockaddr(&raw)?;
+    let ev = scratch()?;
+    ev.syscall = Syscall::Bind as u8;
+    ev.family = family;
+    ev.port = port;
+    ev.addr = addr;
+    ev.flags = flags::ADDR_KNOWN;
+    if let Some(sk) = read_ptr(sock, conf!(kernel.socket_sk)) {
+        fill_from_sock(ev, sk);
+    }
+    Some(ev)
+}
+
+/// `inet_bind()`/`inet6_bind()` returned `ret`.
+#[inline(always)]
+pub fn bind_done(sock: *const u8, uaddr: *const u8, ret: i64) {
+    if let Some(ev) = bind_request(sock, uaddr) {
+        finish(ev, ret);
+    }
+}
+
+/// A listen() re-check, built in the scratch slot: `sk` is LISTEN and `snum` its bound port.
+/// None for the bind() path.
+#[inline(always)]
+pub fn listen_request(sk: *const u8, snum: u16) -> Option<&'static mut BindEvent> {
+    let v = sock_view(sk);
+    if v.state != tcp_state::LISTEN {
+        return None;
+    }
+    let ev = scratch()?;
+    ev.syscall = Syscall::Listen as u8;
+    ev.family = v.family;
+    ev.port = snum;
+    ev.addr = v.addr;
+    ev.flags = flags::ADDR_KNOWN;
+    fill_from_sock(ev, sk);
+    Some(ev)
+}
+
+/// `inet_csk_get_port()` returned `ret` (non-zero: conflict).
+#[inline(always)]
+pub fn get_port_done(ev: &mut BindEvent, ret: i64) {
+    finish(ev, if ret == 0 { 0 } else { -EADDRINUSE });
+}
+
+/// `__inet_hash_connect()` returned `ret`; only "no free port" is a bindtrace event.
+#[inline(always)]
+pub fn hash_connect_done(sk: *const u8, ret: i64) {
+    if ret != -EADDRNOTAVAIL {
+        return;
+    }
+    let v = sock_view(sk);
+    let Some(ev) = scratch() else {
+        return;
+    };
+    ev.syscall = Syscall::Connect as u8;
+    ev.family = v.family;
+    ev.addr = v.addr;
+    ev.port = v.port;
+    (ev.remote_addr, ev.remote_port) = sock_remote(sk, v.family);
+    ev.flags = flags::ADDR_KNOWN;
+    fill_from_sock(ev, sk);
+    finish(ev, ret);
+}

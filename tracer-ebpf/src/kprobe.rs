@@ -1,0 +1,90 @@
+//! kprobe backend: kprobe + kretprobe on the inet functions (see `inet.rs` for prototypes and
+//! kernels). The entry probe saves what the return probe needs in `PENDING`, keyed by thread (a
+//! thread is inside at most one of these calls at a time: bind() and listen() are distinct
+//! syscalls, and get_port is only remembered for listen()'s LISTEN sockets).
+
+use aya_ebpf::{
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tracer_common::BindEvent;
+
+use crate::{inet, kernel::current_tid, maps::PENDING, report::finish};
+
+#[inline(always)]
+fn take(f: impl FnOnce(&mut BindEvent)) {
+    let tid = current_tid();
+    if let Some(ev) = PENDING.get_ptr_mut(tid) {
+        // SAFETY: this thread's entry, written at entry of the same call.
+        f(unsafe { &mut *ev });
+        let _ = PENDING.remove(tid);
+    }
+}
+
+#[inline(always)]
+fn bind_entry(ctx: &ProbeContext) {
+    let (Some(sock), Some(uaddr)) = (ctx.arg::<*const u8>(0), ctx.arg::<*const u8>(1)) else {
+        return;
+    };
+    if let Some(ev) = inet::bind_request(sock, uaddr) {
+        let _ = PENDING.insert(current_tid(), &*ev, 0);
+    }
+}
+
+#[kprobe(function = "inet_bind")]
+pub fn kp_inet_bind(ctx: ProbeContext) -> u32 {
+    bind_entry(&ctx);
+    0
+}
+
+#[kprobe(function = "inet6_bind")]
+pub fn kp_inet6_bind(ctx: ProbeContext) -> u32 {
+    bind_entry(&ctx);
+    0
+}
+
+/// Shared by `inet_bind` and `inet6_bind` returns.
+#[kretprobe]
+pub fn krp_bind(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    take(|ev| finish(ev, i64::from(ret)));
+    0
+}
+
+#[kprobe(function = "inet_csk_get_port")]
+pub fn kp_inet_csk_get_port(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(snum)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1))
+        && let Some(ev) = inet::listen_request(sk, snum as u16)
+    {
+        let _ = PENDING.insert(current_tid(), &*ev, 0);
+    }
+    0
+}
+
+#[kretprobe(function = "inet_csk_get_port")]
+pub fn krp_inet_csk_get_port(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    take(|ev| inet::get_port_done(ev, i64::from(ret)));
+    0
+}
+
+/// Remembers the socket for the return probe (the connect() has no pending event).
+#[kprobe(function = "__inet_hash_connect")]
+pub fn kp_inet_hash_connect(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(1) {
+        let _ = crate::maps::CONNECT_SK.insert(current_tid(), sk, 0);
+    }
+    0
+}
+
+#[kretprobe(function = "__inet_hash_connect")]
+pub fn krp_inet_hash_connect(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    let tid = current_tid();
+    // SAFETY: the value is copied out.
+    if let Some(sk) = unsafe { crate::maps::CONNECT_SK.get(tid) }.copied() {
+        let _ = crate::maps::CONNECT_SK.remove(tid);
+        inet::hash_connect_done(sk as *const u8, i64::from(ret));
+    }
+    0
+}

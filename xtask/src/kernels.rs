@@ -1,0 +1,415 @@
+//! The kernel test matrix: the root kernel tests (`tracer/tests/*.rs`), run on this host and, in
+//! VMs, on Debian's 6.1 and 6.12 kernels once per backend each kernel offers. The VMs are booted
+//! with virtme-ng under software emulation (`--disable-kvm`: nested KVM hangs on the project's
+//! machines); they share this host's root filesystem, so the test binaries built here run there.
+//!
+//! The result is printed as a table and written to `target/kernel-matrix.md`; `cargo xtask test
+//! --update-docs` also copies it to `docs/kernels.md`, so the documented table always comes from
+//! a real run.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::util;
+
+pub const BACKENDS: [&str; 3] = ["fexit", "kprobe", "tracepoint"];
+
+/// Debian kernels the VM tier boots: (label, package, image prefix in /boot).
+pub const VM_KERNELS: [(&str, &str, &str); 2] = [
+    ("6.1", "linux-image-amd64", "vmlinuz-6.1."),
+    ("6.12", "linux-image-6.12-amd64", "vmlinuz-6.12."),
+];
+
+/// Outcome of one test binary run (libtest output parsed).
+#[derive(Default, Debug, Clone)]
+pub struct Outcome {
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    /// `SKIP ...` lines the tests printed.
+    pub skipped: Vec<String>,
+    /// The output, kept to show failures.
+    pub log: String,
+}
+
+impl Outcome {
+    fn merge(&mut self, o: Outcome) {
+        self.passed.extend(o.passed);
+        self.failed.extend(o.failed);
+        self.skipped.extend(o.skipped);
+        self.log.push_str(&o.log);
+    }
+
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && !self.passed.is_empty()
+    }
+
+    pub fn cell(&self) -> String {
+        let total = self.passed.len() + self.failed.len();
+        let skips = if self.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(", {} skipped", self.skipped.len())
+        };
+        if self.failed.is_empty() {
+            format!("pass ({}/{total}{skips})", self.passed.len())
+        } else {
+            format!(
+                "**FAIL** ({} of {total}: {}{skips})",
+                self.failed.len(),
+                self.failed.join(", ")
+            )
+        }
+    }
+}
+
+/// Parses libtest's `test NAME ... ok|FAILED` lines and the tests' own `SKIP` lines.
+pub fn parse(output: &str) -> Outcome {
+    let mut o = Outcome {
+        log: output.to_string(),
+        ..Outcome::default()
+    };
+    for line in output.lines() {
+        if let Some(rest) = line.strip_prefix("test ")
+            && let Some((name, result)) = rest.rsplit_once(" ... ")
+        {
+            match result.trim() {
+                "ok" => o.passed.push(name.to_string()),
+                "FAILED" => o.failed.push(name.to_string()),
+                _ => {}
+            }
+        } else if line.starts_with("SKIP ") {
+            o.skipped.push(line.to_string());
+        }
+    }
+    o
+}
+
+/// Builds the kernel test binaries (release) and returns their paths.
+pub fn build_tests() -> Result<Vec<PathBuf>> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "tracer",
+            "--tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(util::root())
+        .output()
+        .context("building the kernel tests")?;
+    if !out.status.success() {
+        bail!(
+            "building the kernel tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let is_integration = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if v["reason"] == "compiler-artifact"
+            && is_integration
+            && let Some(exe) = v["executable"].as_str()
+        {
+            bins.push(PathBuf::from(exe));
+        }
+    }
+    bins.sort();
+    if bins.is_empty() {
+        bail!("no kernel test binaries were built");
+    }
+    Ok(bins)
+}
+
+/// Runs the test binaries here with `backend`.
+pub fn run_here(bins: &[PathBuf], backend: &str) -> Result<Outcome> {
+    let mut all = Outcome::default();
+    for bin in bins {
+        let out = util::as_root(bin)
+            .args(["--test-threads", "2"])
+            .env("BINDTRACE_TEST_BACKEND", backend)
+            .current_dir(util::root())
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let o = parse(&text);
+        if !out.status.success() && o.failed.is_empty() {
+            bail!("{} failed to run:\n{text}", bin.display());
+        }
+        all.merge(o);
+    }
+    Ok(all)
+}
+
+/// `bindtrace doctor --output json` here.
+pub fn doctor_here() -> Result<Value> {
+    let out = util::as_root(util::root().join("target/release/bindtrace"))
+        .args(["doctor", "--output", "json"])
+        .output()?;
+    serde_json::from_slice(&out.stdout).context("bindtrace doctor printed no JSON")
+}
+
+/// One kernel's results.
+pub struct KernelRun {
+    pub label: String,
+    pub release: String,
+    pub doctor: Value,
+    /// backend → outcome; absent: not offered by this kernel.
+    pub backends: BTreeMap<String, Outcome>,
+    pub seconds: f64,
+}
+
+impl KernelRun {
+    pub fn failed(&self) -> bool {
+        self.backends.values().any(|o| !o.ok())
+    }
+
+    fn not_offered_reason(&self, backend: &str) -> String {
+        self.doctor["backends"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["backend"] == backend))
+            .and_then(|b| b["detail"].as_str())
+            .map_or_else(|| "not probed".to_string(), shorten)
+    }
+}
+
+fn shorten(s: &str) -> String {
+    let first = s.lines().next().unwrap_or(s);
+    if first.len() > 90 {
+        format!(
+            "{}…",
+            &first[..first.char_indices().nth(88).map_or(first.len(), |(i, _)| i)]
+        )
+    } else {
+        first.to_string()
+    }
+}
+
+/// The kernel image in /boot whose name starts with `prefix`.
+pub fn image(prefix: &str) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Boots `image` and runs the doctor, then the test binaries once per backend it offers.
+pub fn run_in_vm(label: &str, image: &Path, bins: &[PathBuf]) -> Result<KernelRun> {
+    let started = Instant::now();
+    let root = util::root();
+    // The doctor decides which backends this kernel offers; only those are tested.
+    let mut script = format!(
+        "set -u\nuname -r\n{root}/target/release/bindtrace doctor --output json > /tmp/doctor.json \
+         2>/dev/null\necho @@@doctor\ncat /tmp/doctor.json\necho @@@end\n\
+         offered=$(python3 -c 'import json; d=json.load(open(\"/tmp/doctor.json\")); \
+         print(\" \".join(b[\"backend\"] for b in d[\"backends\"] if b[\"attached\"]))')\n\
+         for backend in $offered; do\n",
+        root = root.display()
+    );
+    for bin in bins {
+        let _ = writeln!(
+            script,
+            "  echo @@@run $backend; BINDTRACE_TEST_BACKEND=$backend {} --test-threads 2 2>&1; \
+             echo @@@end",
+            bin.display()
+        );
+    }
+    script.push_str("done\n");
+    let out = Command::new("vng")
+        .arg("-r")
+        .arg(image)
+        .args([
+            "--disable-kvm",
+            "--cpus",
+            "2",
+            "--memory",
+            "2G",
+            "--exec",
+            &script,
+        ])
+        .current_dir(&root)
+        .output()
+        .context("running vng (virtme-ng)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let release = text.lines().next().unwrap_or("?").trim().to_string();
+    let mut doctor = Value::Null;
+    let mut backends: BTreeMap<String, Outcome> = BTreeMap::new();
+    let mut section: Option<String> = None;
+    let mut buf = String::new();
+    for line in text.lines() {
+        if line == "@@@doctor" {
+            section = Some("doctor".into());
+            buf.clear();
+        } else if let Some(b) = line.strip_prefix("@@@run ") {
+            section = Some(b.to_string());
+            buf.clear();
+        } else if line == "@@@end" {
+            match section.take().as_deref() {
+                Some("doctor") => doctor = serde_json::from_str(&buf).unwrap_or(Value::Null),
+                Some(b) => backends
+                    .entry(b.to_string())
+                    .or_default()
+                    .merge(parse(&buf)),
+                None => {}
+            }
+        } else if section.is_some() {
+            buf.push_str(line);
+            buf.push('\n');
+        }
+    }
+    if doctor.is_null() {
+        bail!(
+            "the {label} VM did not run the doctor (vng exit {}):\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A backend the kernel does not offer is "not offered", not a failure.
+    let offered = |b: &str| {
+        doctor["backends"].as_array().is_some_and(|bs| {
+            bs.iter()
+                .any(|x| x["backend"] == b && x["attached"] == true)
+        })
+    };
+    backends.retain(|b, _| offered(b));
+    Ok(KernelRun {
+        label: label.to_string(),
+        release,
+        doctor,
+        backends,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The compatibility table (markdown).
+pub fn table(runs: &[KernelRun]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| kernel | auto picks | fexit | kprobe | tracepoint |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for r in runs {
+        let auto = r.doctor["auto"].as_str().unwrap_or("none");
+        let cells: Vec<String> = BACKENDS
+            .iter()
+            .map(|b| match r.backends.get(*b) {
+                Some(o) => o.cell(),
+                None => format!("not offered: {}", r.not_offered_reason(b)),
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} (`{}`) | {auto} | {} |",
+            r.label,
+            r.release,
+            cells.join(" | ")
+        );
+    }
+    s
+}
+
+/// The whole `docs/kernels.md`.
+pub fn document(runs: &[KernelRun], table: &str, skips: &[String]) -> String {
+    let mut s = String::from(
+        "# Kernels and backends, as measured\n\n\
+         Generated by `cargo xtask test --update-docs` from a real run of the kernel test matrix \
+         (do not edit by hand): the root kernel tests (`tracer/tests/*.rs`) on the host with the \
+         backend `auto` picks, and in virtme-ng VMs (qemu, software emulation) booting Debian's \
+         kernels, once per backend each kernel offers. \"Not offered\" is what `bindtrace \
+         doctor` found when it tried to load and attach that backend.\n\n",
+    );
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let _ = writeln!(s, "Run: {date}.\n");
+    s.push_str(table);
+    if !skips.is_empty() {
+        s.push_str("\nTests that skipped themselves (with their reason):\n\n");
+        for k in skips {
+            let _ = writeln!(s, "- {k}");
+        }
+    }
+    s.push_str("\n## What each kernel offered (`bindtrace doctor`)\n\n");
+    for r in runs {
+        let _ = writeln!(s, "### {} (`{}`), {:.0} s\n", r.label, r.release, r.seconds);
+        let _ = writeln!(s, "| capability | available | detail |\n|---|---|---|");
+        for c in r.doctor["capabilities"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                c["capability"].as_str().unwrap_or("?"),
+                if c["available"] == true { "yes" } else { "no" },
+                shorten(c["detail"].as_str().unwrap_or("")).replace('|', "\\|")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n`auto` → {}: {}\n",
+            r.doctor["auto"].as_str().unwrap_or("none"),
+            r.doctor["reason"].as_str().unwrap_or("")
+        );
+    }
+    s
+}
+
+/// Skips seen anywhere, deduplicated, for the notes under the table.
+pub fn skips(runs: &[KernelRun]) -> Vec<String> {
+    let mut v: Vec<String> = runs
+        .iter()
+        .flat_map(|r| {
+            r.backends.iter().flat_map(move |(b, o)| {
+                o.skipped
+                    .iter()
+                    .map(move |s| format!("{} / {b}: {}", r.label, s.trim_start_matches("SKIP ")))
+            })
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_output() {
+        let o = parse(
+            "running 3 tests\nSKIP io_uring: no IORING_OP_BIND\ntest a ... ok\ntest b::c ... FAILED\n\
+             test d ... ok\ntest result: FAILED. 2 passed; 1 failed\n",
+        );
+        assert_eq!(o.passed, ["a", "d"]);
+        assert_eq!(o.failed, ["b::c"]);
+        assert_eq!(o.skipped.len(), 1);
+        assert!(!o.ok());
+        assert!(o.cell().starts_with("**FAIL** (1 of 3: b::c, 1 skipped)"));
+        assert_eq!(parse("test a ... ok\n").cell(), "pass (1/1)");
+    }
+}
