@@ -10,6 +10,8 @@ const EXAMPLES: &str = "\
 EXAMPLES:
   Check what this kernel supports:
       sudo bindtrace doctor
+  See how this kernel decides bind conflicts, and check bindtrace against it:
+      sudo bindtrace lab --check
   Watch every failing bind()/listen() on the host:
       sudo bindtrace watch
   Only port 8080, as JSON lines:
@@ -36,6 +38,12 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show what this kernel offers and which backend `--backend auto` would choose, and why.
     Doctor(DoctorArgs),
+    /// Run the seed's bind-conflict experiments in a throwaway network namespace, with the
+    /// tracer's view of each beside the kernel's answer.
+    Lab(crate::lab::LabArgs),
+    /// A lab experiment's helper process (internal).
+    #[command(name = "__lab-helper", hide = true)]
+    LabHelper(crate::lab::helper::HelperArgs),
 }
 
 #[derive(Debug, Args)]

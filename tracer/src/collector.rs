@@ -73,7 +73,7 @@ impl Collector {
         self.counters.get(&index, 0).map_or(0, |v| v.iter().sum())
     }
 
-    fn drain(&mut self, sink: &mut dyn Sink) -> Result<()> {
+    fn drain(&mut self, sink: &mut (dyn Sink + Send)) -> Result<()> {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             match event::decode(&item) {
@@ -97,7 +97,7 @@ impl Collector {
         Ok(())
     }
 
-    fn check_lost(&mut self, sink: &mut dyn Sink) -> Result<()> {
+    fn check_lost(&mut self, sink: &mut (dyn Sink + Send)) -> Result<()> {
         let total = self.kernel_counter(counter::RINGBUF_FULL);
         self.stats.failures_seen = self.kernel_counter(counter::FAILURES_SEEN);
         if total > self.stats.lost {
@@ -112,7 +112,7 @@ impl Collector {
     /// Runs until `shutdown` completes, then drains what is left and returns the statistics.
     pub async fn run(
         mut self,
-        sink: &mut dyn Sink,
+        sink: &mut (dyn Sink + Send),
         shutdown: impl Future<Output = ()>,
     ) -> Result<Stats> {
         tokio::pin!(shutdown);

@@ -498,7 +498,7 @@ fn hint_for_holder(
                 "set SO_REUSEADDR on both sockets, or stop that connection".to_string()
             };
             format!(
-                "{w} has a {} connection from {local}{remote} that uses port {port} as its \
+                "{w} has a connection from {local}{remote} ({}) that uses port {port} as its \
                  source port; {fix}",
                 h.state.as_str()
             )

@@ -10,6 +10,7 @@ mod doctor;
 mod errno;
 mod event;
 mod host;
+mod lab;
 mod netns;
 mod output;
 mod owners;
@@ -34,6 +35,10 @@ use crate::{
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if let Command::LabHelper(args) = &cli.command {
+        lab::helper::run(args);
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -49,6 +54,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Watch(args) => watch(args).await.map(|()| true),
             Command::Doctor(args) => doctor::run(args.kernel_btf.as_deref(), args.output),
+            Command::Lab(args) => lab::run(args).await,
+            Command::LabHelper(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

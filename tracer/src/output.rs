@@ -13,9 +13,9 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    collector::Sink,
     diagnose,
     event::{Event, SyscallName, endpoint},
+    pipeline::Writer,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -155,12 +155,12 @@ fn holder_text(h: &diagnose::Holder) -> String {
     s
 }
 
-impl Sink for Renderer {
-    fn event(&mut self, ev: Event) -> anyhow::Result<()> {
-        Ok(Renderer::event(self, &ev)?)
+impl Writer for Renderer {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        Renderer::event(self, ev)
     }
-    fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> anyhow::Result<()> {
-        Ok(Renderer::lost(self, time, lost, lost_total)?)
+    fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> io::Result<()> {
+        Renderer::lost(self, time, lost, lost_total)
     }
 }
 

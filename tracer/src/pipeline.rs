@@ -14,9 +14,14 @@ use crate::{
     collector::Sink,
     event::Event,
     netns::{self, Netns},
-    output::Renderer,
     owners::Investigator,
 };
+
+/// Where finished events go: the renderer, or (in `lab`) a collector.
+pub trait Writer: Send + 'static {
+    fn event(&mut self, ev: &Event) -> std::io::Result<()>;
+    fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> std::io::Result<()>;
+}
 
 enum Msg {
     Event(Box<Event>, Option<Netns>),
@@ -32,7 +37,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// `investigator`: None to report failures without looking up holders.
-    pub fn start(mut renderer: Renderer, investigator: Option<Investigator>) -> Self {
+    pub fn start(mut renderer: impl Writer, investigator: Option<Investigator>) -> Self {
         let (tx, rx) = mpsc::channel::<Msg>();
         let diagnose = investigator.is_some();
         let worker = thread::Builder::new()

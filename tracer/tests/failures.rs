@@ -9,8 +9,8 @@ mod common;
 use common::{Netns, Tracer, assert_failure, can_run};
 use serde_json::Value;
 
-fn case(name: &str, port: u16) -> (Tracer, Netns, Value) {
-    let tracer = Tracer::start(&[]);
+fn case(name: &str, port: u16) -> (&'static Tracer, Netns, Value) {
+    let tracer = Tracer::shared();
     let ns = Netns::new();
     let truth = ns.run_case(name, &[&port.to_string()]);
     (tracer, ns, truth)
@@ -183,7 +183,7 @@ fn unprivileged_low_port_is_eacces() {
     if !can_run("eacces") {
         return;
     }
-    let tracer = Tracer::start(&[]);
+    let tracer = Tracer::shared();
     let ns = Netns::new();
     let truth = ns.run_case_as("case_eacces", &["80"], Some(()));
     assert_eq!(

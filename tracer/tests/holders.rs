@@ -9,8 +9,8 @@ use serde_json::Value;
 
 /// Runs a holding case in a fresh namespace; returns the failure event (with its verdict), the
 /// workload's own report, and the workload (to release once the test is done looking).
-fn held(case: &str, port: u16) -> (Value, Value, Running, Tracer, Netns) {
-    let tracer = Tracer::start(&[]);
+fn held(case: &str, port: u16) -> (Value, Value, Running, &'static Tracer, Netns) {
+    let tracer = Tracer::shared();
     let ns = Netns::new();
     let run = ns.hold_case(case, &[&port.to_string()]);
     let truth = run.report.clone();
@@ -244,7 +244,7 @@ fn failure_in_the_hosts_own_namespace() {
         .local_addr()
         .unwrap()
         .port();
-    let tracer = Tracer::start(&[]);
+    let tracer = Tracer::shared();
     let run = common::hold_case_on_host("case_3_4", &[&port.to_string()]);
     let pid = run.pid();
     let ev = tracer.failure(pid, u64::from(port));

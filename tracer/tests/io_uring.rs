@@ -55,7 +55,7 @@ fn io_uring_bind_is_seen_by_the_function_hooks_only() {
     if !can_run("io_uring") {
         return;
     }
-    let tracer = Tracer::start(&[]);
+    let tracer = Tracer::shared();
     let ns = Netns::new();
     let holder = ns.hold_case("helper_listen", &["8380", "0"]);
     let Some(res) = uring_bind(&ns.name, 8380) else {

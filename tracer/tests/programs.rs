@@ -50,7 +50,7 @@ fn jvm_server_blocked_by_an_ipv4_listener() {
         String::from_utf8_lossy(&javac.stderr)
     );
 
-    let tracer = Tracer::start(&[]);
+    let tracer = Tracer::shared();
     let ns = Netns::new();
     let holder = ns.hold_case("helper_listen", &["8280", "0"]);
     let out = Command::new("ip")
@@ -81,7 +81,7 @@ fn curl_local_port_taken_by_a_listener() {
     if !can_run("curl") || !have("curl", "curl") {
         return;
     }
-    let tracer = Tracer::start(&[]);
+    let tracer = Tracer::shared();
     let ns = Netns::new();
     let holder = ns.hold_case("helper_listen", &["8282", "1"]);
     let out = Command::new("ip")

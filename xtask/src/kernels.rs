@@ -3,9 +3,9 @@
 //! with virtme-ng under software emulation (`--disable-kvm`: nested KVM hangs on the project's
 //! machines); they share this host's root filesystem, so the test binaries built here run there.
 //!
-//! The result is printed as a table and written to `target/kernel-matrix.md`; `cargo xtask test
-//! --update-docs` also copies it to `docs/kernels.md`, so the documented table always comes from
-//! a real run.
+//! The result is printed as a table and written to `target/kernel-matrix.md` and
+//! `target/lab.md`; `cargo xtask test --update-docs` also copies them to `docs/kernels.md` and
+//! `docs/lab.md`, so the documented tables always come from a real run.
 
 use std::{
     collections::BTreeMap,
@@ -140,7 +140,7 @@ pub fn run_here(bins: &[PathBuf], backend: &str) -> Result<Outcome> {
     let mut all = Outcome::default();
     for bin in bins {
         let out = util::as_root(bin)
-            .args(["--test-threads", "2"])
+            .args(["--test-threads", "2", "--show-output"])
             .env("BINDTRACE_TEST_BACKEND", backend)
             .current_dir(util::root())
             .output()
@@ -159,6 +159,25 @@ pub fn run_here(bins: &[PathBuf], backend: &str) -> Result<Outcome> {
     Ok(all)
 }
 
+/// `bindtrace lab --check --output markdown` here.
+pub fn lab_here(backend: &str) -> Result<String> {
+    let out = util::as_root(util::root().join("target/release/bindtrace"))
+        .args([
+            "lab",
+            "--check",
+            "--output",
+            "markdown",
+            "--backend",
+            backend,
+        ])
+        .output()?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
 /// `bindtrace doctor --output json` here.
 pub fn doctor_here() -> Result<Value> {
     let out = util::as_root(util::root().join("target/release/bindtrace"))
@@ -174,12 +193,19 @@ pub struct KernelRun {
     pub doctor: Value,
     /// backend → outcome; absent: not offered by this kernel.
     pub backends: BTreeMap<String, Outcome>,
+    /// backend → `bindtrace lab --check --output markdown`.
+    pub labs: BTreeMap<String, String>,
     pub seconds: f64,
+}
+
+/// Whether a lab run (markdown) found bindtrace right in every case.
+pub fn lab_ok(markdown: &str) -> bool {
+    markdown.contains("bindtrace wrong in 0,")
 }
 
 impl KernelRun {
     pub fn failed(&self) -> bool {
-        self.backends.values().any(|o| !o.ok())
+        self.backends.values().any(|o| !o.ok()) || self.labs.values().any(|l| !lab_ok(l))
     }
 
     fn not_offered_reason(&self, backend: &str) -> String {
@@ -219,47 +245,54 @@ pub fn image(prefix: &str) -> Option<PathBuf> {
     found.pop()
 }
 
-/// Boots `image` and runs the doctor, then the test binaries once per backend it offers.
-pub fn run_in_vm(label: &str, image: &Path, bins: &[PathBuf]) -> Result<KernelRun> {
-    let started = Instant::now();
-    let root = util::root();
-    // The doctor decides which backends this kernel offers; only those are tested.
+/// The script a VM runs: the doctor, which decides which backends this kernel offers; then, per
+/// offered backend, the kernel tests and the lab. The suites with real third-party programs (JVM,
+/// curl: slow to start under emulation) run once, with the backend `auto` picks.
+fn vm_script(bins: &[PathBuf]) -> String {
+    let bt = format!("{}/target/release/bindtrace", util::root().display());
     let mut script = format!(
-        "set -u\nuname -r\n{root}/target/release/bindtrace doctor --output json > /tmp/doctor.json \
-         2>/dev/null\necho @@@doctor\ncat /tmp/doctor.json\necho @@@end\n\
-         offered=$(python3 -c 'import json; d=json.load(open(\"/tmp/doctor.json\")); \
+        "set -u\nuname -r\n{bt} doctor --output json > /tmp/doctor.json 2>/dev/null\n\
+         echo @@@doctor\ncat /tmp/doctor.json\necho @@@end\n\
+         offered=$(python3 -I -S -c 'import json; d=json.load(open(\"/tmp/doctor.json\")); \
          print(\" \".join(b[\"backend\"] for b in d[\"backends\"] if b[\"attached\"]))')\n\
-         for backend in $offered; do\n",
-        root = root.display()
+         first=${{offered%% *}}\n\
+         for backend in $offered; do\n"
     );
-    for bin in bins {
+    let (once, each): (Vec<&PathBuf>, Vec<&PathBuf>) = bins.iter().partition(|b| {
+        b.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("programs-"))
+    });
+    for bin in each {
         let _ = writeln!(
             script,
-            "  echo @@@run $backend; BINDTRACE_TEST_BACKEND=$backend {} --test-threads 2 2>&1; \
-             echo @@@end",
+            "  echo @@@run $backend; BINDTRACE_TEST_BACKEND=$backend {} --test-threads 2 \
+             --show-output 2>&1; echo @@@end",
             bin.display()
         );
     }
+    let _ = writeln!(
+        script,
+        "  echo @@@lab $backend; {bt} lab --check --output markdown --backend $backend 2>&1; \
+         echo @@@end"
+    );
     script.push_str("done\n");
-    let out = Command::new("vng")
-        .arg("-r")
-        .arg(image)
-        .args([
-            "--disable-kvm",
-            "--cpus",
-            "2",
-            "--memory",
-            "2G",
-            "--exec",
-            &script,
-        ])
-        .current_dir(&root)
-        .output()
-        .context("running vng (virtme-ng)")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let release = text.lines().next().unwrap_or("?").trim().to_string();
+    for bin in once {
+        let _ = writeln!(
+            script,
+            "[ -n \"$first\" ] && {{ echo @@@run $first; BINDTRACE_TEST_BACKEND=$first {} \
+             --test-threads 2 --show-output 2>&1; echo @@@end; }}",
+            bin.display()
+        );
+    }
+    script
+}
+
+/// What a VM printed, split into the doctor's JSON, test outcomes and lab tables per backend.
+fn parse_vm_output(text: &str) -> (Value, BTreeMap<String, Outcome>, BTreeMap<String, String>) {
     let mut doctor = Value::Null;
     let mut backends: BTreeMap<String, Outcome> = BTreeMap::new();
+    let mut labs: BTreeMap<String, String> = BTreeMap::new();
     let mut section: Option<String> = None;
     let mut buf = String::new();
     for line in text.lines() {
@@ -269,9 +302,15 @@ pub fn run_in_vm(label: &str, image: &Path, bins: &[PathBuf]) -> Result<KernelRu
         } else if let Some(b) = line.strip_prefix("@@@run ") {
             section = Some(b.to_string());
             buf.clear();
+        } else if let Some(b) = line.strip_prefix("@@@lab ") {
+            section = Some(format!("lab {b}"));
+            buf.clear();
         } else if line == "@@@end" {
             match section.take().as_deref() {
                 Some("doctor") => doctor = serde_json::from_str(&buf).unwrap_or(Value::Null),
+                Some(l) if l.starts_with("lab ") => {
+                    labs.insert(l["lab ".len()..].to_string(), buf.clone());
+                }
                 Some(b) => backends
                     .entry(b.to_string())
                     .or_default()
@@ -283,6 +322,30 @@ pub fn run_in_vm(label: &str, image: &Path, bins: &[PathBuf]) -> Result<KernelRu
             buf.push('\n');
         }
     }
+    (doctor, backends, labs)
+}
+
+/// Boots `image` and runs the doctor, then the tests and the lab once per backend it offers.
+pub fn run_in_vm(label: &str, image: &Path, bins: &[PathBuf]) -> Result<KernelRun> {
+    let started = Instant::now();
+    let out = Command::new("vng")
+        .arg("-r")
+        .arg(image)
+        .args([
+            "--disable-kvm",
+            "--cpus",
+            "2",
+            "--memory",
+            "2G",
+            "--exec",
+            &vm_script(bins),
+        ])
+        .current_dir(util::root())
+        .output()
+        .context("running vng (virtme-ng)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let release = text.lines().next().unwrap_or("?").trim().to_string();
+    let (doctor, mut backends, mut labs) = parse_vm_output(&text);
     if doctor.is_null() {
         bail!(
             "the {label} VM did not run the doctor (vng exit {}):\n{text}\n{}",
@@ -298,11 +361,13 @@ pub fn run_in_vm(label: &str, image: &Path, bins: &[PathBuf]) -> Result<KernelRu
         })
     };
     backends.retain(|b, _| offered(b));
+    labs.retain(|b, _| offered(b));
     Ok(KernelRun {
         label: label.to_string(),
         release,
         doctor,
         backends,
+        labs,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -310,8 +375,11 @@ pub fn run_in_vm(label: &str, image: &Path, bins: &[PathBuf]) -> Result<KernelRu
 /// The compatibility table (markdown).
 pub fn table(runs: &[KernelRun]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| kernel | auto picks | fexit | kprobe | tracepoint |");
-    let _ = writeln!(s, "|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| kernel | auto picks | fexit | kprobe | tracepoint | lab --check |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
     for r in runs {
         let auto = r.doctor["auto"].as_str().unwrap_or("none");
         let cells: Vec<String> = BACKENDS
@@ -321,12 +389,18 @@ pub fn table(runs: &[KernelRun]) -> String {
                 None => format!("not offered: {}", r.not_offered_reason(b)),
             })
             .collect();
+        let labs: Vec<String> = r
+            .labs
+            .iter()
+            .map(|(b, md)| format!("{b}: {}", if lab_ok(md) { "pass" } else { "**FAIL**" }))
+            .collect();
         let _ = writeln!(
             s,
-            "| {} (`{}`) | {auto} | {} |",
+            "| {} (`{}`) | {auto} | {} | {} |",
             r.label,
             r.release,
-            cells.join(" | ")
+            cells.join(" | "),
+            labs.join(", ")
         );
     }
     s
@@ -374,6 +448,48 @@ pub fn document(runs: &[KernelRun], table: &str, skips: &[String]) -> String {
             r.doctor["auto"].as_str().unwrap_or("none"),
             r.doctor["reason"].as_str().unwrap_or("")
         );
+    }
+    s
+}
+
+/// The whole `docs/lab.md`: each kernel's `bindtrace lab` per backend, and where kernels differ.
+pub fn lab_document(runs: &[KernelRun]) -> String {
+    let mut s = String::from(
+        "# The lab on each kernel, as measured\n\n\
+         Generated by `cargo xtask test --update-docs` (do not edit by hand): `bindtrace lab \
+         --check --output markdown` on the host and in the VMs of the kernel matrix, once per \
+         backend. Each row is a real experiment in a throwaway network namespace; *observed* is \
+         what that kernel answered (in bold where it differs from the seed's result or the \
+         documented rule); the last column is whether bindtrace reported it with the right \
+         cause and holder (✓) or not (✗).\n\n",
+    );
+    let mut differences = Vec::new();
+    for r in runs {
+        for (backend, md) in &r.labs {
+            let _ = writeln!(
+                s,
+                "## {} (`{}`), {backend} backend\n\n{}\n",
+                r.label,
+                r.release,
+                md.trim()
+            );
+            for line in md.lines().filter(|l| l.contains("| **")) {
+                let case = line.split('|').nth(1).unwrap_or("").trim();
+                differences.push(format!("{} (`{}`): case {case}", r.label, r.release));
+            }
+        }
+    }
+    differences.sort();
+    differences.dedup();
+    s.push_str("## Differences between kernels\n\n");
+    if differences.is_empty() {
+        s.push_str(
+            "None: every kernel tested answered every experiment as the seed (or the rule) says.\n",
+        );
+    } else {
+        for d in differences {
+            let _ = writeln!(s, "- {d} differs from the expected outcome");
+        }
     }
     s
 }

@@ -62,12 +62,14 @@ pub fn run(args: &TestArgs) -> Result<()> {
         let doctor = kernels::doctor_here()?;
         let auto = doctor["auto"].as_str().unwrap_or("auto").to_string();
         let outcome = kernels::run_here(&bins, "auto")?;
+        let lab = kernels::lab_here(&auto)?;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         Ok(kernels::KernelRun {
             label: "host".into(),
             release: release.trim().to_string(),
             doctor,
-            backends: [(auto, outcome)].into(),
+            backends: [(auto.clone(), outcome)].into(),
+            labs: [(auto, lab)].into(),
             seconds: started.elapsed().as_secs_f64(),
         })
     })?;
@@ -89,9 +91,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let skips = kernels::skips(&runs);
     println!("\nkernel matrix:\n{table}");
     let doc = kernels::document(&runs, &table, &skips);
+    let lab = kernels::lab_document(&runs);
     std::fs::write(util::root().join("target/kernel-matrix.md"), &doc)?;
+    std::fs::write(util::root().join("target/lab.md"), &lab)?;
     if args.update_docs {
         std::fs::write(util::root().join("docs/kernels.md"), &doc)?;
+        std::fs::write(util::root().join("docs/lab.md"), &lab)?;
     }
     if runs.iter().any(kernels::KernelRun::failed) {
         bail!("kernel tests failed (see above)");
@@ -108,8 +113,22 @@ fn report(run: &kernels::KernelRun) {
             o.cell(),
             run.seconds
         );
+        for skip in &o.skipped {
+            eprintln!("      {skip}");
+        }
         if !o.ok() {
             eprintln!("{}", o.log);
+        }
+    }
+    for (backend, md) in &run.labs {
+        let ok = kernels::lab_ok(md);
+        eprintln!(
+            "    {} lab --check ({backend}): {}",
+            run.label,
+            if ok { "pass" } else { "FAIL" }
+        );
+        if !ok {
+            eprintln!("{md}");
         }
     }
 }

@@ -53,6 +53,13 @@ fn python() -> &'static str {
     }
 }
 
+/// `python3 -I -S`: the workloads need only the standard library; skipping site-packages halves
+/// the interpreter's start (3.0 s → 1.1 s under the VM tier's software emulation).
+fn python_cmd(mut cmd: Command) -> Command {
+    cmd.args([python(), "-I", "-S"]);
+    cmd
+}
+
 /// The workload script, copied where any user can read it.
 fn workload_script() -> PathBuf {
     static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -160,8 +167,8 @@ impl Netns {
     /// `Running::release`.
     pub fn hold_case(&self, case: &str, args: &[&str]) -> Running {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, python()]);
-        hold(cmd, case, args)
+        cmd.args(["netns", "exec", &self.name]);
+        hold(python_cmd(cmd), case, args)
     }
 
     /// `case_gated`: waits before failing; optionally renamed to `comm`.
@@ -172,7 +179,7 @@ impl Netns {
 
 /// Like `Netns::hold_case`, in the host's own network namespace.
 pub fn hold_case_on_host(case: &str, args: &[&str]) -> Running {
-    hold(Command::new(python()), case, args)
+    hold(python_cmd(Command::new("env")), case, args)
 }
 
 /// The inode of the host's (this test's) network namespace.
@@ -217,26 +224,52 @@ fn run(cmd: &mut Command) {
 
 /// A running `bindtrace watch --output json`, its events collected as they arrive.
 pub struct Tracer {
-    child: Child,
+    child: Mutex<Child>,
     events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
     pub backend: String,
 }
 
 impl Tracer {
-    /// Starts the tracer with extra `args` and waits until every probe is attached.
+    /// One tracer with default settings for all the tests of a test binary: the tests tell their
+    /// events apart by pid, and starting a tracer costs seconds under the VM tier's emulation.
+    /// It is started from a thread that lives as long as the process, so its parent-death signal
+    /// (below) fires when the test binary exits, not when the first test's thread does.
+    pub fn shared() -> &'static Self {
+        static SHARED: std::sync::OnceLock<Tracer> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(Tracer::start(&[]));
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv()
+                .expect("the shared tracer failed to start (see the panic above)")
+        })
+    }
+
+    /// Starts a tracer of its own with extra `args` and waits until every probe is attached.
     pub fn start(args: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt as _;
         let dir = tempdir();
         let ready = dir.join("ready");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bindtrace"))
-            .args(["watch", "--output", "json", "--backend", &backend()])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bindtrace"));
+        cmd.args(["watch", "--output", "json", "--backend", &backend()])
             .arg("--ready-file")
             .arg(&ready)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting bindtrace");
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe. The tracer dies with the thread that started it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("starting bindtrace");
         let events = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = BufReader::new(child.stdout.take().unwrap());
@@ -262,7 +295,7 @@ impl Tracer {
             if let Ok(b) = std::fs::read_to_string(&ready) {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Self {
-                    child,
+                    child: Mutex::new(child),
                     events,
                     stderr,
                     backend: b.trim().to_string(),
@@ -317,24 +350,27 @@ impl Tracer {
     }
 
     /// Stops the tracer (SIGINT) and returns its stderr.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
         self.interrupt();
         self.stderr()
     }
 
-    fn interrupt(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
+    fn interrupt(&self) {
+        let mut child = self.child.lock().unwrap();
+        if matches!(child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+        drop(child);
+        // The stderr reader thread finishes with the child's last lines.
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.interrupt();
-        }
+        self.interrupt();
     }
 }
 

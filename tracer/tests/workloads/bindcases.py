@@ -52,7 +52,7 @@ def spawn(case, *args, user=None):
     """Starts this script as another process running `case` (as `user` if given); returns
     (proc, first JSON line)."""
     p = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), case, *map(str, args)],
+        [sys.executable, "-I", "-S", os.path.abspath(__file__), case, *map(str, args)],
         stdin=subprocess.PIPE,  # the helper holds its sockets until this pipe closes
         stdout=subprocess.PIPE,
         text=True,
