@@ -101,6 +101,7 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn probe(kernel_btf: Option<&Path>) -> Result<Self> {
+        let t = std::time::Instant::now();
         let mut notes = Vec::new();
         if let Some(p) = kernel_btf
             && !p.is_file()
@@ -120,6 +121,7 @@ impl Kernel {
                 ),
             },
         };
+        log::debug!("aya BTF parsed in {:?}", t.elapsed());
         let offsets = match btf::KernelBtf::load(kernel_btf) {
             Ok(kbtf) => {
                 let (offsets, missing) = kbtf.offsets();
@@ -138,6 +140,7 @@ impl Kernel {
                 offsets
             }
         };
+        log::debug!("offsets resolved after {:?}", t.elapsed());
         let tracefs = tracefs::ensure_mounted().map_err(|e| format!("{e:#}"));
         let tp = match &tracefs {
             Ok(root) => {
@@ -383,7 +386,9 @@ pub fn attach(
 /// Tries the chosen backend(s) in order and returns the first that attaches.
 pub fn start(settings: &Settings) -> Result<Tracer> {
     host::require_privileges(false)?;
+    let started = std::time::Instant::now();
     let kernel = Kernel::probe(settings.kernel_btf.as_deref())?;
+    log::debug!("kernel probed in {:?}", started.elapsed());
     let mut config = settings.config;
     config.kernel = kernel.offsets;
     config.tp = kernel.tp;
@@ -391,6 +396,7 @@ pub fn start(settings: &Settings) -> Result<Tracer> {
     for &backend in settings.choice.candidates() {
         match attach(backend, &kernel, &config, settings.history_size) {
             Ok((ebpf, notes)) => {
+                log::debug!("{backend} attached after {:?}", started.elapsed());
                 let mut all = kernel.notes.clone();
                 all.extend(skipped.iter().map(|s| format!("{s}; falling back")));
                 all.extend(notes);

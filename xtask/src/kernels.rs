@@ -22,6 +22,9 @@ use crate::util;
 
 pub const BACKENDS: [&str; 3] = ["fexit", "kprobe", "tracepoint"];
 
+/// Seconds a VM may take before it is stopped (the whole tier targets under 15 minutes).
+const VM_TIMEOUT: u32 = 900;
+
 /// Debian kernels the VM tier boots: (label, package, image prefix in /boot).
 pub const VM_KERNELS: [(&str, &str, &str); 2] = [
     ("6.1", "linux-image-amd64", "vmlinuz-6.1."),
@@ -248,10 +251,12 @@ pub fn image(prefix: &str) -> Option<PathBuf> {
 /// The script a VM runs: the doctor, which decides which backends this kernel offers; then, per
 /// offered backend, the kernel tests and the lab. The suites with real third-party programs (JVM,
 /// curl: slow to start under emulation) run once, with the backend `auto` picks.
-fn vm_script(bins: &[PathBuf]) -> String {
+fn vm_script(bins: &[PathBuf], log: &Path) -> String {
     let bt = format!("{}/target/release/bindtrace", util::root().display());
+    let log = log.display();
     let mut script = format!(
-        "set -u\nuname -r\n{bt} doctor --output json > /tmp/doctor.json 2>/dev/null\n\
+        "set -u\nexec > {log} 2>&1\nuname -r\n\
+         {bt} doctor --output json > /tmp/doctor.json 2>/dev/null\n\
          echo @@@doctor\ncat /tmp/doctor.json\necho @@@end\n\
          offered=$(python3 -I -S -c 'import json; d=json.load(open(\"/tmp/doctor.json\")); \
          print(\" \".join(b[\"backend\"] for b in d[\"backends\"] if b[\"attached\"]))')\n\
@@ -285,6 +290,7 @@ fn vm_script(bins: &[PathBuf]) -> String {
             bin.display()
         );
     }
+    script.push_str("echo @@@complete\n");
     script
 }
 
@@ -328,22 +334,50 @@ fn parse_vm_output(text: &str) -> (Value, BTreeMap<String, Outcome>, BTreeMap<St
 /// Boots `image` and runs the doctor, then the tests and the lab once per backend it offers.
 pub fn run_in_vm(label: &str, image: &Path, bins: &[PathBuf]) -> Result<KernelRun> {
     let started = Instant::now();
-    let out = Command::new("vng")
+    // The script and its output live in target/vm-LABEL/, writable from the guest (--rwdir):
+    // the output survives a guest that hangs on the way down, and a failing run can be repeated
+    // by hand with `vng -r IMAGE --disable-kvm --rwdir DIR --exec "bash DIR/run.sh"`.
+    let dir = util::root().join(format!("target/vm-{label}"));
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("log");
+    let _ = std::fs::remove_file(&log);
+    let script = dir.join("run.sh");
+    std::fs::write(&script, vm_script(bins, &log))?;
+    let out = Command::new("timeout")
+        .arg(VM_TIMEOUT.to_string())
+        .arg("vng")
         .arg("-r")
         .arg(image)
-        .args([
-            "--disable-kvm",
-            "--cpus",
-            "2",
-            "--memory",
-            "2G",
-            "--exec",
-            &vm_script(bins),
-        ])
+        .args(["--disable-kvm", "--cpus", "2", "--memory", "2G", "--rwdir"])
+        .arg(&dir)
+        .arg("--exec")
+        .arg(format!("bash {}", script.display()))
         .current_dir(util::root())
         .output()
         .context("running vng (virtme-ng)")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if !text.contains("@@@complete") {
+        bail!(
+            "the {label} VM did not finish its script (vng: {}; output so far in {}):\n{}\n{}",
+            out.status,
+            log.display(),
+            text.lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !out.status.success() {
+        eprintln!(
+            "    note: the {label} VM finished its script but vng ended with {}; results kept",
+            out.status
+        );
+    }
     let release = text.lines().next().unwrap_or("?").trim().to_string();
     let (doctor, mut backends, mut labs) = parse_vm_output(&text);
     if doctor.is_null() {
