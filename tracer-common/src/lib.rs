@@ -351,7 +351,7 @@ pub struct Config {
     pub filter_netns: u32,
     /// Only this command name, NUL-padded (all zero: all).
     pub filter_comm: [u8; 16],
-    /// Only callers in this cgroup (0: all).
+    /// Non-zero: only callers in the cgroup set in the `CGROUP_FILTER` map, or below it.
     pub filter_cgroup: u64,
     /// 1: the programs log their decisions through aya-log (`bindtrace watch --debug-ebpf`).
     pub debug: u8,
@@ -371,6 +371,7 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const HISTORY: &str = "HISTORY";
+    pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
 }
 
 /// Index of the counters in the `LOST` per-CPU array.

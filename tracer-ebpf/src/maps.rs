@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{CgroupArray, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{BindEvent, HistoryKey, Owner, counter};
 
@@ -39,3 +39,7 @@ pub static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(16 
 /// kprobe backend: the socket a `__inet_hash_connect()` in flight works on, keyed by thread.
 #[map(name = "CONNECT_SK")]
 pub static CONNECT_SK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4 * 1024, 0);
+
+/// `--cgroup`: the cgroup (subtree) callers must be in, when `CONFIG.filter_cgroup` is set.
+#[map(name = "CGROUP_FILTER")]
+pub static CGROUP_FILTER: CgroupArray = CgroupArray::with_max_entries(1, 0);

@@ -10,7 +10,7 @@ use tracer_common::{
 use crate::{
     config::conf,
     kernel::{self, Caller},
-    maps::{EVENTS, HISTORY, LOST},
+    maps::{CGROUP_FILTER, EVENTS, HISTORY, LOST},
 };
 
 #[inline(always)]
@@ -42,8 +42,8 @@ fn wanted(ev: &BindEvent) -> bool {
     if netns != 0 && ev.netns != netns {
         return false;
     }
-    let cgroup = conf!(filter_cgroup);
-    if cgroup != 0 && ev.cgroup_id != cgroup {
+    // `--cgroup`: the caller's cgroup or any below it (a pod's cgroup covers its containers).
+    if conf!(filter_cgroup) != 0 && !CGROUP_FILTER.current_task_under_cgroup(0).unwrap_or(false) {
         return false;
     }
     let comm = conf!(filter_comm);

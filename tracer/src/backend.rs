@@ -16,12 +16,14 @@
 use std::{
     fmt,
     fs::File,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
+    maps::CgroupArray,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FExit, KProbe, ProgramError, TracePoint,
     },
@@ -76,6 +78,8 @@ pub struct Settings {
     pub config: Config,
     /// Entries of the owner-history map.
     pub history_size: u32,
+    /// `--cgroup`: an open cgroup-v2 directory whose subtree callers must be in.
+    pub cgroup: Option<File>,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything (the links are file
@@ -275,12 +279,67 @@ fn load(kernel: &Kernel, config: &Config, history_size: u32) -> Result<Ebpf> {
         .context("loading bindtrace's eBPF object into the kernel")
 }
 
+/// Attaches `backend`'s own programs (beyond `inet_sock_set_state`).
+fn attach_hooks(
+    backend: BackendName,
+    ebpf: &mut Ebpf,
+    kernel: &Kernel,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    match backend {
+        BackendName::Fexit => {
+            let btf = kernel.btf.as_ref().expect("checked above");
+            attach_fexit(ebpf, btf, "fexit_inet_bind", "inet_bind")?;
+            attach_fexit(ebpf, btf, "fexit_inet6_bind", "inet6_bind")?;
+            attach_fexit(ebpf, btf, "fexit_inet_csk_get_port", "inet_csk_get_port")?;
+            if let Err(e) =
+                attach_fexit(ebpf, btf, "fexit_inet_hash_connect", "__inet_hash_connect")
+            {
+                notes.push(format!("connect() port exhaustion is not traced: {e:#}"));
+            }
+        }
+        BackendName::Kprobe => {
+            attach_kprobe(ebpf, "kp_inet_bind", "inet_bind")?;
+            attach_kprobe(ebpf, "kp_inet6_bind", "inet6_bind")?;
+            attach_kprobe(ebpf, "krp_bind", "inet_bind")?;
+            attach_kprobe(ebpf, "krp_bind", "inet6_bind")?;
+            attach_kprobe(ebpf, "kp_inet_csk_get_port", "inet_csk_get_port")?;
+            attach_kprobe(ebpf, "krp_inet_csk_get_port", "inet_csk_get_port")?;
+            if let Err(e) = attach_kprobe(ebpf, "kp_inet_hash_connect", "__inet_hash_connect")
+                .and_then(|()| attach_kprobe(ebpf, "krp_inet_hash_connect", "__inet_hash_connect"))
+            {
+                notes.push(format!("connect() port exhaustion is not traced: {e:#}"));
+            }
+        }
+        _ => {
+            let root_path = kernel.cgroup2.as_ref().map_err(|e| anyhow!("{e}"))?;
+            let root = File::open(root_path)
+                .with_context(|| format!("opening the cgroup-v2 root {}", root_path.display()))?;
+            attach_cgroup_bind(ebpf, &root, "bind4")?;
+            attach_cgroup_bind(ebpf, &root, "bind6")?;
+            // Exits before entries: a call whose entry was seen is always finished.
+            for (prog, name) in [
+                ("sys_exit_bind", "sys_exit_bind"),
+                ("sys_exit_listen", "sys_exit_listen"),
+                ("sys_exit_connect", "sys_exit_connect"),
+                ("sys_enter_bind", "sys_enter_bind"),
+                ("sys_enter_listen", "sys_enter_listen"),
+                ("sys_enter_connect", "sys_enter_connect"),
+            ] {
+                attach_tracepoint(ebpf, prog, "syscalls", name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Loads and attaches one backend; returns notes on what works in a degraded way.
 pub fn attach(
     backend: BackendName,
     kernel: &Kernel,
     config: &Config,
     history_size: u32,
+    cgroup: Option<&File>,
 ) -> Result<(Ebpf, Vec<String>)> {
     let mut notes = Vec::new();
     let mut config = *config;
@@ -305,7 +364,17 @@ pub fn attach(
         }
         _ => {}
     }
+    config.filter_cgroup = u64::from(cgroup.is_some());
     let mut ebpf = load(kernel, &config, history_size)?;
+    if let Some(dir) = cgroup {
+        let mut filter: CgroupArray<_> = ebpf
+            .map_mut(names::CGROUP_FILTER)
+            .ok_or_else(|| anyhow!("map {} missing", names::CGROUP_FILTER))?
+            .try_into()?;
+        filter
+            .set(0, dir.as_raw_fd(), 0)
+            .context("--cgroup: not a cgroup-v2 directory")?;
+    }
     if config.tp.ss_skaddr.known() {
         attach_tracepoint(
             &mut ebpf,
@@ -326,60 +395,7 @@ pub fn attach(
                 .to_string(),
         );
     }
-    match backend {
-        BackendName::Fexit => {
-            let btf = kernel.btf.as_ref().expect("checked above");
-            attach_fexit(&mut ebpf, btf, "fexit_inet_bind", "inet_bind")?;
-            attach_fexit(&mut ebpf, btf, "fexit_inet6_bind", "inet6_bind")?;
-            attach_fexit(
-                &mut ebpf,
-                btf,
-                "fexit_inet_csk_get_port",
-                "inet_csk_get_port",
-            )?;
-            if let Err(e) = attach_fexit(
-                &mut ebpf,
-                btf,
-                "fexit_inet_hash_connect",
-                "__inet_hash_connect",
-            ) {
-                notes.push(format!("connect() port exhaustion is not traced: {e:#}"));
-            }
-        }
-        BackendName::Kprobe => {
-            attach_kprobe(&mut ebpf, "kp_inet_bind", "inet_bind")?;
-            attach_kprobe(&mut ebpf, "kp_inet6_bind", "inet6_bind")?;
-            attach_kprobe(&mut ebpf, "krp_bind", "inet_bind")?;
-            attach_kprobe(&mut ebpf, "krp_bind", "inet6_bind")?;
-            attach_kprobe(&mut ebpf, "kp_inet_csk_get_port", "inet_csk_get_port")?;
-            attach_kprobe(&mut ebpf, "krp_inet_csk_get_port", "inet_csk_get_port")?;
-            if let Err(e) = attach_kprobe(&mut ebpf, "kp_inet_hash_connect", "__inet_hash_connect")
-                .and_then(|()| {
-                    attach_kprobe(&mut ebpf, "krp_inet_hash_connect", "__inet_hash_connect")
-                })
-            {
-                notes.push(format!("connect() port exhaustion is not traced: {e:#}"));
-            }
-        }
-        _ => {
-            let root_path = kernel.cgroup2.as_ref().map_err(|e| anyhow!("{e}"))?;
-            let root = File::open(root_path)
-                .with_context(|| format!("opening the cgroup-v2 root {}", root_path.display()))?;
-            attach_cgroup_bind(&mut ebpf, &root, "bind4")?;
-            attach_cgroup_bind(&mut ebpf, &root, "bind6")?;
-            // Exits before entries: a call whose entry was seen is always finished.
-            for (prog, name) in [
-                ("sys_exit_bind", "sys_exit_bind"),
-                ("sys_exit_listen", "sys_exit_listen"),
-                ("sys_exit_connect", "sys_exit_connect"),
-                ("sys_enter_bind", "sys_enter_bind"),
-                ("sys_enter_listen", "sys_enter_listen"),
-                ("sys_enter_connect", "sys_enter_connect"),
-            ] {
-                attach_tracepoint(&mut ebpf, prog, "syscalls", name)?;
-            }
-        }
-    }
+    attach_hooks(backend, &mut ebpf, kernel, &mut notes)?;
     Ok((ebpf, notes))
 }
 
@@ -394,7 +410,13 @@ pub fn start(settings: &Settings) -> Result<Tracer> {
     config.tp = kernel.tp;
     let mut skipped = Vec::new();
     for &backend in settings.choice.candidates() {
-        match attach(backend, &kernel, &config, settings.history_size) {
+        match attach(
+            backend,
+            &kernel,
+            &config,
+            settings.history_size,
+            settings.cgroup.as_ref(),
+        ) {
             Ok((ebpf, notes)) => {
                 log::debug!("{backend} attached after {:?}", started.elapsed());
                 let mut all = kernel.notes.clone();

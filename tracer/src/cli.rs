@@ -17,7 +17,13 @@ EXAMPLES:
   Only port 8080, as JSON lines:
       sudo bindtrace watch --port 8080 --output json
   Also show successful binds of one process:
-      sudo bindtrace watch --all --pid 4242";
+      sudo bindtrace watch --all --pid 4242
+  Run for weeks: keep a rotated post-mortem log and serve metrics on localhost:
+      sudo bindtrace watch --log-file /var/log/bindtrace/events.json --metrics-addr 9464
+  What happened overnight:
+      bindtrace report /var/log/bindtrace/events.json*
+  Before starting a service on 8080:
+      sudo bindtrace check-port 8080 && exec my-service";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +47,10 @@ pub enum Command {
     /// Run the seed's bind-conflict experiments in a throwaway network namespace, with the
     /// tracer's view of each beside the kernel's answer.
     Lab(crate::lab::LabArgs),
+    /// Summarize post-mortem logs written by `watch --log-file` (and rotated ones; - for stdin).
+    Report(crate::report::ReportArgs),
+    /// Would a bind of PORT succeed now? Who would block it, and why. Exit status 0/1.
+    CheckPort(crate::checkport::CheckPortArgs),
     /// A lab experiment's helper process (internal).
     #[command(name = "__lab-helper", hide = true)]
     LabHelper(crate::lab::helper::HelperArgs),
@@ -73,6 +83,27 @@ pub struct WatchArgs {
     /// Report failures without looking up who held the port.
     #[arg(long)]
     pub no_holders: bool,
+
+    /// Also append every event (JSON lines) to this file, rotated by size; created mode 0640.
+    #[arg(long, value_name = "PATH", help_heading = "Post-mortem log")]
+    pub log_file: Option<PathBuf>,
+
+    /// Rotate the log when it would grow past this size (K, M, G).
+    #[arg(long, value_name = "SIZE", default_value = "100M", value_parser = crate::logfile::parse_size, help_heading = "Post-mortem log")]
+    pub log_max_size: u64,
+
+    /// Rotated logs kept (PATH.1 ... PATH.N).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        help_heading = "Post-mortem log"
+    )]
+    pub log_keep: u32,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (PORT alone binds 127.0.0.1 only).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Ports whose last owners the kernel remembers (about 150 bytes each): how far back a
     /// TIME-WAIT socket's owner can be named on a busy host.
@@ -111,6 +142,28 @@ pub struct FilterArgs {
     /// Only processes with this command name (as in /proc/PID/comm, at most 15 bytes).
     #[arg(long, value_parser = parse_comm)]
     pub comm: Option<String>,
+
+    /// Only processes in this cgroup-v2 directory or below it (e.g. a pod's cgroup).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Only this network namespace: its inode number, or a path such as /proc/PID/ns/net or
+    /// /run/netns/NAME.
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
+    pub netns: Option<u32>,
+}
+
+pub fn parse_netns(s: &str) -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(n) = s.trim().parse::<u32>() {
+        return if n == 0 {
+            Err("namespace inode 0 does not exist".into())
+        } else {
+            Ok(n)
+        };
+    }
+    let m = std::fs::metadata(s).map_err(|e| format!("{s}: {e}"))?;
+    u32::try_from(m.ino()).map_err(|_| format!("{s}: not a namespace file"))
 }
 
 pub fn parse_port(s: &str) -> Result<u16, String> {
@@ -201,6 +254,26 @@ mod tests {
             ..FilterArgs::default()
         };
         assert_eq!(&f.comm_bytes()[..5], b"java\0");
+    }
+
+    #[test]
+    fn netns_and_log_flags_are_validated() {
+        assert_eq!(parse_netns("4026531840"), Ok(4_026_531_840));
+        assert!(parse_netns("0").is_err());
+        assert!(
+            parse_netns("/no/such/netns")
+                .unwrap_err()
+                .contains("/no/such/netns")
+        );
+        assert!(parse_netns("/proc/self/ns/net").is_ok());
+        assert!(Cli::try_parse_from(["bindtrace", "watch", "--log-max-size", "10X"]).is_err());
+        assert!(Cli::try_parse_from(["bindtrace", "watch", "--metrics-addr", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["bindtrace", "check-port", "0"]).is_err());
+        assert!(
+            Cli::try_parse_from(["bindtrace", "check-port"]).is_err(),
+            "port or --listening"
+        );
+        assert!(Cli::try_parse_from(["bindtrace", "check-port", "--listening"]).is_ok());
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub struct Holder {
     pub shared_with: Vec<u32>,
     /// Socket inode (0: TIME-WAIT or orphaned).
     pub inode: u64,
+    /// Container and Kubernetes context of the owner (keys absent when unknown).
+    #[serde(flatten, default)]
+    pub container: crate::container::Context,
     /// Whether the kernel's rules say this socket blocks the request.
     pub conflicts: bool,
 }
@@ -261,6 +264,32 @@ pub struct Request {
 }
 
 impl Request {
+    /// A bind of `addr`:`port` as a service about to start would make it (for `check-port`):
+    /// the call is assumed to fail so that every holder is weighed.
+    pub fn bind(addr: IpAddr, port: u16, udp: bool, reuseaddr: bool, reuseport: bool) -> Self {
+        Self {
+            syscall: SyscallName::Bind,
+            errno: EADDRINUSE,
+            udp,
+            addr,
+            port,
+            reuseaddr,
+            reuseport,
+            // Linux's default (net.ipv6.bindv6only = 0).
+            v6only: addr.is_ipv6().then_some(false),
+            // SAFETY: geteuid has no preconditions.
+            uid: unsafe { libc::geteuid() },
+            pid: 0,
+            bound_dev_if: 0,
+            remote: None,
+        }
+    }
+
+    /// A placeholder request (listing listeners, no call to judge).
+    pub fn any(udp: bool) -> Self {
+        Self::bind(IpAddr::from([0, 0, 0, 0]), 0, udp, false, false)
+    }
+
     pub fn from_event(ev: &Event) -> Self {
         let addr = ev.addr.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         Self {
@@ -659,6 +688,7 @@ mod tests {
             owner_alive: None,
             shared_with: vec![],
             inode: 1,
+            container: crate::container::Context::default(),
             conflicts: false,
         }
     }

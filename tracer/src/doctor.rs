@@ -212,7 +212,7 @@ fn probe_backends(kernel: &Kernel) -> (Vec<BackendProbe>, Option<bool>, Option<b
         ..Config::default()
     };
     for &b in backend::BackendChoice::Auto.candidates() {
-        match backend::attach(b, kernel, &config, 1024) {
+        match backend::attach(b, kernel, &config, 1024, None) {
             Ok((mut ebpf, notes)) => {
                 ringbuf = Some(true);
                 let test = ebpf

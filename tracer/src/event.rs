@@ -149,6 +149,9 @@ pub struct Event {
     /// `SO_BINDTODEVICE` interface index (0: none).
     pub bound_dev_if: u32,
     pub backend: BackendName,
+    /// Container and Kubernetes context of the caller (keys absent when unknown).
+    #[serde(flatten, default)]
+    pub container: crate::container::Context,
     /// Who held the port and why (failures only; see `diagnose::Diagnosis`).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<crate::diagnose::Diagnosis>,
@@ -197,6 +200,7 @@ impl Event {
             options_known: known(flags::SOCKOPTS_KNOWN),
             bound_dev_if: raw.bound_dev_if,
             backend: Backend::try_from(raw.backend).map_or(BackendName::Unknown, Into::into),
+            container: crate::container::Context::default(),
             diagnosis: None,
         }
     }

@@ -3,19 +3,24 @@
 
 mod backend;
 mod btf;
+mod checkport;
 mod cli;
 mod collector;
+mod container;
 mod diagnose;
 mod doctor;
 mod errno;
 mod event;
 mod host;
 mod lab;
+mod logfile;
+mod metrics;
 mod netns;
 mod output;
 mod owners;
 mod pipeline;
 mod procfs;
+mod report;
 mod sockdiag;
 mod tracefs;
 
@@ -55,6 +60,8 @@ fn main() -> ExitCode {
             Command::Watch(args) => watch(args).await.map(|()| true),
             Command::Doctor(args) => doctor::run(args.kernel_btf.as_deref(), args.output),
             Command::Lab(args) => lab::run(args).await,
+            Command::Report(args) => report::run(&args).map(|()| true),
+            Command::CheckPort(args) => checkport::run(&args),
             Command::LabHelper(_) => unreachable!("handled before the runtime starts"),
         }
     });
@@ -93,10 +100,29 @@ fn write_atomically(path: &Path, contents: &str) -> Result<()> {
 }
 
 async fn watch(args: WatchArgs) -> Result<()> {
+    // Everything that can be wrong with the arguments fails before anything is attached.
+    let log = args
+        .log_file
+        .as_deref()
+        .map(|p| logfile::LogFile::open(p, args.log_max_size, args.log_keep))
+        .transpose()?;
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    let cgroup = args
+        .filters
+        .cgroup
+        .as_deref()
+        .map(|p| {
+            fs::File::open(p).with_context(|| format!("--cgroup {}: cannot open", p.display()))
+        })
+        .transpose()?;
     let config = Config {
         filter_pid: args.filters.pid.unwrap_or(0),
         filter_port: args.filters.port.unwrap_or(0),
         filter_comm: args.filters.comm_bytes(),
+        filter_netns: args.filters.netns.unwrap_or(0),
         self_pid: std::process::id(),
         report_success: u8::from(args.all),
         debug: u8::from(args.debug_ebpf),
@@ -107,6 +133,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         kernel_btf: args.kernel_btf.clone(),
         config,
         history_size: args.history_size,
+        cgroup,
     })?;
     for note in &tracer.notes {
         eprintln!("bindtrace: note: {note}");
@@ -126,13 +153,6 @@ async fn watch(args: WatchArgs) -> Result<()> {
         }
     }
     let collector = Collector::new(&mut tracer.ebpf)?;
-    if let Some(path) = &args.ready_file {
-        write_atomically(path, &format!("{}\n", tracer.backend.as_str()))?;
-    }
-    eprintln!(
-        "bindtrace: tracing bind()/listen() failures with the {} backend (Ctrl-C to stop)",
-        tracer.backend.as_str()
-    );
     let investigator = (!args.no_holders).then(|| {
         let history = tracer
             .ebpf
@@ -144,13 +164,38 @@ async fn watch(args: WatchArgs) -> Result<()> {
         }
         owners::Investigator::new(history)
     });
-    let mut pipeline = Pipeline::start(Renderer::stdout(args.output), investigator);
+    let mut writers: Vec<Box<dyn pipeline::Writer>> = vec![Box::new(Renderer::stdout(args.output))];
+    let unwritten = log.as_ref().map(|l| std::sync::Arc::clone(&l.unwritten));
+    if let Some(log) = log {
+        writers.push(Box::new(log));
+    }
+    if let Some(listener) = metrics_listener {
+        let (m, registry) = metrics::Metrics::new(tracer.backend.as_str(), unwritten.clone());
+        metrics::serve(listener, registry);
+        writers.push(Box::new(m));
+    }
+    if let Some(path) = &args.ready_file {
+        write_atomically(path, &format!("{}\n", tracer.backend.as_str()))?;
+    }
+    eprintln!(
+        "bindtrace: tracing bind()/listen() failures with the {} backend (Ctrl-C to stop)",
+        tracer.backend.as_str()
+    );
+    let mut pipeline = Pipeline::start(pipeline::Fanout(writers), investigator);
     let stats = collector.run(&mut pipeline, shutdown_signal()).await;
     pipeline.finish()?;
     let stats = stats?;
+    let unwritten = unwritten.map_or(0, |u| u.load(std::sync::atomic::Ordering::Relaxed));
     eprintln!(
-        "bindtrace: {} failure(s) reported, {} event(s) lost, {} record(s) unreadable",
-        stats.failures, stats.lost, stats.corrupt
+        "bindtrace: {} failure(s) reported, {} event(s) lost, {} record(s) unreadable{}",
+        stats.failures,
+        stats.lost,
+        stats.corrupt,
+        if unwritten > 0 {
+            format!(", {unwritten} log line(s) not written")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

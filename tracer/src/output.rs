@@ -106,7 +106,7 @@ impl Renderer {
 }
 
 /// `LISTEN tcp 0.0.0.0:8080 nginx[999] uid=0 (live) SO_REUSEADDR` — for text output.
-fn holder_text(h: &diagnose::Holder) -> String {
+pub fn holder_text(h: &diagnose::Holder) -> String {
     let mut s = format!("{} {} {}", h.state.as_str(), h.protocol, h.local);
     if let Some(r) = h.remote {
         let _ = write!(s, " -> {r}");
@@ -214,6 +214,19 @@ pub fn text_line(ev: &Event) -> String {
     if ev.bound_dev_if != 0 {
         let _ = write!(line, " dev={}", ev.bound_dev_if);
     }
+    let c = &ev.container;
+    match (&c.pod_namespace, &c.pod_name, &c.container_id) {
+        (Some(ns), Some(pod), _) => {
+            let _ = write!(line, " pod={}/{}", sanitize(ns), sanitize(pod));
+        }
+        (_, _, Some(id)) => {
+            let _ = write!(line, " container={}", &id[..id.len().min(12)]);
+        }
+        _ => {}
+    }
+    if c.host_network == Some(true) && c.container_id.is_some() {
+        line.push_str(" hostNetwork");
+    }
     line.push('\n');
     if let Some(d) = &ev.diagnosis {
         for h in d.holders.iter().take(MAX_HOLDER_LINES) {
@@ -245,7 +258,7 @@ pub fn text_line(ev: &Event) -> String {
 const MAX_HOLDER_LINES: usize = 5;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::{BackendName, EventName};
 
@@ -275,6 +288,7 @@ mod tests {
             options_known: true,
             bound_dev_if: 0,
             backend: BackendName::Tracepoint,
+            container: crate::container::Context::default(),
             diagnosis: None,
         }
     }

@@ -86,6 +86,7 @@ impl Remembered {
 
 /// Looks up holders and decides; owns the caches that make repeated lookups cheap.
 pub struct Investigator {
+    containers: crate::container::Resolver,
     sockets: procfs::SocketTable,
     history: Option<History>,
     /// Kernels before 6.8 do not list bound-only sockets (TCP_BOUND_INACTIVE).
@@ -97,6 +98,7 @@ impl Investigator {
         let lists_bound_sockets = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 8, 0));
         Self {
+            containers: crate::container::Resolver::default(),
             sockets: procfs::SocketTable::prefilled(),
             history,
             lists_bound_sockets,
@@ -126,12 +128,16 @@ impl Investigator {
 
     /// Works out why `ev` failed. `ns` is the failing namespace (None if it could not be opened).
     pub fn diagnose(&mut self, ev: &Event, ns: Option<&Netns>) -> Diagnosis {
+        self.investigate(&Request::from_event(ev), ev.netns, ns)
+    }
+
+    /// Who holds (or would block) `req`'s port in namespace `netns`, and the verdict.
+    pub fn investigate(&mut self, req: &Request, netns: u32, ns: Option<&Netns>) -> Diagnosis {
         let started = std::time::Instant::now();
-        let req = Request::from_event(ev);
         let protocol = if req.udp { IPPROTO_UDP } else { IPPROTO_TCP } as u8;
-        let exhaustion = (ev.syscall == SyscallName::Connect && ev.errno == EADDRNOTAVAIL)
-            || (ev.errno == EADDRINUSE && ev.port == 0);
-        let port_conflict = ev.errno == EADDRINUSE && !exhaustion;
+        let exhaustion = (req.syscall == SyscallName::Connect && req.errno == EADDRNOTAVAIL)
+            || (req.errno == EADDRINUSE && req.port == 0);
+        let port_conflict = req.errno == EADDRINUSE && !exhaustion;
 
         let looked = ns.and_then(|ns| {
             ns.run_in(|| {
@@ -139,7 +145,7 @@ impl Investigator {
                 let (lo, hi) = if exhaustion {
                     ctx.range.unwrap_or((32768, 60999))
                 } else {
-                    (ev.port, ev.port)
+                    (req.port, req.port)
                 };
                 let socks = if port_conflict || exhaustion {
                     sockets(protocol, lo, hi)
@@ -161,18 +167,41 @@ impl Investigator {
         let (socks, ctx) = looked.unwrap_or_default();
         let listed = started.elapsed();
         if !port_conflict {
-            return diagnose::verdict(&req, Vec::new(), &ctx);
+            return diagnose::verdict(req, Vec::new(), &ctx);
         }
-        let remembered = self.remembered(ev.netns, ev.port, protocol);
-        let holders = self.holders(&socks, &remembered, &req);
+        let remembered = self.remembered(netns, req.port, protocol);
+        let mut holders = self.holders(&socks, &remembered, req);
+        for h in &mut holders {
+            if let Some(pid) = h.pid.filter(|_| h.owner_alive != Some(false)) {
+                h.container = self.containers.resolve(pid, netns);
+            }
+        }
         log::debug!(
             "lookup for pid {} port {}: {} socket(s) listed in {listed:?}, owners found in {:?}",
-            ev.pid,
-            ev.port,
+            req.pid,
+            req.port,
             socks.len(),
             started.elapsed().saturating_sub(listed)
         );
-        diagnose::verdict(&req, holders, &ctx)
+        diagnose::verdict(req, holders, &ctx)
+    }
+
+    /// Every socket of `protocol` listening (TCP) or bound (UDP) in `ns`, with its owner, and the
+    /// namespace's port settings.
+    pub fn listeners(&mut self, ns: &Netns, udp: bool) -> (Vec<Holder>, PortContext) {
+        let protocol = if udp { IPPROTO_UDP } else { IPPROTO_TCP } as u8;
+        let (socks, ctx) = ns
+            .run_in(|| (sockets(protocol, 1, u16::MAX), port_context()))
+            .unwrap_or_default();
+        let waiting: Vec<DiagSocket> = socks
+            .into_iter()
+            .filter(|s| {
+                let state = State::from_kernel(s.state, udp);
+                state == State::Listen || (udp && state == State::Bound)
+            })
+            .collect();
+        let req = Request::any(udp);
+        (self.holders(&waiting, &[], &req), ctx)
     }
 
     fn holders(
@@ -210,6 +239,7 @@ impl Investigator {
                 owner_alive: None,
                 shared_with: Vec::new(),
                 inode: s.inode,
+                container: crate::container::Context::default(),
                 conflicts: false,
             };
             if let Some(list) = owners.get(&s.inode).filter(|l| !l.is_empty()) {
@@ -263,6 +293,7 @@ impl Investigator {
                     owner_alive: None,
                     shared_with: Vec::new(),
                     inode: 0,
+                    container: crate::container::Context::default(),
                     conflicts: false,
                 };
                 r.apply(&mut h);

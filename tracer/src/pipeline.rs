@@ -23,6 +23,20 @@ pub trait Writer: Send + 'static {
     fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> std::io::Result<()>;
 }
 
+/// Every event to each of several writers (terminal, log file, metrics).
+pub struct Fanout(pub Vec<Box<dyn Writer>>);
+
+impl Writer for Fanout {
+    fn event(&mut self, ev: &Event) -> std::io::Result<()> {
+        self.0.iter_mut().try_for_each(|w| w.event(ev))
+    }
+    fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> std::io::Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|w| w.lost(time, lost, lost_total))
+    }
+}
+
 enum Msg {
     Event(Box<Event>, Option<Netns>),
     Lost { time: String, lost: u64, total: u64 },
@@ -44,9 +58,11 @@ impl Pipeline {
             .name("bindtrace-diagnose".into())
             .spawn(move || -> Result<()> {
                 let mut investigator = investigator;
+                let mut containers = crate::container::Resolver::default();
                 for msg in rx {
                     match msg {
                         Msg::Event(mut ev, ns) => {
+                            ev.container = containers.resolve(ev.pid, ev.netns);
                             if let Some(inv) = investigator.as_mut()
                                 && ev.is_failure()
                             {

@@ -138,13 +138,29 @@ pub fn build_tests() -> Result<Vec<PathBuf>> {
     Ok(bins)
 }
 
-/// Runs the test binaries here with `backend`.
-pub fn run_here(bins: &[PathBuf], backend: &str) -> Result<Outcome> {
+/// The capabilities `packaging/bindtrace.service` grants (`CapabilityBoundingSet=`), as
+/// `setpriv` names them: `net_admin,sys_admin,...`.
+pub fn packaged_caps() -> Result<String> {
+    let unit = std::fs::read_to_string(util::root().join("packaging/bindtrace.service"))?;
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .context("packaging/bindtrace.service has no CapabilityBoundingSet=")?;
+    Ok(line
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// Runs the test binaries here with `backend`, the tracer limited to `caps` if given.
+pub fn run_here(bins: &[PathBuf], backend: &str, caps: Option<&str>) -> Result<Outcome> {
     let mut all = Outcome::default();
     for bin in bins {
         let out = util::as_root(bin)
             .args(["--test-threads", "2", "--show-output"])
             .env("BINDTRACE_TEST_BACKEND", backend)
+            .env("BINDTRACE_TEST_CAPS", caps.unwrap_or(""))
             .current_dir(util::root())
             .output()
             .with_context(|| format!("running {}", bin.display()))?;

@@ -61,7 +61,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let doctor = kernels::doctor_here()?;
         let auto = doctor["auto"].as_str().unwrap_or("auto").to_string();
-        let outcome = kernels::run_here(&bins, "auto")?;
+        let outcome = kernels::run_here(&bins, "auto", None)?;
         let lab = kernels::lab_here(&auto)?;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         Ok(kernels::KernelRun {
@@ -75,6 +75,26 @@ pub fn run(args: &TestArgs) -> Result<()> {
     })?;
     report(&host);
     runs.push(host);
+    step(
+        "tier 2b: kernel tests with only the packaged capabilities",
+        || {
+            let caps = kernels::packaged_caps()?;
+            eprintln!("    capabilities: {caps}");
+            // The programs suite (JVM, curl) adds nothing about privileges.
+            let privileged: Vec<_> = bins
+                .iter()
+                .filter(|b| !b.to_string_lossy().contains("programs-"))
+                .cloned()
+                .collect();
+            let o = kernels::run_here(&privileged, "auto", Some(&caps))?;
+            eprintln!("    {}", o.cell());
+            if !o.ok() {
+                eprintln!("{}", o.log);
+                bail!("the kernel tests fail with only the packaged capabilities ({caps})");
+            }
+            Ok(())
+        },
+    )?;
     if !args.no_vm {
         for (label, _, prefix) in kernels::VM_KERNELS {
             let Some(image) = kernels::image(prefix) else {

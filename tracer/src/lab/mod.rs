@@ -300,6 +300,7 @@ pub async fn run(args: LabArgs) -> Result<bool> {
         kernel_btf: None,
         config,
         history_size: 32_768,
+        cgroup: None,
     })?;
     let history = tracer
         .ebpf

@@ -251,11 +251,24 @@ impl Tracer {
     }
 
     /// Starts a tracer of its own with extra `args` and waits until every probe is attached.
+    ///
+    /// With `BINDTRACE_TEST_CAPS=bpf,perfmon,...` the tracer runs with only those capabilities
+    /// (`setpriv` bounding set): how `cargo xtask test` proves the packaged set is enough.
     pub fn start(args: &[&str]) -> Self {
         use std::os::unix::process::CommandExt as _;
         let dir = tempdir();
         let ready = dir.join("ready");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bindtrace"));
+        let mut cmd = match std::env::var("BINDTRACE_TEST_CAPS") {
+            Ok(caps) if !caps.is_empty() => {
+                let keep: Vec<String> = caps.split(',').map(|c| format!("+{}", c.trim())).collect();
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--bounding-set=-all,{}", keep.join(",")))
+                    .args(["--no-new-privs", "--"])
+                    .arg(env!("CARGO_BIN_EXE_bindtrace"));
+                c
+            }
+            _ => Command::new(env!("CARGO_BIN_EXE_bindtrace")),
+        };
         cmd.args(["watch", "--output", "json", "--backend", &backend()])
             .arg("--ready-file")
             .arg(&ready)

@@ -1,0 +1,246 @@
+//! Container and Kubernetes context of a process: the container id and pod UID parsed from its
+//! cgroup path (docker, containerd, CRI-O and podman, with the cgroupfs and systemd cgroup
+//! drivers), whether it shares the host's network namespace (Kubernetes `hostNetwork`), and the
+//! pod's name and namespace where the kubelet's layout makes them knowable (`/var/log/pods/
+//! NAMESPACE_NAME_UID`).
+
+use std::{collections::HashMap, fs, time::Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// What is known of a process's container (all fields optional: a host process has none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    /// The process shares the host's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_network: Option<bool>,
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A 64-hex-digit container id inside one path component: `<id>`, `docker-<id>.scope`,
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`, ...
+fn container_id_in(component: &str) -> Option<String> {
+    let base = component.strip_suffix(".scope").unwrap_or(component);
+    let id = base.rsplit(['-', ':']).next()?;
+    (id.len() == 64 && is_hex(id)).then(|| id.to_ascii_lowercase())
+}
+
+/// A pod UID inside one path component: `pod<uid>` (cgroupfs) or
+/// `kubepods-burstable-pod<uid_with_underscores>.slice` (systemd).
+fn pod_uid_in(component: &str) -> Option<String> {
+    let base = component.strip_suffix(".slice").unwrap_or(component);
+    let at = base.rfind("pod")?;
+    let uid = base[at + 3..].replace('_', "-");
+    let parts: Vec<&str> = uid.split('-').collect();
+    let shape = [8, 4, 4, 4, 12];
+    (parts.len() == 5
+        && parts
+            .iter()
+            .zip(shape)
+            .all(|(p, n)| p.len() == n && is_hex(p)))
+    .then(|| uid.to_ascii_lowercase())
+}
+
+/// Container id and pod UID from a cgroup path (`/proc/PID/cgroup`'s `0::` line).
+pub fn parse_cgroup_path(path: &str) -> (Option<String>, Option<String>) {
+    let mut container = None;
+    let mut pod = None;
+    for c in path.split('/') {
+        // conmon (CRI-O's monitor) is not the container.
+        if c.starts_with("crio-conmon-") {
+            continue;
+        }
+        if let Some(id) = container_id_in(c) {
+            container = Some(id);
+        }
+        if pod.is_none() {
+            pod = pod_uid_in(c);
+        }
+    }
+    (container, pod)
+}
+
+/// The cgroup-v2 path of a process (`0::/path` in `/proc/PID/cgroup`).
+pub fn cgroup_path(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or_else(|| {
+            text.lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .next_back()
+        })
+        .map(str::to_string)
+}
+
+/// Resolves contexts, caching what does not change (the host netns, the kubelet's pod list).
+pub struct Resolver {
+    host_netns: Option<u32>,
+    pods: HashMap<String, (String, String)>,
+    pods_read: Option<Instant>,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            // pid 1's namespace is the host's (bindtrace runs on the host, or with hostPID).
+            // Where pid 1 is out of reach, bindtrace's own: on a host, or in a hostNetwork pod
+            // (as deployed), that is the host's too.
+            host_netns: fs::metadata("/proc/1/ns/net")
+                .or_else(|_| fs::metadata("/proc/self/ns/net"))
+                .ok()
+                .map(|m| m.ino() as u32),
+            pods: HashMap::new(),
+            pods_read: None,
+        }
+    }
+}
+
+impl Resolver {
+    fn read_pods(&mut self) {
+        if self.pods_read.is_some_and(|t| t.elapsed().as_secs() < 10) {
+            return;
+        }
+        self.pods_read = Some(Instant::now());
+        self.pods.clear();
+        for e in fs::read_dir("/var/log/pods")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // NAMESPACE_NAME_UID: namespaces and names cannot contain '_'.
+            let mut it = name.splitn(3, '_');
+            if let (Some(ns), Some(pod), Some(uid)) = (it.next(), it.next(), it.next()) {
+                self.pods
+                    .insert(uid.to_string(), (ns.to_string(), pod.to_string()));
+            }
+        }
+    }
+
+    /// The context of process `pid` in network namespace `netns` (0: unknown).
+    pub fn resolve(&mut self, pid: u32, netns: u32) -> Context {
+        let (container_id, pod_uid) = cgroup_path(pid)
+            .map(|p| parse_cgroup_path(&p))
+            .unwrap_or_default();
+        let (pod_namespace, pod_name) = match &pod_uid {
+            Some(uid) => {
+                if !self.pods.contains_key(uid) {
+                    self.read_pods();
+                }
+                self.pods
+                    .get(uid)
+                    .cloned()
+                    .map_or((None, None), |(ns, n)| (Some(ns), Some(n)))
+            }
+            None => (None, None),
+        };
+        Context {
+            container_id,
+            pod_uid,
+            pod_name,
+            pod_namespace,
+            host_network: (netns != 0)
+                .then_some(self.host_netns)
+                .flatten()
+                .map(|h| h == netns),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f1c2d0e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d";
+    const POD: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
+
+    #[test]
+    fn real_world_cgroup_paths() {
+        let pod_ = POD.replace('-', "_");
+        let cases: Vec<(String, Option<&str>, Option<&str>)> = vec![
+            // docker, cgroupfs driver
+            (format!("/docker/{ID}"), Some(ID), None),
+            // docker, systemd driver
+            (format!("/system.slice/docker-{ID}.scope"), Some(ID), None),
+            // kubelet + containerd, cgroupfs driver
+            (
+                format!("/kubepods/burstable/pod{POD}/{ID}"),
+                Some(ID),
+                Some(POD),
+            ),
+            (format!("/kubepods/pod{POD}/{ID}"), Some(ID), Some(POD)),
+            // kubelet + containerd, systemd driver
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_}.slice/cri-containerd-{ID}.scope"
+                ),
+                Some(ID),
+                Some(POD),
+            ),
+            // kubelet + CRI-O, systemd driver
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{pod_}.slice/crio-{ID}.scope"
+                ),
+                Some(ID),
+                Some(POD),
+            ),
+            // CRI-O's monitor process sits beside the container: not a container itself
+            (
+                format!("/kubepods.slice/kubepods-pod{pod_}.slice/crio-conmon-{ID}.scope"),
+                None,
+                Some(POD),
+            ),
+            // podman, rootless
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
+                ),
+                Some(ID),
+                None,
+            ),
+            // host processes
+            (
+                "/user.slice/user-0.slice/session-3.scope".into(),
+                None,
+                None,
+            ),
+            ("/system.slice/nginx.service".into(), None, None),
+            ("/".into(), None, None),
+        ];
+        for (path, id, pod) in cases {
+            let (c, p) = parse_cgroup_path(&path);
+            assert_eq!(c.as_deref(), id, "container id of {path}");
+            assert_eq!(p.as_deref(), pod, "pod uid of {path}");
+        }
+    }
+
+    #[test]
+    fn this_process_has_a_context() {
+        let mut r = Resolver::default();
+        let me = std::process::id();
+        let own = crate::netns::own_inode() as u32;
+        let ctx = r.resolve(me, own);
+        assert!(cgroup_path(me).is_some());
+        // The tests run in the host's namespace (or the container's, where pid 1 shares it).
+        assert!(ctx.host_network.is_some());
+        assert_eq!(
+            r.resolve(me, 0).host_network,
+            None,
+            "unknown netns: unknown"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! The post-mortem log: `bindtrace watch --log-file PATH` appends every reported event as one JSON
+//! line, rotating by size (`PATH` → `PATH.1` → ... → `PATH.N`, the oldest dropped).
+//!
+//! - Files are created with mode 0640: process names and ports are not for every local user.
+//! - Each line is written with a single `write(2)` on an unbuffered file, so a line is either in
+//!   the file or not, and nothing waits in a buffer when bindtrace is stopped.
+//! - When a write fails (disk full), the line is counted as unwritten and tracing goes on; the
+//!   count is in the summary at exit and in the metrics.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{event::Event, pipeline::Writer};
+
+/// `100M`, `1G`, `512K`, `4096` → bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 100M, 1G, 4096)"))?;
+    let mult = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s} is too large"))?;
+    if bytes < 4096 {
+        return Err(format!("{s} is too small for a log file (at least 4K)"));
+    }
+    Ok(bytes)
+}
+
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_size: u64,
+    keep: u32,
+    /// Lines that could not be written (shared with the summary and the metrics).
+    pub unwritten: Arc<AtomicU64>,
+    warned: bool,
+}
+
+fn open(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+impl LogFile {
+    /// Opens (or creates) `path` for appending; fails early, naming the problem, if it cannot.
+    pub fn open(path: &Path, max_size: u64, keep: u32) -> Result<Self> {
+        let file =
+            open(path).with_context(|| format!("cannot write --log-file {}", path.display()))?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_size,
+            keep,
+            unwritten: Arc::default(),
+            warned: false,
+        })
+    }
+
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        if self.keep == 0 {
+            fs::remove_file(&self.path)?;
+        } else {
+            let _ = fs::remove_file(self.rotated(self.keep));
+            for n in (1..self.keep).rev() {
+                let _ = fs::rename(self.rotated(n), self.rotated(n + 1));
+            }
+            fs::rename(&self.path, self.rotated(1))?;
+        }
+        self.file = open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+
+    fn write_line(&mut self, line: &[u8]) {
+        if self.size > 0
+            && self.size + line.len() as u64 > self.max_size
+            && let Err(e) = self.rotate()
+        {
+            self.failed(&e);
+        }
+        match self.file.write_all(line) {
+            Ok(()) => self.size += line.len() as u64,
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn failed(&mut self, e: &io::Error) {
+        self.unwritten.fetch_add(1, Ordering::Relaxed);
+        if !self.warned {
+            self.warned = true;
+            eprintln!(
+                "bindtrace: cannot write {}: {e}; tracing goes on, unwritten lines are counted",
+                self.path.display()
+            );
+        }
+    }
+}
+
+impl Writer for LogFile {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let mut line = serde_json::to_vec(ev)?;
+        line.push(b'\n');
+        self.write_line(&line);
+        Ok(())
+    }
+
+    fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> io::Result<()> {
+        let mut line = serde_json::to_vec(&serde_json::json!({
+            "time": time,
+            "event": "events_lost",
+            "lost": lost,
+            "lost_total": lost_total,
+            "reason": "ring buffer full",
+        }))?;
+        line.push(b'\n');
+        self.write_line(&line);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::output::tests::event;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("100M"), Ok(100 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("8192"), Ok(8192));
+        assert!(parse_size("12").is_err());
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn rotates_keeps_n_and_creates_private_files() {
+        let dir = std::env::temp_dir().join(format!("bindtrace-logtest-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bind.log");
+        let mut log = LogFile::open(&path, 4096, 2).unwrap();
+        let ev = event();
+        for _ in 0..40 {
+            log.event(&ev).unwrap();
+        }
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o007, 0, "not world-readable: {mode:o}");
+        assert!(dir.join("bind.log.1").exists());
+        assert!(dir.join("bind.log.2").exists());
+        assert!(
+            !dir.join("bind.log.3").exists(),
+            "only --log-keep 2 rotations kept"
+        );
+        for f in ["bind.log", "bind.log.1", "bind.log.2"] {
+            let text = fs::read_to_string(dir.join(f)).unwrap();
+            assert!(text.len() <= 4096, "{f} stays under the size limit");
+            for line in text.lines() {
+                let back: Event = serde_json::from_str(line).expect("every line is a whole event");
+                assert_eq!(back, ev);
+            }
+        }
+        assert_eq!(log.unwritten.load(Ordering::Relaxed), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_counted_not_fatal() {
+        // /dev/full: every write fails with ENOSPC.
+        let mut log = LogFile::open(Path::new("/dev/full"), 1 << 20, 1).unwrap();
+        log.event(&event()).unwrap();
+        log.event(&event()).unwrap();
+        assert_eq!(log.unwritten.load(Ordering::Relaxed), 2);
+    }
+}

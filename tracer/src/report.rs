@@ -1,0 +1,260 @@
+//! `bindtrace report FILE...`: what a post-mortem log (current and rotated files, or stdin) says —
+//! failures by port, by cause, by failing process or container, by holder; first and last seen;
+//! a per-minute timeline. Lines that are corrupt or truncated are counted and skipped.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{self, BufRead, BufReader, Read},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::{event::Event, output::sanitize};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Log files written by `watch --log-file` (rotated ones too); `-` or none: standard input.
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub output: ReportFormat,
+}
+
+#[derive(Default, Serialize)]
+struct Count {
+    failures: u64,
+    first: String,
+    last: String,
+}
+
+impl Count {
+    fn add(&mut self, time: &str) {
+        self.failures += 1;
+        if self.first.is_empty() || time < self.first.as_str() {
+            self.first = time.to_string();
+        }
+        if time > self.last.as_str() {
+            self.last = time.to_string();
+        }
+    }
+}
+
+#[derive(Default, Serialize)]
+pub struct Summary {
+    failures: u64,
+    successes: u64,
+    /// Records the kernel dropped while the log was written (`events_lost` lines).
+    events_lost: u64,
+    /// Lines that did not parse (corrupt, truncated, or not bindtrace's).
+    corrupt_lines: u64,
+    first: Option<String>,
+    last: Option<String>,
+    by_port: BTreeMap<String, Count>,
+    by_cause: BTreeMap<String, Count>,
+    by_process: BTreeMap<String, Count>,
+    by_container: BTreeMap<String, Count>,
+    by_holder: BTreeMap<String, Count>,
+    /// `YYYY-MM-DDTHH:MM` → failures in that minute (UTC).
+    timeline: BTreeMap<String, u64>,
+}
+
+impl Summary {
+    /// Adds one log line.
+    pub fn line(&mut self, line: &str) {
+        let line = line.trim();
+        if line.is_empty() {
+            return;
+        }
+        if let Ok(ev) = serde_json::from_str::<Event>(line) {
+            self.event(&ev);
+            return;
+        }
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) if v["event"] == "events_lost" => {
+                self.events_lost += v["lost"].as_u64().unwrap_or(0);
+            }
+            _ => self.corrupt_lines += 1,
+        }
+    }
+
+    fn event(&mut self, ev: &Event) {
+        if !ev.is_failure() {
+            self.successes += 1;
+            return;
+        }
+        self.failures += 1;
+        let t = ev.time.as_str();
+        if self.first.as_deref().is_none_or(|f| t < f) {
+            self.first = Some(t.to_string());
+        }
+        if self.last.as_deref().is_none_or(|l| t > l) {
+            self.last = Some(t.to_string());
+        }
+        self.by_port
+            .entry(format!("{}/{}", ev.port, ev.protocol))
+            .or_default()
+            .add(t);
+        let cause = ev
+            .diagnosis
+            .as_ref()
+            .map_or_else(|| ev.error.clone(), |d| d.cause.as_str().to_string());
+        self.by_cause.entry(cause).or_default().add(t);
+        self.by_process.entry(ev.comm.clone()).or_default().add(t);
+        let container = ev
+            .container
+            .container_id
+            .as_deref()
+            .map_or("(host)".to_string(), |c| {
+                let short = &c[..c.len().min(12)];
+                match (&ev.container.pod_namespace, &ev.container.pod_name) {
+                    (Some(ns), Some(p)) => format!("{ns}/{p} ({short})"),
+                    _ => short.to_string(),
+                }
+            });
+        self.by_container.entry(container).or_default().add(t);
+        let holder = ev
+            .diagnosis
+            .as_ref()
+            .and_then(|d| d.holders.iter().find(|h| h.conflicts).or(d.holders.first()))
+            .map_or_else(
+                || "(none found)".to_string(),
+                |h| format!("{} {}", h.comm.as_deref().unwrap_or("?"), h.state.as_str()),
+            );
+        self.by_holder.entry(holder).or_default().add(t);
+        if t.len() >= 16 {
+            *self.timeline.entry(t[..16].to_string()).or_default() += 1;
+        }
+    }
+
+    /// Adds every line of `reader`; a last line cut short counts as corrupt.
+    pub fn read(&mut self, reader: impl Read) -> io::Result<()> {
+        let mut r = BufReader::new(reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if r.read_until(b'\n', &mut buf)? == 0 {
+                return Ok(());
+            }
+            match std::str::from_utf8(&buf) {
+                Ok(s) => self.line(s),
+                Err(_) => self.corrupt_lines += 1,
+            }
+        }
+    }
+
+    fn print_table(title: &str, rows: &BTreeMap<String, Count>) {
+        if rows.is_empty() {
+            return;
+        }
+        println!("\n{title}:");
+        let mut v: Vec<(&String, &Count)> = rows.iter().collect();
+        v.sort_by(|a, b| b.1.failures.cmp(&a.1.failures).then(a.0.cmp(b.0)));
+        for (k, c) in v {
+            println!(
+                "  {:>7}  {:<40} first {}  last {}",
+                c.failures,
+                sanitize(k),
+                c.first,
+                c.last
+            );
+        }
+    }
+
+    pub fn print_text(&self) {
+        println!(
+            "{} failure(s), {} success(es) logged; {} event(s) lost in the kernel; {} corrupt line(s) skipped",
+            self.failures, self.successes, self.events_lost, self.corrupt_lines
+        );
+        if let (Some(f), Some(l)) = (&self.first, &self.last) {
+            println!("first failure {f}, last {l}");
+        }
+        Self::print_table("by port", &self.by_port);
+        Self::print_table("by cause", &self.by_cause);
+        Self::print_table("by failing process", &self.by_process);
+        Self::print_table("by container", &self.by_container);
+        Self::print_table("by holder", &self.by_holder);
+        if !self.timeline.is_empty() {
+            println!("\nper minute (UTC):");
+            let max = self.timeline.values().copied().max().unwrap_or(1);
+            for (m, n) in &self.timeline {
+                let bar = "#".repeat(((n * 40).div_ceil(max)) as usize);
+                println!("  {m}  {n:>6} {bar}");
+            }
+        }
+    }
+}
+
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let mut s = Summary::default();
+    let stdin = args.files.is_empty() || args.files.iter().any(|f| f.as_os_str() == "-");
+    for f in args.files.iter().filter(|f| f.as_os_str() != "-") {
+        let file = File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
+        s.read(file)
+            .with_context(|| format!("reading {}", f.display()))?;
+    }
+    if stdin {
+        s.read(io::stdin().lock())
+            .context("reading standard input")?;
+    }
+    match args.output {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        ReportFormat::Text => s.print_text(),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::tests::event;
+
+    #[test]
+    fn summarizes_and_skips_corrupt_lines() {
+        let mut a = event();
+        a.time = "2026-11-25T15:41:07.1Z".into();
+        let mut b = event();
+        b.time = "2026-11-25T15:42:09.9Z".into();
+        b.port = 9090;
+        let mut log = String::new();
+        for e in [&a, &b, &a] {
+            log.push_str(&serde_json::to_string(e).unwrap());
+            log.push('\n');
+        }
+        log.push_str("{\"time\":\"x\",\"event\":\"events_lost\",\"lost\":3,\"lost_total\":3}\n");
+        log.push_str("not json at all\n");
+        log.push_str(&serde_json::to_string(&a).unwrap()[..40]); // truncated last line
+        let mut s = Summary::default();
+        s.read(log.as_bytes()).unwrap();
+        assert_eq!(s.failures, 3);
+        assert_eq!(s.events_lost, 3);
+        assert_eq!(s.corrupt_lines, 2);
+        assert_eq!(s.by_port["8080/tcp"].failures, 2);
+        assert_eq!(s.by_port["9090/tcp"].failures, 1);
+        assert_eq!(s.by_process["java"].failures, 3);
+        assert_eq!(s.first.as_deref(), Some("2026-11-25T15:41:07.1Z"));
+        assert_eq!(s.last.as_deref(), Some("2026-11-25T15:42:09.9Z"));
+        assert_eq!(s.timeline["2026-11-25T15:41"], 2);
+        assert_eq!(s.timeline["2026-11-25T15:42"], 1);
+        assert_eq!(s.by_container["(host)"].failures, 3);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["by_cause"]["EADDRINUSE"]["failures"], 3);
+    }
+
+    #[test]
+    fn binary_garbage_is_counted_not_fatal() {
+        let mut s = Summary::default();
+        s.read(&[0xff, 0xfe, b'\n', 0, 0, 0, b'\n'][..]).unwrap();
+        assert_eq!(s.corrupt_lines, 2);
+        assert_eq!(s.failures, 0);
+    }
+}

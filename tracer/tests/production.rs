@@ -1,0 +1,372 @@
+//! Root-only kernel tests of production use: the post-mortem log (rotation, mode, nothing lost at
+//! SIGINT) and `report` on it, Prometheus metrics scraped over HTTP after real failures,
+//! `check-port` against real holders, the `--cgroup` and `--netns` filters, and container/pod
+//! context read from real cgroup paths.
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::{Netns, Tracer, can_run};
+use serde_json::Value;
+
+fn bindtrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bindtrace"))
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bindtrace-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn log_file_rotates_loses_nothing_and_report_reads_it_back() {
+    if !can_run("log_file") {
+        return;
+    }
+    let dir = tempdir("log");
+    let log = dir.join("events.json");
+    let ns = Netns::new();
+    // Only this test's namespace: the other tests' failures stay out of its log.
+    let tracer = Tracer::start(&[
+        "--log-file",
+        log.to_str().unwrap(),
+        "--log-max-size",
+        "8K",
+        "--log-keep",
+        "10",
+        "--netns",
+        &format!("/run/netns/{}", ns.name),
+    ]);
+    let mut pids = Vec::new();
+    for _ in 0..6 {
+        // Three failures each: 8601, 8601, 8600.
+        let truth = ns.run_case("case_filters", &["8600"]);
+        pids.push(truth["pid"].clone());
+    }
+    let last = pids.last().unwrap().as_u64().unwrap();
+    tracer.failure(last, 8600);
+    let reported = tracer
+        .events()
+        .iter()
+        .filter(|v| pids.contains(&v["pid"]))
+        .count();
+    assert_eq!(reported, 18);
+    // SIGINT: everything reported must be in the log.
+    let _ = tracer.stop();
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 2,
+        "8K of events rotated at least once: {files:?}"
+    );
+    let mut logged = 0;
+    for f in &files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{} is created mode 0640", f.display());
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(
+            text.len() <= 8192,
+            "{} stays under --log-max-size",
+            f.display()
+        );
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("whole JSON lines");
+            if pids.contains(&v["pid"]) {
+                logged += 1;
+            }
+        }
+    }
+    assert_eq!(logged, 18, "every reported event is in the log");
+
+    let out = bindtrace()
+        .args(["report", "--output", "json"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["failures"], 18, "{r:#}");
+    assert_eq!(r["by_port"]["8600/tcp"]["failures"], 6);
+    assert_eq!(r["by_port"]["8601/tcp"]["failures"], 12);
+    // Causes depend on what was still there at lookup (the workloads exit at once): all 18 are
+    // counted under some cause.
+    let by_cause: u64 = r["by_cause"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["failures"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_cause, 18, "{r:#}");
+    assert_eq!(r["corrupt_lines"], 0);
+
+    // A damaged log on stdin: the garbage is counted, the rest still read.
+    let mut damaged = std::fs::read(&files[0]).unwrap();
+    damaged.extend_from_slice(b"\x00\x01 not json\n{\"truncated\":");
+    let mut child = bindtrace()
+        .args(["report", "--output", "json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&damaged).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["corrupt_lines"], 2, "{r:#}");
+    assert!(r["failures"].as_u64().unwrap() > 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_are_served_on_loopback() {
+    if !can_run("metrics") {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tracer = Tracer::start(&["--metrics-addr", &port.to_string()]);
+    let ns = Netns::new();
+    let held = ns.hold_case("case_3_4", &["8610"]);
+    tracer.failure(held.pid(), 8610);
+    let body = http_get(port, "/metrics");
+    held.release();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains(
+            r#"bindtrace_failures_total{port="8610",cause="listener_conflict",errno="EADDRINUSE",container=""} 1"#
+        ),
+        "{body}"
+    );
+    assert!(body.contains(&format!(
+        r#"bindtrace_backend{{backend="{}"}} 1"#,
+        tracer.backend
+    )));
+    assert!(body.contains("bindtrace_events_lost_total 0"), "{body}");
+    assert!(http_get(port, "/").starts_with("HTTP/1.1 404"));
+    // A bare port binds loopback only.
+    let host_ip = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .unwrap();
+    if let Some(ip) = String::from_utf8_lossy(&host_ip.stdout)
+        .split_whitespace()
+        .next()
+    {
+        assert!(
+            TcpStream::connect((ip, port)).is_err(),
+            "metrics must not be reachable on {ip}"
+        );
+    }
+}
+
+#[test]
+fn check_port_names_real_holders_and_protects_listeners() {
+    if !can_run("check_port") {
+        return;
+    }
+    let ns = Netns::new();
+    let holder = ns.hold_case("helper_listen", &["8620", "0"]);
+    let check = |args: &[&str]| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                env!("CARGO_BIN_EXE_bindtrace"),
+                "check-port",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let busy = check(&["8620"]);
+    let text = String::from_utf8_lossy(&busy.stdout);
+    assert_eq!(
+        busy.status.code(),
+        Some(1),
+        "a blocked port exits 1: {text}"
+    );
+    assert!(text.contains("would FAIL"), "{text}");
+    assert!(
+        text.contains(&format!("[{}]", holder.report["pid"])),
+        "names the holder: {text}"
+    );
+
+    let free = check(&["8621"]);
+    assert_eq!(
+        free.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&free.stdout)
+    );
+
+    let j = check(&["8620", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&j.stdout).unwrap();
+    assert_eq!(v["would_fail"], true);
+    assert_eq!(v["cause"], "listener_conflict");
+    assert_eq!(v["holders"][0]["pid"], holder.report["pid"]);
+
+    // From outside the namespace, through a process in it.
+    let out = bindtrace()
+        .args(["check-port", "8620", "--pid-netns"])
+        .arg(holder.report["pid"].to_string())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A listener inside the ephemeral range, unreserved: warned about, and protected.
+    let sysctl = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sysctl", "-qw"])
+        .arg("net.ipv4.ip_local_port_range=8000 9000")
+        .status()
+        .unwrap();
+    assert!(sysctl.success());
+    let warn = String::from_utf8_lossy(&check(&["8621"]).stdout).into_owned();
+    assert!(
+        warn.contains("lies in the ephemeral range 8000-9000"),
+        "{warn}"
+    );
+    let l: Value =
+        serde_json::from_slice(&check(&["--listening", "--output", "json"]).stdout).unwrap();
+    assert_eq!(l["unprotected"][0][0], 8620, "{l:#}");
+    assert_eq!(l["proposed_reserved_ports"], "8620");
+    holder.release();
+}
+
+/// The cgroup-v2 root (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
+fn cgroup2_root() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            (right.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| PathBuf::from(f[4]))
+        })
+        .min_by_key(|p| p.as_os_str().len())
+        .expect("a cgroup2 mount")
+}
+
+/// A cgroup tree removed (after its processes exited) on drop.
+struct Cgroups(Vec<PathBuf>);
+
+impl Cgroups {
+    fn make(root: &Path, rel: &str) -> (Self, PathBuf) {
+        let mut made = Vec::new();
+        let mut p = root.to_path_buf();
+        for part in rel.split('/') {
+            p.push(part);
+            if std::fs::create_dir(&p).is_ok() {
+                made.push(p.clone());
+            }
+        }
+        (Self(made), p)
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[test]
+fn cgroup_filter_and_kubernetes_context() {
+    const ID: &str = "5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f";
+    if !can_run("cgroup") {
+        return;
+    }
+    let uid = format!("7a8b9c0d-1e2f-4a3b-8c4d-{:012x}", std::process::id());
+    let pod_dir = PathBuf::from(format!("/var/log/pods/bt-test-ns_bt-test-pod_{uid}"));
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let root = cgroup2_root();
+    let rel = format!(
+        "bindtrace-test-{}/kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
+        std::process::id(),
+        uid.replace('-', "_")
+    );
+    let (cgroups, leaf) = Cgroups::make(&root, &rel);
+    let pod_cgroup = leaf.parent().unwrap().to_path_buf();
+
+    let ns = Netns::new();
+    let wanted = ns.spawn_gated(8630, "");
+    std::fs::write(leaf.join("cgroup.procs"), wanted.pid().to_string())
+        .expect("joining the cgroup");
+    // The pod's cgroup: its subtree (the container) counts.
+    let tracer = Tracer::start(&["--cgroup", pod_cgroup.to_str().unwrap()]);
+    let other = ns.run_case("case_3_4", &["8631"]);
+    let done = wanted.release().expect("the gated workload's final report");
+    let ev = tracer.failure(done["pid"].as_u64().unwrap(), 8630);
+    assert_eq!(ev["container_id"], ID, "{ev:#}");
+    assert_eq!(ev["pod_uid"], uid.as_str());
+    assert_eq!(ev["pod_name"], "bt-test-pod");
+    assert_eq!(ev["pod_namespace"], "bt-test-ns");
+    assert_eq!(ev["host_network"], false, "a private network namespace");
+    assert!(
+        tracer.events().iter().all(|v| v["pid"] != other["pid"]),
+        "--cgroup let a process outside the pod through"
+    );
+    drop(tracer);
+    drop(cgroups);
+    std::fs::remove_dir_all(&pod_dir).unwrap();
+}
+
+#[test]
+fn netns_filter_keeps_only_that_namespace() {
+    if !can_run("netns_filter") {
+        return;
+    }
+    let a = Netns::new();
+    let b = Netns::new();
+    let tracer = Tracer::start(&["--netns", &format!("/run/netns/{}", a.name)]);
+    let in_b = b.run_case("case_3_4", &["8640"]);
+    let in_a = a.run_case("case_3_4", &["8641"]);
+    let ev = tracer.failure(in_a["pid"].as_u64().unwrap(), 8641);
+    assert_eq!(ev["netns"], a.inode());
+    assert!(
+        tracer.events().iter().all(|v| v["pid"] != in_b["pid"]),
+        "--netns let another namespace through"
+    );
+}
