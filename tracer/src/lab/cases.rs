@@ -154,9 +154,29 @@ fn seed_1a(ctx: &mut Ctx, reuse: bool) -> Result<Outcome> {
     h.finish(); // it closed first and exited
     let (conn, _) = srv.accept()?;
     let _ = (&conn).read(&mut [0u8; 1]); // its FIN
-    drop(conn); // our FIN: its side is now TIME-WAIT, with no process left
+    drop(conn); // our FIN: its side goes TIME-WAIT, with no process left
+    wait_for_time_wait(p)?;
     let (e, s) = try_bind(&v4(Ipv4Addr::UNSPECIFIED, p), reuse, false)?;
     Ok(Outcome::new(e, p).held_by(pid).keep(s).keep(srv))
+}
+
+/// Waits until the TCP socket on port `p` of this namespace is in TIME-WAIT. Our FIN is handled
+/// in softirq: on a busy machine the other side may still be in FIN-WAIT-2 right after `close()`,
+/// and the case is about TIME-WAIT.
+fn wait_for_time_wait(p: u16) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let socks = crate::sockdiag::dump(libc::IPPROTO_TCP as u8, libc::AF_INET as u8, p, p)
+            .context("sock_diag dump")?;
+        if socks.iter().any(|s| s.state == tracer_common::tcp_state::TIME_WAIT) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the connection from port {p} did not reach TIME-WAIT in 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 fn seed_1b(ctx: &mut Ctx, reuse: bool) -> Result<Outcome> {
