@@ -333,6 +333,28 @@ pub struct TracepointOffsets {
     pub _pad: FieldLoc,
 }
 
+/// Where the tracepoints' fields are on every kernel this tool runs on (it needs the ring buffer,
+/// 5.8+): the syscall tracepoints' `struct syscall_trace_enter/exit` (`args[]`/`ret` after an
+/// 8-byte `trace_entry` and a padded `int nr`) and `sock:inet_sock_set_state` since 5.10. Direct
+/// context loads need offsets fixed at compile time; the collector checks these against tracefs.
+pub mod tp_layout {
+    pub const SYS_ARG0: u16 = 16;
+    pub const SYS_ARG1: u16 = 24;
+    pub const SYS_ARG2: u16 = 32;
+    pub const SYS_RET: u16 = 16;
+    pub const SS_SKADDR: u16 = 8;
+    pub const SS_OLDSTATE: u16 = 16;
+    pub const SS_NEWSTATE: u16 = 20;
+    pub const SS_SPORT: u16 = 24;
+    pub const SS_DPORT: u16 = 26;
+    pub const SS_FAMILY: u16 = 28;
+    pub const SS_PROTOCOL: u16 = 30;
+    pub const SS_SADDR: u16 = 32;
+    pub const SS_DADDR: u16 = 36;
+    pub const SS_SADDR_V6: u16 = 40;
+    pub const SS_DADDR_V6: u16 = 56;
+}
+
 /// Load-time configuration, a read-only global (`CONFIG`) so the verifier prunes disabled paths.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -355,7 +377,11 @@ pub struct Config {
     pub filter_cgroup: u64,
     /// 1: the programs log their decisions through aya-log (`bindtrace watch --debug-ebpf`).
     pub debug: u8,
-    pub _pad: [u8; 7],
+    /// 1: the tracepoints' fields are where [`tp_layout`] says (checked against tracefs at load),
+    /// so the programs read them with direct context loads; 0: through `bpf_probe_read_kernel`
+    /// at the offsets in `tp`.
+    pub tp_direct: u8,
+    pub _pad: [u8; 6],
     pub kernel: KernelOffsets,
     pub tp: TracepointOffsets,
 }

@@ -5,8 +5,8 @@
 //! `__inet_bind()` / `__inet6_bind()` → `sk->sk_prot->get_port()`. The hook runs after the
 //! family/length checks and before the privileged-port check and port allocation, in the caller's
 //! context, with the address exactly as the kernel will use it (`user_ip4`/`user_ip6`/`user_port`)
-//! and the socket at hand, so `bpf_getsockopt()` can read its reuse options (SO_REUSEPORT from
-//! 5.13, SO_REUSEADDR from 6.1).
+//! and the socket at hand, whose option bits are read from its head (or, when their offsets are
+//! unknown, with `bpf_getsockopt()`: SO_REUSEPORT from 5.13, SO_REUSEADDR from 6.1).
 //!
 //! The program only observes. It always returns 1 ("allow"): returning 0 would make the traced
 //! bind() fail with EPERM. The collector attaches it with `BPF_F_ALLOW_MULTI` so it runs beside,
@@ -22,7 +22,7 @@ use tracer_common::{AF_INET6, Syscall, flags};
 use crate::{
     config::conf,
     kernel::{current_tid, from_head, read_head},
-    maps::PENDING,
+    report::pending_put,
 };
 
 const ALLOW: i32 = 1;
@@ -62,16 +62,29 @@ fn getsockopt_int(ctx: &SockAddrContext, level: i32, name: i32) -> Option<i32> {
     (r == 0).then(|| unsafe { v.assume_init() })
 }
 
-/// Fills this thread's pending bind() with what the kernel is about to act on. `V6` selects the
-/// address field: the verifier lets bind4 read only `user_ip4` and bind6 only `user_ip6`.
+#[inline(always)]
+fn set_options(ev: &mut tracer_common::BindEvent, reuseaddr: bool, reuseport: bool) {
+    ev.flags |= flags::SOCKOPTS_KNOWN;
+    if reuseaddr {
+        ev.flags |= flags::REUSEADDR;
+    }
+    if reuseport {
+        ev.flags |= flags::REUSEPORT;
+    }
+}
+
+/// Starts this thread's pending bind() with what the kernel is about to act on; `sys_exit_bind`
+/// finishes it. The entry is created here, not at syscall entry: this hook runs only for INET
+/// sockets, after the kernel checked the address length and family, so binds of other families
+/// cost nothing. `V6` selects the address field: the verifier lets bind4 read only `user_ip4`
+/// and bind6 only `user_ip6`.
 #[inline(always)]
 fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
-    let ev = PENDING.get_ptr_mut(current_tid())?;
-    // SAFETY: the entry belongs to this thread, which is inside bind(); nothing else writes it.
-    let ev = unsafe { &mut *ev };
-    if ev.syscall != Syscall::Bind as u8 {
-        return None;
-    }
+    let ev = crate::report::scratch()?;
+    ev.syscall = Syscall::Bind as u8;
+    // SAFETY: a helper without arguments. Lets the exit tell this call from a stale entry (a bind
+    // that never returned through bind(), such as io_uring's).
+    ev.ts_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the program's context; every field below is readable in bind4/bind6 with a
     // 4-byte load (the verifier rewrites these loads), and `sk` is never NULL there.
@@ -96,28 +109,34 @@ fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
         let sk = (*sa).__bindgen_anon_1.sk;
         ev.bound_dev_if = (*sk).bound_dev_if;
         ev.flags |= flags::DEV_KNOWN;
-        // IPV6_V6ONLY is not readable through bpf_getsockopt(); copy the head of the socket (the
-        // verifier forbids offsetting a socket pointer here) and take the bit from the copy.
-        if let Some(v6only) =
-            read_head(sk as *const u8).and_then(|h| from_head(&h, conf!(kernel.skc_ipv6only)))
-        {
+        // The option bits live in the head of the socket: copy it (the verifier forbids offsetting
+        // a socket pointer here) and take them from the copy — the same values bpf_getsockopt()
+        // returns, two helper calls cheaper, and readable before 6.1. IPV6_V6ONLY is only
+        // readable this way.
+        let head = read_head(sk as *const u8);
+        let bit = |loc| head.as_ref().and_then(|h| from_head(h, loc));
+        if let Some(v6only) = bit(conf!(kernel.skc_ipv6only)) {
             ev.flags |= flags::V6ONLY_KNOWN;
             if v6only != 0 && ev.family == AF_INET6 {
                 ev.flags |= flags::V6ONLY;
             }
         }
+        if let (Some(reuseaddr), Some(reuseport)) = (
+            bit(conf!(kernel.skc_reuse)),
+            bit(conf!(kernel.skc_reuseport)),
+        ) {
+            set_options(ev, reuseaddr != 0, reuseport != 0);
+            pending_put(current_tid(), ev);
+            return Some(());
+        }
     }
+    // Offsets unknown: ask the kernel.
     if let (Some(reuseaddr), Some(reuseport)) = (
         getsockopt_int(ctx, SOL_SOCKET, SO_REUSEADDR),
         getsockopt_int(ctx, SOL_SOCKET, SO_REUSEPORT),
     ) {
-        ev.flags |= flags::SOCKOPTS_KNOWN;
-        if reuseaddr != 0 {
-            ev.flags |= flags::REUSEADDR;
-        }
-        if reuseport != 0 {
-            ev.flags |= flags::REUSEPORT;
-        }
+        set_options(ev, reuseaddr != 0, reuseport != 0);
     }
+    pending_put(current_tid(), ev);
     Some(())
 }

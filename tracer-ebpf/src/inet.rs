@@ -24,20 +24,8 @@ use tracer_common::{BindEvent, Syscall, flags, tcp_state};
 use crate::{
     config::conf,
     kernel::{parse_sockaddr, read_ptr, sock_remote, sock_view},
-    maps::SCRATCH,
-    report::finish,
+    report::{finish, scratch},
 };
-
-/// This CPU's scratch event, zeroed. Programs run to completion on one CPU without preemption by
-/// another BPF program of the same kind using it, so the slot is ours until we return.
-#[inline(always)]
-pub fn scratch() -> Option<&'static mut BindEvent> {
-    let p = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: see above.
-    let ev = unsafe { &mut *p };
-    *ev = BindEvent::ZERO;
-    Some(ev)
-}
 
 const EADDRINUSE: i64 = 98;
 const EADDRNOTAVAIL: i64 = 99;

@@ -4,6 +4,7 @@
 //! that moved on some kernel is reported as unknown rather than as a wrong value.
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
@@ -93,9 +94,10 @@ pub fn read_bytes<const N: usize>(base: *const u8, loc: FieldLoc) -> Option<[u8;
     Some(out)
 }
 
-/// Reads a whole tracepoint field (8, 16, 32 or 64 bits wide).
+/// Reads a whole tracepoint field (8, 16, 32 or 64 bits wide) through `bpf_probe_read_kernel`,
+/// at the offset tracefs gave.
 #[inline(always)]
-pub fn tp_read(ctx: &TracePointContext, loc: FieldLoc) -> Option<u64> {
+fn tp_read_helper(ctx: &TracePointContext, loc: FieldLoc) -> Option<u64> {
     if !loc.known() {
         return None;
     }
@@ -112,12 +114,48 @@ pub fn tp_read(ctx: &TracePointContext, loc: FieldLoc) -> Option<u64> {
     }
 }
 
+/// Reads a tracepoint field: with a direct context load at the compile-time offset `OFF` when
+/// the collector found this kernel's layout to be `tracer_common::tp_layout` (no helper call),
+/// else through `bpf_probe_read_kernel` at the offset tracefs gave (`loc`). `T` is the field's
+/// width (u8/u16/u32/u64).
 #[inline(always)]
-pub fn tp_bytes<const N: usize>(ctx: &TracePointContext, loc: FieldLoc) -> Option<[u8; N]> {
+pub fn tp_read<const OFF: usize, T: Into<u64> + Copy>(
+    ctx: &TracePointContext,
+    loc: FieldLoc,
+) -> Option<u64> {
+    if conf!(tp_direct) != 0 {
+        // SAFETY: an aligned load at a constant offset inside the tracepoint's record; the
+        // verifier checks it against the record's size.
+        return Some(
+            unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(OFF).cast::<T>()) }
+                .into(),
+        );
+    }
+    tp_read_helper(ctx, loc)
+}
+
+/// An address field of a tracepoint (4 or 16 bytes), like [`tp_read`].
+#[inline(always)]
+pub fn tp_bytes<const OFF: usize, const N: usize>(
+    ctx: &TracePointContext,
+    loc: FieldLoc,
+) -> Option<[u8; N]> {
+    if conf!(tp_direct) != 0 {
+        let mut out = [0u8; N];
+        let p = ctx.as_ptr().cast::<u8>();
+        let mut i = 0;
+        while i < N {
+            // SAFETY: aligned 4-byte loads at constant offsets inside the record.
+            let w = unsafe { core::ptr::read_volatile(p.add(OFF + i).cast::<u32>()) };
+            out[i..i + 4].copy_from_slice(&w.to_ne_bytes());
+            i += 4;
+        }
+        return Some(out);
+    }
     if !loc.known() {
         return None;
     }
-    // SAFETY: as above.
+    // SAFETY: as in `tp_read_helper`.
     unsafe { ctx.read_at::<[u8; N]>(loc.byte as usize).ok() }
 }
 
@@ -211,12 +249,11 @@ pub struct SockView {
     pub netns: u32,
 }
 
-/// Reads `sk`'s socket options and identity. The head of `struct sock_common` (address, ports,
-/// family, state, option bits, device) is copied in one read and decoded from the copy; the rest
-/// is read field by field. Fields that cannot be read stay zero and their `*_KNOWN` bit stays
-/// clear.
-#[inline(never)]
-pub fn sock_view(sk: *const u8) -> SockView {
+/// What one read of the head of `struct sock_common` tells: family, state, port, IPv4 address,
+/// option bits and device. The IPv6 address, namespace, protocol and type stay unset (see
+/// [`sock_view`]).
+#[inline(always)]
+pub fn sock_head_view(sk: *const u8) -> SockView {
     let mut v = SockView {
         family: 0,
         state: 0,
@@ -235,9 +272,9 @@ pub fn sock_view(sk: *const u8) -> SockView {
     v.family = field(conf!(kernel.skc_family)).unwrap_or(0) as u16;
     v.state = field(conf!(kernel.skc_state)).unwrap_or(0) as u8;
     v.port = field(conf!(kernel.skc_num)).unwrap_or(0) as u16;
-    if v.family == AF_INET6 {
-        v.addr = read_bytes::<16>(sk, conf!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
-    } else if let Some(a) = field(conf!(kernel.skc_rcv_saddr)) {
+    if v.family != AF_INET6
+        && let Some(a) = field(conf!(kernel.skc_rcv_saddr))
+    {
         v.addr[..4].copy_from_slice(&(a as u32).to_le_bytes());
     }
     if let (Some(reuse), Some(reuseport)) = (
@@ -261,6 +298,18 @@ pub fn sock_view(sk: *const u8) -> SockView {
     if let Some(dev) = field(conf!(kernel.skc_bound_dev_if)) {
         v.bound_dev_if = dev as u32;
         v.flags |= flags::DEV_KNOWN;
+    }
+    v
+}
+
+/// Reads `sk`'s socket options and identity: [`sock_head_view`], then the IPv6 address,
+/// namespace, protocol and type field by field. Fields that cannot be read stay zero and their
+/// `*_KNOWN` bit stays clear.
+#[inline(never)]
+pub fn sock_view(sk: *const u8) -> SockView {
+    let mut v = sock_head_view(sk);
+    if v.family == AF_INET6 {
+        v.addr = read_bytes::<16>(sk, conf!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
     }
     v.netns = read_ptr(sk, conf!(kernel.skc_net)).map_or(0, net_inum);
     if let (Some(proto), Some(ty)) = (

@@ -7,17 +7,20 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::BindEvent;
+use tracer_common::{BindEvent, Syscall};
 
-use crate::{inet, kernel::current_tid, maps::PENDING, report::finish};
+use crate::{
+    inet,
+    kernel::current_tid,
+    report::{finish, pending_done, pending_get, pending_put},
+};
 
+/// Reports this thread's pending call of kind `syscall` via `f`, and closes it.
 #[inline(always)]
-fn take(f: impl FnOnce(&mut BindEvent)) {
-    let tid = current_tid();
-    if let Some(ev) = PENDING.get_ptr_mut(tid) {
-        // SAFETY: this thread's entry, written at entry of the same call.
-        f(unsafe { &mut *ev });
-        let _ = PENDING.remove(tid);
+fn take(syscall: Syscall, f: impl FnOnce(&mut BindEvent)) {
+    if let Some(ev) = pending_get(current_tid(), syscall) {
+        f(ev);
+        pending_done(ev);
     }
 }
 
@@ -27,7 +30,7 @@ fn bind_entry(ctx: &ProbeContext) {
         return;
     };
     if let Some(ev) = inet::bind_request(sock, uaddr) {
-        let _ = PENDING.insert(current_tid(), &*ev, 0);
+        pending_put(current_tid(), ev);
     }
 }
 
@@ -47,7 +50,7 @@ pub fn kp_inet6_bind(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn krp_bind(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    take(|ev| finish(ev, i64::from(ret)));
+    take(Syscall::Bind, |ev| finish(ev, i64::from(ret)));
     0
 }
 
@@ -56,7 +59,7 @@ pub fn kp_inet_csk_get_port(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(snum)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1))
         && let Some(ev) = inet::listen_request(sk, snum as u16)
     {
-        let _ = PENDING.insert(current_tid(), &*ev, 0);
+        pending_put(current_tid(), ev);
     }
     0
 }
@@ -64,7 +67,9 @@ pub fn kp_inet_csk_get_port(ctx: ProbeContext) -> u32 {
 #[kretprobe(function = "inet_csk_get_port")]
 pub fn krp_inet_csk_get_port(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    take(|ev| inet::get_port_done(ev, i64::from(ret)));
+    take(Syscall::Listen, |ev| {
+        inet::get_port_done(ev, i64::from(ret))
+    });
     0
 }
 

@@ -9,6 +9,7 @@
 mod cgroup_bind;
 mod config;
 mod fexit;
+mod floor;
 mod inet;
 mod kernel;
 mod kprobe;

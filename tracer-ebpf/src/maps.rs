@@ -15,10 +15,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map(name = "LOST")]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, so an update takes no global lock. Entries of one
+/// call are written and removed on the CPU the caller runs on, which is what per-CPU lists suit.
+const NO_COMMON_LRU: u32 = 1 << 1;
+
 /// A syscall in flight, keyed by thread id: built up at entry (and by the hooks that run inside
-/// the syscall), reported at exit. LRU so that a thread killed mid-syscall cannot leak an entry.
+/// the syscall), reported at exit. A thread's entry is updated in place and marked consumed at
+/// exit (`report::pending_put`/`pending_done`) rather than inserted and deleted per call: no
+/// allocation on the hot path. LRU, so the entries of threads that stopped calling are evicted.
 #[map(name = "PENDING")]
-pub static PENDING: LruHashMap<u32, BindEvent> = LruHashMap::with_max_entries(16 * 1024, 0);
+pub static PENDING: LruHashMap<u32, BindEvent> =
+    LruHashMap::with_max_entries(16 * 1024, NO_COMMON_LRU);
 
 /// Per-CPU room to build one event in: BPF stacks are 512 bytes, and an event plus the frames of
 /// the readers that fill it do not fit.

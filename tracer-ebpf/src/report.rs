@@ -10,8 +10,45 @@ use tracer_common::{
 use crate::{
     config::conf,
     kernel::{self, Caller},
-    maps::{CGROUP_FILTER, EVENTS, HISTORY, LOST},
+    maps::{CGROUP_FILTER, EVENTS, HISTORY, LOST, PENDING, SCRATCH},
 };
+
+/// This CPU's scratch event, zeroed. Programs run to completion on one CPU without preemption by
+/// another BPF program of the same kind using it, so the slot is ours until we return.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut BindEvent> {
+    let p = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: see above.
+    let ev = unsafe { &mut *p };
+    *ev = BindEvent::ZERO;
+    Some(ev)
+}
+
+/// Makes `ev` this thread's pending call, reusing its entry if it has one.
+#[inline(always)]
+pub fn pending_put(tid: u32, ev: &BindEvent) {
+    if let Some(p) = PENDING.get_ptr_mut(tid) {
+        // SAFETY: the entry belongs to this thread; nothing else writes it.
+        unsafe { *p = *ev };
+    } else if PENDING.insert(tid, ev, 0).is_err() {
+        bump(counter::HISTORY_FAILED);
+    }
+}
+
+/// This thread's pending call of kind `syscall`, if one is open.
+#[inline(always)]
+pub fn pending_get(tid: u32, syscall: Syscall) -> Option<&'static mut BindEvent> {
+    let p = PENDING.get_ptr_mut(tid)?;
+    // SAFETY: as above.
+    let ev = unsafe { &mut *p };
+    (ev.syscall == syscall as u8).then_some(ev)
+}
+
+/// Closes this thread's pending call (the entry stays, for the next call to reuse).
+#[inline(always)]
+pub fn pending_done(ev: &mut BindEvent) {
+    ev.syscall = 0;
+}
 
 #[inline(always)]
 pub fn bump(index: u32) {
@@ -91,6 +128,15 @@ pub fn remember(key: &HistoryKey, owner: &Owner) {
 /// succeeded) and remembers the new owner of a port that was taken.
 #[inline(always)]
 pub fn finish(ev: &mut BindEvent, ret: i64) {
+    // The common case, a success nobody asked to see and no port to remember (bind(0), most
+    // listen()s' re-checks): leave before gathering anything about the caller.
+    let remember_it = ret == 0
+        && ev.port != 0
+        && ev.flags & flags::PROTO_KNOWN != 0
+        && ev.syscall != Syscall::Connect as u8;
+    if ret == 0 && !remember_it && conf!(report_success) == 0 {
+        return;
+    }
     let c = kernel::caller();
     stamp_caller(ev, &c);
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -103,7 +149,7 @@ pub fn finish(ev: &mut BindEvent, ret: i64) {
         } else {
             Role::Bound
         };
-        if ev.flags & flags::PROTO_KNOWN != 0 && ev.syscall != Syscall::Connect as u8 {
+        if remember_it {
             let key = HistoryKey {
                 netns: ev.netns,
                 port: ev.port,

@@ -11,13 +11,15 @@
 //!   the port: fill in the pending listen() with the socket's address and options.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{AF_INET6, HistoryKey, IPPROTO_TCP, Owner, Role, Syscall, flags, tcp_state};
+use tracer_common::{
+    AF_INET6, HistoryKey, IPPROTO_TCP, Owner, Role, Syscall, flags, tcp_state, tp_layout as L,
+};
 
 use crate::{
     config::conf,
-    kernel::{self, SockView, current_tid, sock_view, tp_bytes, tp_read},
-    maps::{CONNECTING, PENDING},
-    report::remember,
+    kernel::{self, SockView, current_tid, sock_head_view, sock_view, tp_bytes, tp_read},
+    maps::CONNECTING,
+    report::{pending_get, remember},
 };
 
 const SOCK_STREAM: u16 = 1;
@@ -30,15 +32,17 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {
-    if tp_read(ctx, conf!(tp.ss_protocol))? as u16 != IPPROTO_TCP {
+    if tp_read::<{ L::SS_PROTOCOL as usize }, u16>(ctx, conf!(tp.ss_protocol))? as u16
+        != IPPROTO_TCP
+    {
         return None;
     }
-    let old = tp_read(ctx, conf!(tp.ss_oldstate))? as u8;
-    let new = tp_read(ctx, conf!(tp.ss_newstate))? as u8;
-    let sk = tp_read(ctx, conf!(tp.ss_skaddr))?;
+    let old = tp_read::<{ L::SS_OLDSTATE as usize }, u32>(ctx, conf!(tp.ss_oldstate))? as u8;
+    let new = tp_read::<{ L::SS_NEWSTATE as usize }, u32>(ctx, conf!(tp.ss_newstate))? as u8;
+    let sk = tp_read::<{ L::SS_SKADDR as usize }, u64>(ctx, conf!(tp.ss_skaddr))?;
     match (old, new) {
         (tcp_state::CLOSE, tcp_state::LISTEN) => on_listen(ctx, sk),
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(sk),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(ctx, sk),
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_established(ctx, sk),
         (tcp_state::SYN_SENT, tcp_state::CLOSE) => CONNECTING.remove(sk).ok(),
         _ => None,
@@ -50,8 +54,9 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
 fn tp_local(ctx: &TracePointContext, family: u16) -> [u8; 16] {
     let mut addr = [0u8; 16];
     if family == AF_INET6 {
-        addr = tp_bytes::<16>(ctx, conf!(tp.ss_saddr_v6)).unwrap_or([0; 16]);
-    } else if let Some(a) = tp_bytes::<4>(ctx, conf!(tp.ss_saddr)) {
+        addr = tp_bytes::<{ L::SS_SADDR_V6 as usize }, 16>(ctx, conf!(tp.ss_saddr_v6))
+            .unwrap_or([0; 16]);
+    } else if let Some(a) = tp_bytes::<{ L::SS_SADDR as usize }, 4>(ctx, conf!(tp.ss_saddr)) {
         addr[..4].copy_from_slice(&a);
     }
     addr
@@ -61,8 +66,9 @@ fn tp_local(ctx: &TracePointContext, family: u16) -> [u8; 16] {
 fn tp_remote(ctx: &TracePointContext, family: u16) -> [u8; 16] {
     let mut addr = [0u8; 16];
     if family == AF_INET6 {
-        addr = tp_bytes::<16>(ctx, conf!(tp.ss_daddr_v6)).unwrap_or([0; 16]);
-    } else if let Some(a) = tp_bytes::<4>(ctx, conf!(tp.ss_daddr)) {
+        addr = tp_bytes::<{ L::SS_DADDR_V6 as usize }, 16>(ctx, conf!(tp.ss_daddr_v6))
+            .unwrap_or([0; 16]);
+    } else if let Some(a) = tp_bytes::<{ L::SS_DADDR as usize }, 4>(ctx, conf!(tp.ss_daddr)) {
         addr[..4].copy_from_slice(&a);
     }
     addr
@@ -83,15 +89,10 @@ fn stream_flags(view: &SockView) -> u16 {
 
 #[inline(always)]
 fn on_listen(ctx: &TracePointContext, sk: u64) -> Option<()> {
-    let ev = PENDING.get_ptr_mut(current_tid())?;
-    // SAFETY: this thread's entry; it is inside listen().
-    let ev = unsafe { &mut *ev };
-    if ev.syscall != Syscall::Listen as u8 {
-        return None;
-    }
+    let ev = pending_get(current_tid(), Syscall::Listen)?;
     let view = sock_view(sk as *const u8);
-    ev.family = tp_read(ctx, conf!(tp.ss_family))? as u16;
-    ev.port = tp_read(ctx, conf!(tp.ss_sport))? as u16;
+    ev.family = tp_read::<{ L::SS_FAMILY as usize }, u16>(ctx, conf!(tp.ss_family))? as u16;
+    ev.port = tp_read::<{ L::SS_SPORT as usize }, u16>(ctx, conf!(tp.ss_sport))? as u16;
     ev.addr = tp_local(ctx, ev.family);
     ev.protocol = IPPROTO_TCP;
     ev.sock_type = SOCK_STREAM;
@@ -101,10 +102,14 @@ fn on_listen(ctx: &TracePointContext, sk: u64) -> Option<()> {
     Some(())
 }
 
+/// One read of the socket's head gives its options; the addresses come from the tracepoint record
+/// (set by `tcp_v4_connect()`/`tcp_v6_connect()` before the state change).
 #[inline(always)]
-fn on_connect(sk: u64) -> Option<()> {
+fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
     let c = kernel::caller();
-    let view = sock_view(sk as *const u8);
+    let view = sock_head_view(sk as *const u8);
+    let family = tp_read::<{ L::SS_FAMILY as usize }, u16>(ctx, conf!(tp.ss_family))? as u16;
+    let local = tp_local(ctx, family);
     let owner = Owner {
         // SAFETY: a helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -112,29 +117,29 @@ fn on_connect(sk: u64) -> Option<()> {
         pid: c.pid,
         uid: c.uid,
         comm: c.comm,
-        local_addr: view.addr,
+        local_addr: local,
         remote_addr: [0; 16],
         remote_port: 0,
-        family: view.family,
+        family,
         flags: stream_flags(&view),
         role: Role::Connected as u8,
         _pad: 0,
     };
     let _ = CONNECTING.insert(sk, owner, 0);
 
-    // A connect() in flight on this thread: it is a TCP one; note the socket's own address/options.
-    if let Some(ev) = PENDING.get_ptr_mut(c.tid) {
-        // SAFETY: this thread's entry; it is inside connect().
-        let ev = unsafe { &mut *ev };
-        if ev.syscall == Syscall::Connect as u8 {
-            ev.protocol = IPPROTO_TCP;
-            ev.sock_type = SOCK_STREAM;
-            ev.addr = view.addr;
-            ev.port = view.port;
-            ev.bound_dev_if = view.bound_dev_if;
-            ev.netns = view.netns;
-            ev.flags |= stream_flags(&view) | flags::ADDR_KNOWN;
-        }
+    // A connect() in flight on this thread: it is a TCP one; note what it asked for. (The
+    // namespace is the caller's, filled in if it fails.)
+    if let Some(ev) = pending_get(c.tid, Syscall::Connect) {
+        ev.protocol = IPPROTO_TCP;
+        ev.sock_type = SOCK_STREAM;
+        ev.family = family;
+        ev.addr = local;
+        ev.port = view.port;
+        ev.remote_addr = tp_remote(ctx, family);
+        ev.remote_port =
+            tp_read::<{ L::SS_DPORT as usize }, u16>(ctx, conf!(tp.ss_dport))? as u16;
+        ev.bound_dev_if = view.bound_dev_if;
+        ev.flags |= stream_flags(&view) | flags::ADDR_KNOWN;
     }
     Some(())
 }
@@ -144,14 +149,14 @@ fn on_established(ctx: &TracePointContext, sk: u64) -> Option<()> {
     // SAFETY: the value is copied out before the entry is removed.
     let mut owner = unsafe { *CONNECTING.get(sk)? };
     let _ = CONNECTING.remove(sk);
-    let family = tp_read(ctx, conf!(tp.ss_family))? as u16;
+    let family = tp_read::<{ L::SS_FAMILY as usize }, u16>(ctx, conf!(tp.ss_family))? as u16;
     owner.family = family;
     owner.local_addr = tp_local(ctx, family);
     owner.remote_addr = tp_remote(ctx, family);
-    owner.remote_port = tp_read(ctx, conf!(tp.ss_dport))? as u16;
+    owner.remote_port = tp_read::<{ L::SS_DPORT as usize }, u16>(ctx, conf!(tp.ss_dport))? as u16;
     let key = HistoryKey {
         netns: sock_view_netns(sk),
-        port: tp_read(ctx, conf!(tp.ss_sport))? as u16,
+        port: tp_read::<{ L::SS_SPORT as usize }, u16>(ctx, conf!(tp.ss_sport))? as u16,
         protocol: IPPROTO_TCP as u8,
         role: Role::Connected as u8,
     };

@@ -1,75 +1,44 @@
 //! Tracepoint backend: the `syscalls:sys_{enter,exit}_{bind,listen,connect}` tracepoints.
 //!
-//! Entry records the request per thread in `PENDING`; the cgroup bind hook (`cgroup_bind`) and
-//! `sock:inet_sock_set_state` (`sock_state`) add what only the kernel knows while the call runs;
-//! exit reports. These tracepoints exist on every kernel with `CONFIG_FTRACE_SYSCALLS` (checked on
+//! The request is recorded per thread in `PENDING` — at syscall entry for listen() and connect(),
+//! by the cgroup bind hook (`cgroup_bind`) for bind() — and `sock:inet_sock_set_state`
+//! (`sock_state`) adds what only the kernel knows while the call runs; the exit reports. These tracepoints exist on every kernel with `CONFIG_FTRACE_SYSCALLS` (checked on
 //! 6.1, 6.12 and 6.18: fd @16, address @24, addrlen @32, ret @16 — the collector reads the real
 //! offsets from tracefs). They do not see io_uring's `IORING_OP_BIND`/`LISTEN` (6.11+), in-kernel
 //! `kernel_bind()` callers or 32-bit compat tasks; the fexit and kprobe backends do.
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::info;
-use tracer_common::{AF_INET, AF_INET6, BindEvent, Syscall, flags};
+use tracer_common::{BindEvent, Syscall, flags, tp_layout as L};
 
 use crate::{
     config::conf,
-    kernel::{current_tid, parse_sockaddr, tp_read},
-    maps::PENDING,
-    report::finish,
+    kernel::{current_tid, tp_read},
+    report::{finish, pending_done, pending_get, pending_put},
 };
 
 const EADDRNOTAVAIL: i64 = 99;
 
-/// Family, port (host order) and address of a user-space `sockaddr_in`/`sockaddr_in6`. Reads
-/// only as many bytes as the family's structure has: a 16-byte `sockaddr_in` may end a page.
+/// `int connect(int fd, struct sockaddr *uservaddr, int addrlen)`: open a pending call. The
+/// destination is not read from user memory here (the costliest part of a probe on connect());
+/// `sock_state` takes it from the socket when a TCP connect moves it CLOSE→SYN_SENT, which every
+/// connect that can fail for want of a local port does. Other connects stay unmarked and are
+/// never reported.
 #[inline(always)]
-fn read_user_sockaddr(uaddr: u64) -> Option<(u16, u16, [u8; 16])> {
-    let p = uaddr as *const u8;
-    // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
-    let family: u16 = unsafe { bpf_probe_read_user(p.cast::<u16>()) }.ok()?;
-    let mut raw = [0u8; 24];
-    if family == AF_INET6 {
-        raw = unsafe { bpf_probe_read_user(p.cast::<[u8; 24]>()) }.ok()?;
-    } else if family == AF_INET {
-        let head: [u8; 8] = unsafe { bpf_probe_read_user(p.cast::<[u8; 8]>()) }.ok()?;
-        raw[..8].copy_from_slice(&head);
-    }
-    parse_sockaddr(&raw)
-}
-
-/// `int bind(int fd, struct sockaddr *umyaddr, int addrlen)` /
-/// `int connect(int fd, struct sockaddr *uservaddr, int addrlen)`: remember what was asked for.
-/// Non-INET families (unix, netlink, ...) are not this tool's business and are skipped here.
-#[inline(always)]
-fn enter_with_sockaddr(ctx: &TracePointContext, syscall: Syscall) -> Option<()> {
-    let uaddr = tp_read(ctx, conf!(tp.sys_arg1))?;
-    let (family, port, addr) = read_user_sockaddr(uaddr)?;
+fn enter_connect() {
     let mut ev = BindEvent::ZERO;
-    ev.syscall = syscall as u8;
-    ev.family = family;
-    if syscall == Syscall::Connect {
-        ev.remote_addr = addr;
-        ev.remote_port = port;
-    } else {
-        ev.addr = addr;
-        ev.port = port;
-        ev.flags = flags::ADDR_KNOWN;
-    }
-    PENDING.insert(current_tid(), ev, 0).ok()
+    ev.syscall = Syscall::Connect as u8;
+    pending_put(current_tid(), &ev);
 }
 
 /// Takes this thread's pending call, if it is of the expected kind, and reports it via `f`.
 #[inline(always)]
 fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut BindEvent, i64)) {
     let tid = current_tid();
-    let Some(ev) = PENDING.get_ptr_mut(tid) else {
+    let Some(ev) = pending_get(tid, syscall) else {
         return;
     };
-    // SAFETY: the entry belongs to this thread, which is inside the syscall; nothing else writes it.
-    let ev = unsafe { &mut *ev };
-    if ev.syscall == syscall as u8
-        && let Some(ret) = tp_read(ctx, conf!(tp.sys_ret))
-    {
+    if let Some(ret) = tp_read::<{ L::SYS_RET as usize }, u64>(ctx, conf!(tp.sys_ret)) {
         let ret = ret as i64;
         if conf!(debug) != 0 {
             info!(
@@ -85,20 +54,29 @@ fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Bind
         }
         f(ev, ret);
     }
-    let _ = PENDING.remove(tid);
+    pending_done(ev);
 }
 
-#[tracepoint]
-pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
-    let _ = enter_with_sockaddr(&ctx, Syscall::Bind);
-    0
-}
-
+/// bind()'s pending entry is created by the cgroup bind hook (`cgroup_bind.rs`), which runs only
+/// for INET sockets and sees the address exactly as the kernel uses it; no entry program is
+/// needed. A call refused before that hook (an address too short for its family, a family the
+/// socket does not have) is not reported: a malformed call, not a port problem.
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    exit_with(&ctx, Syscall::Bind, finish);
+    exit_with(&ctx, Syscall::Bind, |ev, ret| {
+        // An entry older than any bind() takes was left by a bind that did not return through
+        // the syscall (io_uring, in-kernel): not this call's.
+        // SAFETY: a helper without arguments.
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        if now.saturating_sub(ev.ts_ns) < STALE_NS {
+            finish(ev, ret);
+        }
+    });
     0
 }
+
+/// Longer than any bind() spends between its cgroup hook and its return.
+const STALE_NS: u64 = 1_000_000_000;
 
 /// `int listen(int fd, int backlog)`: the socket's address is filled in by `sock_state` when
 /// `inet_csk_listen_start()` moves it CLOSE→LISTEN, just before it asks `get_port()` to re-check.
@@ -106,7 +84,7 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_listen(_ctx: TracePointContext) -> u32 {
     let mut ev = BindEvent::ZERO;
     ev.syscall = Syscall::Listen as u8;
-    let _ = PENDING.insert(current_tid(), ev, 0);
+    pending_put(current_tid(), &ev);
     0
 }
 
@@ -122,8 +100,8 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ = enter_with_sockaddr(&ctx, Syscall::Connect);
+pub fn sys_enter_connect(_ctx: TracePointContext) -> u32 {
+    enter_connect();
     0
 }
 

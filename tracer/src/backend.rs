@@ -107,12 +107,15 @@ impl Kernel {
     pub fn probe(kernel_btf: Option<&Path>) -> Result<Self> {
         let t = std::time::Instant::now();
         let mut notes = Vec::new();
-        if let Some(p) = kernel_btf
+        // `--kernel-btf none`: behave as on a kernel without BTF (built-in offsets).
+        let no_btf = kernel_btf.is_some_and(|p| p == Path::new("none"));
+        if let Some(p) = kernel_btf.filter(|_| !no_btf)
             && !p.is_file()
         {
             bail!("--kernel-btf {}: no such file", p.display());
         }
         let (btf, btf_error) = match kernel_btf {
+            _ if no_btf => (None, Some("--kernel-btf none".to_string())),
             Some(p) => match Btf::parse_file(p, aya::Endianness::default()) {
                 Ok(b) => (Some(b), None),
                 Err(e) => bail!("--kernel-btf {}: not BTF ({e})", p.display()),
@@ -126,7 +129,12 @@ impl Kernel {
             },
         };
         log::debug!("aya BTF parsed in {:?}", t.elapsed());
-        let offsets = match btf::KernelBtf::load(kernel_btf) {
+        let kbtf = if no_btf {
+            Err(anyhow!("--kernel-btf none"))
+        } else {
+            btf::KernelBtf::load(kernel_btf)
+        };
+        let offsets = match kbtf {
             Ok(kbtf) => {
                 let (offsets, missing) = kbtf.offsets();
                 for m in missing {
@@ -206,9 +214,12 @@ where
     Ok(p.try_into()?)
 }
 
+/// Loads `prog` once (if needed) and attaches it to tracepoint `category:name`.
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
     let p: &mut TracePoint = program(ebpf, prog)?;
-    p.load().map_err(|e| load_error(e, prog))?;
+    if p.fd().is_err() {
+        p.load().map_err(|e| load_error(e, prog))?;
+    }
     p.attach(category, name)
         .with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
     Ok(())
@@ -322,7 +333,6 @@ fn attach_hooks(
                 ("sys_exit_bind", "sys_exit_bind"),
                 ("sys_exit_listen", "sys_exit_listen"),
                 ("sys_exit_connect", "sys_exit_connect"),
-                ("sys_enter_bind", "sys_enter_bind"),
                 ("sys_enter_listen", "sys_enter_listen"),
                 ("sys_enter_connect", "sys_enter_connect"),
             ] {
@@ -408,6 +418,7 @@ pub fn start(settings: &Settings) -> Result<Tracer> {
     let mut config = settings.config;
     config.kernel = kernel.offsets;
     config.tp = kernel.tp;
+    config.tp_direct = u8::from(tracefs::matches_fixed_layout(&kernel.tp));
     let mut skipped = Vec::new();
     for &backend in settings.choice.candidates() {
         match attach(
@@ -435,6 +446,76 @@ pub fn start(settings: &Settings) -> Result<Tracer> {
         "no backend could be attached on this kernel:\n  {}",
         skipped.join("\n  ")
     )
+}
+
+/// The bench's floor: empty programs on the hooks the chosen backend uses (see
+/// tracer-ebpf/src/floor.rs); the first of `choice`'s candidates that attaches.
+pub fn start_floor(choice: BackendChoice) -> Result<(Ebpf, BackendName)> {
+    host::require_privileges(true)?;
+    let kernel = Kernel::probe(None)?;
+    let mut why = Vec::new();
+    for &b in choice.candidates() {
+        match attach_floor(b, &kernel) {
+            Ok(ebpf) => return Ok((ebpf, b)),
+            Err(e) => why.push(format!("{b}: {e:#}")),
+        }
+    }
+    bail!("no floor could be attached: {}", why.join("; "))
+}
+
+fn attach_floor(backend: BackendName, kernel: &Kernel) -> Result<Ebpf> {
+    let config = Config {
+        kernel: kernel.offsets,
+        tp: kernel.tp,
+        ..Config::default()
+    };
+    let mut ebpf = load(kernel, &config, 1024)?;
+    attach_tracepoint(&mut ebpf, "floor_tp", "sock", "inet_sock_set_state")?;
+    match backend {
+        BackendName::Fexit => {
+            let btf = kernel
+                .btf
+                .as_ref()
+                .ok_or_else(|| anyhow!("no kernel BTF"))?;
+            for f in [
+                "inet_bind",
+                "inet6_bind",
+                "inet_csk_get_port",
+                "__inet_hash_connect",
+            ] {
+                let prog = format!("floor_fexit_{}", f.trim_start_matches('_'));
+                attach_fexit(&mut ebpf, btf, &prog, f)?;
+            }
+        }
+        BackendName::Kprobe => {
+            for f in [
+                "inet_bind",
+                "inet6_bind",
+                "inet_csk_get_port",
+                "__inet_hash_connect",
+            ] {
+                attach_kprobe(&mut ebpf, "floor_kprobe", f)?;
+                attach_kprobe(&mut ebpf, "floor_kretprobe", f)?;
+            }
+        }
+        _ => {
+            let root_path = kernel.cgroup2.as_ref().map_err(|e| anyhow!("{e}"))?;
+            let root = File::open(root_path)?;
+            attach_cgroup_bind(&mut ebpf, &root, "floor_bind4")?;
+            attach_cgroup_bind(&mut ebpf, &root, "floor_bind6")?;
+            for call in ["bind", "listen", "connect"] {
+                for dir in ["enter", "exit"] {
+                    attach_tracepoint(
+                        &mut ebpf,
+                        "floor_tp",
+                        "syscalls",
+                        &format!("sys_{dir}_{call}"),
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(ebpf)
 }
 
 /// Whether this kernel loads a tp_btf program (for `doctor`; never attached).

@@ -51,9 +51,20 @@ pub enum Command {
     Report(crate::report::ReportArgs),
     /// Would a bind of PORT succeed now? Who would block it, and why. Exit status 0/1.
     CheckPort(crate::checkport::CheckPortArgs),
+    /// The benchmark's floor: empty programs on the same hooks (internal).
+    #[command(name = "__floor", hide = true)]
+    Floor(FloorArgs),
     /// A lab experiment's helper process (internal).
     #[command(name = "__lab-helper", hide = true)]
     LabHelper(crate::lab::helper::HelperArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FloorArgs {
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -114,7 +125,8 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 
-    /// Kernel BTF to read struct offsets from (default: /sys/kernel/btf/vmlinux).
+    /// Kernel BTF to read struct offsets from (default: /sys/kernel/btf/vmlinux); `none` to
+    /// use the built-in x86_64 offsets (for kernels whose BTF is missing or broken).
     #[arg(long, value_name = "FILE")]
     pub kernel_btf: Option<PathBuf>,
 

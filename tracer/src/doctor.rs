@@ -207,6 +207,7 @@ fn probe_backends(kernel: &Kernel) -> (Vec<BackendProbe>, Option<bool>, Option<b
     let config = Config {
         kernel: kernel.offsets,
         tp: kernel.tp,
+        tp_direct: u8::from(crate::tracefs::matches_fixed_layout(&kernel.tp)),
         filter_pid: std::process::id(),
         report_success: 1,
         ..Config::default()

@@ -11,6 +11,8 @@ mod diagnose;
 mod doctor;
 mod errno;
 mod event;
+#[cfg(test)]
+mod fuzz;
 mod host;
 mod lab;
 mod logfile;
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::Report(args) => report::run(&args).map(|()| true),
             Command::CheckPort(args) => checkport::run(&args),
             Command::LabHelper(_) => unreachable!("handled before the runtime starts"),
+            Command::Floor(args) => floor(&args).await.map(|()| true),
         }
     });
     match result {
@@ -96,6 +99,17 @@ fn write_atomically(path: &Path, contents: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// `__floor`: attach the benchmark's empty programs and hold them until SIGINT/SIGTERM.
+async fn floor(args: &cli::FloorArgs) -> Result<()> {
+    let (ebpf, backend) = backend::start_floor(args.backend)?;
+    if let Some(path) = &args.ready_file {
+        write_atomically(path, &format!("{}\n", backend.as_str()))?;
+    }
+    shutdown_signal().await;
+    drop(ebpf);
     Ok(())
 }
 

@@ -68,6 +68,19 @@ impl Finder {
     /// else where it was found before, else by searching named namespaces and every process.
     pub fn open(&mut self, inode: u64, pid: u32, tid: u32) -> Option<Netns> {
         let own = own_inode();
+        if inode == 0 {
+            // The kernel could not read it (no BTF): the failing thread's own, while it lives.
+            for path in [
+                format!("/proc/{pid}/task/{tid}/ns/net"),
+                format!("/proc/{pid}/ns/net"),
+            ] {
+                if let Ok(m) = fs::metadata(&path)
+                    && let Some(ns) = Netns::open(Path::new(&path), m.ino(), own)
+                {
+                    return Some(ns);
+                }
+            }
+        }
         if inode == 0 || inode == own {
             return Netns::open(Path::new("/proc/thread-self/ns/net"), own, own);
         }

@@ -84,8 +84,17 @@ impl Remembered {
     }
 }
 
+/// How long a port's holders, once looked up, answer for further failures on the same port: in a
+/// failure storm (a service retrying in a loop) one lookup serves them all.
+const LOOKUP_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A lookup kept for reuse: (netns, port, protocol) → when, holders, port settings.
+type Lookups =
+    std::collections::HashMap<(u32, u16, u8), (std::time::Instant, Vec<Holder>, PortContext)>;
+
 /// Looks up holders and decides; owns the caches that make repeated lookups cheap.
 pub struct Investigator {
+    recent: Lookups,
     containers: crate::container::Resolver,
     sockets: procfs::SocketTable,
     history: Option<History>,
@@ -98,6 +107,7 @@ impl Investigator {
         let lists_bound_sockets = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 8, 0));
         Self {
+            recent: Lookups::new(),
             containers: crate::container::Resolver::default(),
             sockets: procfs::SocketTable::prefilled(),
             history,
@@ -138,6 +148,13 @@ impl Investigator {
         let exhaustion = (req.syscall == SyscallName::Connect && req.errno == EADDRNOTAVAIL)
             || (req.errno == EADDRINUSE && req.port == 0);
         let port_conflict = req.errno == EADDRINUSE && !exhaustion;
+        let key = (netns, req.port, protocol);
+        if port_conflict
+            && let Some((at, holders, ctx)) = self.recent.get(&key)
+            && at.elapsed() < LOOKUP_REUSE
+        {
+            return diagnose::verdict(req, holders.clone(), ctx);
+        }
 
         let looked = ns.and_then(|ns| {
             ns.run_in(|| {
@@ -182,6 +199,14 @@ impl Investigator {
             req.port,
             socks.len(),
             started.elapsed().saturating_sub(listed)
+        );
+        if self.recent.len() > 4096 {
+            self.recent
+                .retain(|_, (at, ..)| at.elapsed() < LOOKUP_REUSE);
+        }
+        self.recent.insert(
+            key,
+            (std::time::Instant::now(), holders.clone(), ctx.clone()),
         );
         diagnose::verdict(req, holders, &ctx)
     }

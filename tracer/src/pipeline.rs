@@ -42,8 +42,13 @@ enum Msg {
     Lost { time: String, lost: u64, total: u64 },
 }
 
+/// Events waiting for the diagnosis thread. When it falls this far behind, the collector waits,
+/// the kernel's ring buffer fills, and the kernel counts what it drops: memory stays bounded and
+/// nothing is lost silently.
+const QUEUE: usize = 16 * 1024;
+
 pub struct Pipeline {
-    tx: Option<mpsc::Sender<Msg>>,
+    tx: Option<mpsc::SyncSender<Msg>>,
     worker: Option<JoinHandle<Result<()>>>,
     finder: netns::Finder,
     diagnose: bool,
@@ -52,7 +57,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// `investigator`: None to report failures without looking up holders.
     pub fn start(mut renderer: impl Writer, investigator: Option<Investigator>) -> Self {
-        let (tx, rx) = mpsc::channel::<Msg>();
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let diagnose = investigator.is_some();
         let worker = thread::Builder::new()
             .name("bindtrace-diagnose".into())

@@ -133,7 +133,11 @@ fn parse_msg(protocol: u8, mut p: &[u8]) -> Option<DiagSocket> {
 }
 
 /// Splits a netlink reply into messages; returns `Ok(true)` at NLMSG_DONE.
-fn parse_reply(protocol: u8, mut buf: &[u8], out: &mut Vec<DiagSocket>) -> io::Result<bool> {
+pub(crate) fn parse_reply(
+    protocol: u8,
+    mut buf: &[u8],
+    out: &mut Vec<DiagSocket>,
+) -> io::Result<bool> {
     while buf.len() >= NLMSG_HDR {
         let len = (&buf[0..4]).get_u32_le() as usize;
         let kind = (&buf[4..6]).get_u16_le();

@@ -116,6 +116,29 @@ fn array(fields: &HashMap<String, FieldLoc>, tp: &str, name: &str) -> Result<Fie
     Ok(FieldLoc::at(f.byte, 8))
 }
 
+/// Whether the tracepoints' fields are where the programs' compile-time layout puts them
+/// (`tracer_common::tp_layout`), so they can be read with direct context loads.
+pub fn matches_fixed_layout(o: &TracepointOffsets) -> bool {
+    use tracer_common::tp_layout as l;
+    let at = |f: FieldLoc, off: u16, bytes: u8| f.known() && f.byte == off && f.bits == bytes * 8;
+    let arr = |f: FieldLoc, off: u16| f.known() && f.byte == off;
+    at(o.sys_arg0, l::SYS_ARG0, 8)
+        && at(o.sys_arg1, l::SYS_ARG1, 8)
+        && at(o.sys_arg2, l::SYS_ARG2, 8)
+        && at(o.sys_ret, l::SYS_RET, 8)
+        && at(o.ss_skaddr, l::SS_SKADDR, 8)
+        && at(o.ss_oldstate, l::SS_OLDSTATE, 4)
+        && at(o.ss_newstate, l::SS_NEWSTATE, 4)
+        && at(o.ss_sport, l::SS_SPORT, 2)
+        && at(o.ss_dport, l::SS_DPORT, 2)
+        && at(o.ss_family, l::SS_FAMILY, 2)
+        && at(o.ss_protocol, l::SS_PROTOCOL, 2)
+        && arr(o.ss_saddr, l::SS_SADDR)
+        && arr(o.ss_daddr, l::SS_DADDR)
+        && arr(o.ss_saddr_v6, l::SS_SADDR_V6)
+        && arr(o.ss_daddr_v6, l::SS_DADDR_V6)
+}
+
 /// Offsets of the syscall tracepoints' arguments and of `sock:inet_sock_set_state`, each group
 /// left unknown (with the reason returned) when this kernel lacks it: the syscall tracepoints
 /// need `CONFIG_FTRACE_SYSCALLS`, `inet_sock_set_state` needs 4.16.

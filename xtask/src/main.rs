@@ -4,7 +4,7 @@
 //!     cargo xtask setup            install what building and testing need (idempotent)
 //!     cargo xtask run [-- ARGS]    set up, build, run `bindtrace watch ARGS` as root
 //!     cargo xtask test             set up, then every test tier this machine can run
-//!     cargo xtask bench verdict    failure-to-verdict latency (root)
+//!     cargo xtask bench ...        benchmarks (root; see src/bench/mod.rs)
 
 mod bench;
 mod kernels;

@@ -362,6 +362,13 @@ impl Tracer {
         })
     }
 
+    /// Kills the tracer with SIGKILL (no clean-up of its own).
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Stops the tracer (SIGINT) and returns its stderr.
     pub fn stop(self) -> String {
         self.interrupt();

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 HOST = "127.0.0.1"
 # With BINDCASES_HOLD=1 a case keeps its sockets and helper processes until a line arrives on
@@ -46,6 +47,24 @@ def server(port, family=socket.AF_INET, host=HOST):
     s.bind((host, port))
     s.listen(128)
     return s
+
+
+TCP_TIME_WAIT = 6
+
+
+def wait_for_tcp_state(port, state, timeout=10.0):
+    """Waits until a TCP socket of this namespace bound to `port` is in `state` (the kernel's
+    number, as /proc/net/tcp shows it). The peer's FIN is processed in softirq: without this a
+    busy machine may still show the closing side in FIN_WAIT2 when the next step runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].split(":")[1], 16) == port and int(fields[3], 16) == state:
+                    return
+        time.sleep(0.005)
+    raise SystemExit(f"no socket on port {port} reached TCP state {state} in {timeout} s")
 
 
 def spawn(case, *args, user=None):
@@ -191,6 +210,7 @@ def case_1a(port):
     conn.recv(1)  # the client's FIN
     conn.close()  # now the client side moves to TIME-WAIT
     c.wait()
+    wait_for_tcp_state(port, TCP_TIME_WAIT)
     s = sock(reuseaddr=True)
     err = attempt(lambda: s.bind(("0.0.0.0", port)))
     finish(case="1a", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False,
@@ -294,6 +314,26 @@ def case_filters(port):
     report(case="filters", errnos=results, port=port, other=port + 1)
 
 
+def case_storm(port, seconds):
+    """Holds `port`, reports, then fails binds on it as fast as it can until a line arrives on
+    stdin (or `seconds` pass); reports how many failed."""
+    import select
+    hold = sock()
+    hold.bind((HOST, port))
+    report(case="storm", stage="ready", port=port)
+    failures = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(50):
+            s = sock()
+            if attempt(lambda: s.bind((HOST, port))):
+                failures += 1
+            s.close()
+        if select.select([sys.stdin], [], [], 0)[0]:
+            break
+    report(case="storm", stage="done", failures=failures, port=port)
+
+
 def case_gated(port, comm=""):
     """Reports its pid, waits for a line on stdin, then fails a bind on `port` (which it holds
     itself). `comm`, if given, renames the process first (as prctl(PR_SET_NAME) would)."""
@@ -316,5 +356,7 @@ if __name__ == "__main__":
         fn(*args)
     elif name == "case_gated":
         fn(int(args[0]), *args[1:])
+    elif name == "case_storm":
+        fn(int(args[0]), float(args[1]))
     else:
         fn(*map(int, args))

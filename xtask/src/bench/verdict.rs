@@ -1,6 +1,3 @@
-//! Benchmarks (as root). Numbers come from real runs on the machine they are run on; they are
-//! never asserted in tests.
-//!
 //! `verdict`: time from a failing bind()'s return (measured by the failing process itself) to
 //! bindtrace's report of it — with its verdict — being written, while `--sockets` unrelated
 //! sockets are open. The holder is started before bindtrace, so the kernel history cannot point at
@@ -8,7 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -17,41 +14,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::util::{self, cargo, step};
+use crate::util;
 
-#[derive(clap::Subcommand)]
-pub enum Bench {
-    /// Failure-to-verdict latency with many unrelated sockets open.
-    Verdict {
-        /// Unrelated TCP sockets to keep open.
-        #[arg(long, default_value_t = 10_000)]
-        sockets: u32,
-        /// Failing binds to measure.
-        #[arg(long, default_value_t = 100)]
-        probes: u32,
-        /// Also write the results as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-}
-
-pub fn run(bench: &Bench) -> Result<()> {
-    if !util::is_root() {
-        bail!("benchmarks load eBPF programs: run `sudo cargo xtask bench ...`");
-    }
-    step("build (release)", || {
-        cargo(&["build", "--release", "--package", "tracer"])
-    })?;
-    match bench {
-        Bench::Verdict {
-            sockets,
-            probes,
-            json,
-        } => verdict(*sockets, *probes, json.as_deref()),
-    }
-}
-
-fn now_ns() -> u128 {
+pub fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
@@ -155,7 +120,7 @@ impl Drop for Tracer {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -163,7 +128,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn verdict(sockets: u32, probes: u32, json_out: Option<&Path>) -> Result<()> {
+pub fn run(sockets: u32, probes: u32, json_out: Option<&Path>) -> Result<()> {
     const PORT: &str = "8080";
     let mut scene = Scene::new()?;
     // Before bindtrace: the history cannot name it, so each lookup scans /proc.

@@ -1,0 +1,263 @@
+//! `overhead`: what each watched operation costs, in one run, under four conditions — nothing
+//! attached; the floor (empty programs on the same hooks: the cost of the hooks themselves);
+//! `bindtrace watch` with its default configuration; and a peer, a bpftrace script on the same
+//! tracepoints doing the equivalent work (`xtask/bench/peer.bt`). The conditions are interleaved:
+//! each round runs every condition, in a rotating order, so drift in the machine hits them alike.
+//! The workload runs on CPU 0 in a private network namespace; the tools run on CPU 1.
+//!
+//! Three views of the cost, because wall-clock time on a virtual machine is noisy at the
+//! sub-microsecond scale: wall time per operation; the workload thread's own CPU time per
+//! operation (`CLOCK_THREAD_CPUTIME_ID`: what the traced process pays, hooks included); and the
+//! time the kernel spent in BPF programs per operation (`kernel.bpf_stats_enabled`: the programs'
+//! own work, exactly, without the cost of reaching the hook, which the floor shows).
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::{Attached, bindtrace_cmd, in_netns, verdict::percentile};
+use crate::util;
+
+const CONDITIONS: [&str; 4] = ["nothing", "floor", "bindtrace", "peer"];
+
+/// (name, operations per round)
+const WORKLOADS: [(&str, u32); 4] = [
+    ("bind+close", 20_000),
+    ("failing bind", 20_000),
+    ("connect/accept/close", 3_000),
+    ("2 binds + failing listen", 10_000),
+];
+
+fn tcp() -> Socket {
+    Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket")
+}
+
+fn addr(port: u16) -> SockAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into()
+}
+
+/// One workload's cost per operation.
+#[derive(Clone, Copy)]
+struct Cost {
+    wall: f64,
+    cpu: f64,
+    bpf: f64,
+}
+
+fn thread_cpu_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+/// Nanoseconds the kernel has spent in all loaded BPF programs (with bpf_stats enabled).
+fn bpf_ns() -> u128 {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.run_time().as_nanos())
+        .sum()
+}
+
+/// Times `ops` runs of `op`.
+fn timed(ops: u32, mut op: impl FnMut()) -> Cost {
+    let (c0, b0, t0) = (thread_cpu_ns(), bpf_ns(), Instant::now());
+    for _ in 0..ops {
+        op();
+    }
+    let wall = t0.elapsed().as_nanos();
+    let (c1, b1) = (thread_cpu_ns(), bpf_ns());
+    let per = |d: u128| d as f64 / f64::from(ops);
+    Cost {
+        wall: per(wall),
+        cpu: per(c1 - c0),
+        bpf: per(b1.saturating_sub(b0)),
+    }
+}
+
+/// The cost per operation of each workload, run once (inside the namespace thread).
+fn measure() -> Vec<Cost> {
+    let mut out = Vec::new();
+    // (a) successful bind, then close
+    out.push(timed(WORKLOADS[0].1, || {
+        let s = tcp();
+        s.bind(&addr(0)).expect("bind");
+    }));
+    // (b) failing bind (EADDRINUSE)
+    let holder = tcp();
+    holder.bind(&addr(7001)).expect("holder");
+    out.push(timed(WORKLOADS[1].1, || {
+        let s = tcp();
+        assert!(s.bind(&addr(7001)).is_err());
+    }));
+    drop(holder);
+    // (c) connect, accept, close (RST: no TIME-WAIT piles up across rounds)
+    let l = tcp();
+    l.set_reuse_address(true).expect("reuse");
+    l.bind(&addr(7002)).expect("listener");
+    l.listen(1024).expect("listen");
+    out.push(timed(WORKLOADS[2].1, || {
+        let c = tcp();
+        c.connect(&addr(7002)).expect("connect");
+        let (a, _) = l.accept().expect("accept");
+        a.set_linger(Some(std::time::Duration::ZERO))
+            .expect("linger");
+        drop(a);
+        drop(c);
+    }));
+    drop(l);
+    // (d) failing listen: two SO_REUSEADDR sockets bound to one port (allowed), the first
+    // listens, the second's listen() fails; both closed.
+    out.push(timed(WORKLOADS[3].1, || {
+        let a = tcp();
+        let b = tcp();
+        a.set_reuse_address(true).expect("reuse");
+        b.set_reuse_address(true).expect("reuse");
+        a.bind(&addr(7003)).expect("first bind");
+        b.bind(&addr(7003)).expect("shared bind");
+        a.listen(16).expect("first listen");
+        assert!(b.listen(16).is_err());
+    }));
+    out
+}
+
+fn attach(condition: &str) -> Result<Option<Attached>> {
+    let ready = std::env::temp_dir().join(format!("bindtrace-bench-{}", std::process::id()));
+    Ok(match condition {
+        "nothing" => None,
+        "floor" => {
+            let mut c = bindtrace_cmd();
+            c.arg("__floor").arg("--ready-file").arg(&ready);
+            Some(Attached::start(c, Some(&ready), None)?)
+        }
+        "bindtrace" => {
+            let mut c = bindtrace_cmd();
+            c.args(["watch", "--output", "json", "--ready-file"])
+                .arg(&ready);
+            Some(Attached::start(c, Some(&ready), None)?)
+        }
+        "peer" => {
+            let mut c = Command::new("bpftrace");
+            c.arg(util::root().join("xtask/bench/peer.bt"));
+            Some(Attached::start(c, None, Some("Attaching"))?)
+        }
+        other => bail!("unknown condition {other}"),
+    })
+}
+
+/// Median, min, max of a sample.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    (
+        percentile(&v, 0.5),
+        percentile(&v, 0.0),
+        percentile(&v, 1.0),
+    )
+}
+
+const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// One way of looking at a cost.
+type View = (&'static str, fn(&Cost) -> f64);
+
+pub fn run(rounds: u32) -> Result<Value> {
+    if !util::succeeds(Command::new("bpftrace").arg("--version")) {
+        crate::setup::apt(&["bpftrace"])?;
+    }
+    let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(STATS, "1")?;
+    let result = run_rounds(rounds);
+    let _ = std::fs::write(STATS, stats_before.trim());
+    result
+}
+
+fn run_rounds(rounds: u32) -> Result<Value> {
+    // samples[(workload, condition)] = one Cost per round
+    let mut samples: BTreeMap<(usize, usize), Vec<Cost>> = BTreeMap::new();
+    for round in 0..rounds {
+        for k in 0..CONDITIONS.len() {
+            let c = (k + round as usize) % CONDITIONS.len();
+            let tool = attach(CONDITIONS[c])?;
+            let costs = in_netns(measure)?;
+            drop(tool);
+            for (w, v) in costs.into_iter().enumerate() {
+                samples.entry((w, c)).or_default().push(v);
+            }
+        }
+        eprintln!("    round {}/{rounds} done", round + 1);
+    }
+    let view = |w: usize, c: usize, f: fn(&Cost) -> f64| {
+        spread(&samples[&(w, c)].iter().map(f).collect::<Vec<_>>())
+    };
+    let views: [View; 3] = [
+        ("wall time", |c| c.wall),
+        ("workload thread CPU time", |c| c.cpu),
+        ("time in BPF programs", |c| c.bpf),
+    ];
+    let mut rows = Vec::new();
+    for (vname, f) in views {
+        println!("\n{vname}, ns per operation, median (min-max) over {rounds} interleaved rounds:");
+        println!(
+            "  {:<26} {:>20} {:>20} {:>20} {:>20}",
+            "operation", "nothing", "floor", "bindtrace", "bpftrace peer"
+        );
+        for (w, (name, _)) in WORKLOADS.iter().enumerate() {
+            let cells: Vec<String> = (0..CONDITIONS.len())
+                .map(|c| {
+                    let (m, lo, hi) = view(w, c, f);
+                    format!("{:>20}", format!("{m:.0} ({lo:.0}-{hi:.0})"))
+                })
+                .collect();
+            println!("  {name:<26} {}", cells.join(" "));
+        }
+    }
+    println!("\nadded over nothing (medians; thread CPU time / BPF program time):");
+    for (w, (name, ops)) in WORKLOADS.iter().enumerate() {
+        let cpu = |c| view(w, c, |x| x.cpu).0;
+        let bpf = |c| view(w, c, |x| x.bpf).0;
+        let added = |c| cpu(c) - cpu(0);
+        println!(
+            "  {name:<26} floor {:>6.0} / {:>4.0} ns   bindtrace {:>6.0} / {:>4.0} ns   peer {:>6.0} / {:>4.0} ns   bindtrace = {:>4.1} % of the bare op, {:.2}x the peer",
+            added(1),
+            bpf(1),
+            added(2),
+            bpf(2),
+            added(3),
+            bpf(3),
+            100.0 * added(2) / cpu(0),
+            cpu(2) / cpu(3),
+        );
+        let cond_json = |f: fn(&Cost) -> f64| {
+            CONDITIONS
+                .iter()
+                .enumerate()
+                .map(|(c, n)| {
+                    let (m, lo, hi) = view(w, c, f);
+                    ((*n).to_string(), json!({"median": m, "min": lo, "max": hi}))
+                })
+                .collect::<serde_json::Map<_, _>>()
+        };
+        rows.push(json!({
+            "operation": name,
+            "ops_per_round": ops,
+            "wall_ns_per_op": cond_json(|c| c.wall),
+            "thread_cpu_ns_per_op": cond_json(|c| c.cpu),
+            "bpf_ns_per_op": cond_json(|c| c.bpf),
+            "added_cpu_ns": {"floor": added(1), "bindtrace": added(2), "peer": added(3)},
+            "bindtrace_added_percent_of_op": 100.0 * added(2) / cpu(0),
+            "bindtrace_over_peer_cpu": cpu(2) / cpu(3),
+        }));
+    }
+    Ok(json!({ "rounds": rounds, "workloads": rows }))
+}
