@@ -136,8 +136,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
         ev.addr = local;
         ev.port = view.port;
         ev.remote_addr = tp_remote(ctx, family);
-        ev.remote_port =
-            tp_read::<{ L::SS_DPORT as usize }, u16>(ctx, conf!(tp.ss_dport))? as u16;
+        ev.remote_port = tp_read::<{ L::SS_DPORT as usize }, u16>(ctx, conf!(tp.ss_dport))? as u16;
         ev.bound_dev_if = view.bound_dev_if;
         ev.flags |= stream_flags(&view) | flags::ADDR_KNOWN;
     }

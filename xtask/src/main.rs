@@ -38,6 +38,12 @@ enum Task {
     /// Benchmarks (root).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// A long run (root): mixed traffic and failure bursts; memory must stay flat, every failure
+    /// be reported or counted lost, and the rotated log hold every report.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,6 +73,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(b) => {
             setup::build_tools()?;
             bench::run(&b)
+        }
+        Task::Soak { minutes } => {
+            setup::build_tools()?;
+            bench::soak_run(minutes)
         }
     }
 }

@@ -168,7 +168,10 @@ fn wait_for_time_wait(p: u16) -> Result<()> {
     loop {
         let socks = crate::sockdiag::dump(libc::IPPROTO_TCP as u8, libc::AF_INET as u8, p, p)
             .context("sock_diag dump")?;
-        if socks.iter().any(|s| s.state == tracer_common::tcp_state::TIME_WAIT) {
+        if socks
+            .iter()
+            .any(|s| s.state == tracer_common::tcp_state::TIME_WAIT)
+        {
             return Ok(());
         }
         anyhow::ensure!(

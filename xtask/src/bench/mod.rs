@@ -6,8 +6,10 @@
 //!     cargo xtask bench idle       the collector's CPU when nothing fails
 //!     cargo xtask bench verdict    failure → verdict latency with 10 000 sockets open
 //!     cargo xtask bench all        all of them, results also in target/bench.json
+//!     cargo xtask soak             10 minutes of mixed traffic: memory flat, nothing lost silently
 
 mod overhead;
+mod soak;
 mod storm;
 mod verdict;
 
@@ -259,4 +261,15 @@ fn loopback_up() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `cargo xtask soak`: build, then run the soak (root).
+pub fn soak_run(minutes: u64) -> Result<()> {
+    if !util::is_root() {
+        bail!("the soak loads eBPF programs: run `sudo cargo xtask soak`");
+    }
+    step("build (release)", || {
+        cargo(&["build", "--release", "--package", "tracer"])
+    })?;
+    soak::run(minutes)
 }

@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::{Attached, bindtrace_cmd, in_netns};
 
 /// The numbers of bindtrace's summary line ("N failure(s) reported, M event(s) lost, ...").
-fn summary(stderr: &str) -> Option<(u64, u64)> {
+pub(super) fn summary(stderr: &str) -> Option<(u64, u64)> {
     let line = stderr
         .lines()
         .rev()
