@@ -212,6 +212,17 @@ fn without_btf_failures_are_still_reported_with_their_request() {
     if !can_run("no_btf") {
         return;
     }
+    if common::backend() == "fexit" {
+        // Forced to fexit, which cannot work without BTF: it must refuse, saying why.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindtrace"))
+            .args(["watch", "--backend", "fexit", "--kernel-btf", "none"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("needs kernel BTF"), "{stderr}");
+        return;
+    }
     let tracer = Tracer::start(&["--kernel-btf", "none"]);
     let ns = Netns::new();
     let held = ns.hold_case("case_3_4", &["8660"]);

@@ -366,7 +366,21 @@ impl Tracer {
     pub fn kill(&self) {
         let mut child = self.child.lock().unwrap();
         let _ = child.kill();
-        let _ = child.wait();
+        let start = std::time::Instant::now();
+        while matches!(child.try_wait(), Ok(None)) {
+            // A process the kernel cannot finish tearing down is a finding, not a hang: say
+            // where it is stuck.
+            if start.elapsed() > Duration::from_mins(1) {
+                let pid = child.id();
+                let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}"));
+                panic!(
+                    "bindtrace (pid {pid}) has not exited 60 s after SIGKILL; wchan {:?}, stack:\n{}",
+                    read("wchan").unwrap_or_default(),
+                    read("stack").unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the tracer (SIGINT) and returns its stderr.
