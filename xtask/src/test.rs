@@ -71,6 +71,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
             backends: [(auto.clone(), outcome)].into(),
             labs: [(auto, lab)].into(),
             seconds: started.elapsed().as_secs_f64(),
+            incidents: Vec::new(),
         })
     })?;
     report(&host);
