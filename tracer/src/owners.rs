@@ -85,8 +85,10 @@ impl Remembered {
 }
 
 /// How long a port's holders, once looked up, answer for further failures on the same port: in a
-/// failure storm (a service retrying in a loop) one lookup serves them all.
-const LOOKUP_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+/// failure storm (a service retrying in a tight loop) one lookup serves them all. Short, so that
+/// a failure after a holder changed is judged on a fresh lookup (a retry every 100 ms or slower
+/// always gets one).
+const LOOKUP_REUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A lookup kept for reuse: (netns, port, protocol) → when, holders, port settings.
 type Lookups =
