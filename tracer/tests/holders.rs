@@ -239,11 +239,7 @@ fn failure_in_the_hosts_own_namespace() {
         return;
     }
     // A port that is free on the host right now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_host_port();
     let tracer = Tracer::shared();
     let run = common::hold_case_on_host("case_3_4", &[&port.to_string()]);
     let pid = run.pid();

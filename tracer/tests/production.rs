@@ -150,11 +150,7 @@ fn metrics_are_served_on_loopback() {
     if !can_run("metrics") {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_host_port();
     let tracer = Tracer::start(&["--metrics-addr", &port.to_string()]);
     let ns = Netns::new();
     let held = ns.hold_case("case_3_4", &["8610"]);

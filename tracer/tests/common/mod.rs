@@ -25,6 +25,15 @@ use serde_json::Value;
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// True when the kernel tests can run; otherwise prints why they are skipped.
+/// A TCP port that is free on the host's loopback right now (the kernel picks it).
+pub fn free_host_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn can_run(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
