@@ -207,13 +207,7 @@ impl Attached {
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         // utime and stime are fields 14 and 15: 12 and 13 after the ')'.
         let cpu = (ticks(11) + ticks(12)) / hz;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        (cpu, hwm)
+        (cpu, status_kib(pid, "VmHWM:"))
     }
 }
 
@@ -221,6 +215,16 @@ impl Drop for Attached {
     fn drop(&mut self) {
         self.interrupt();
     }
+}
+
+/// A kB field of /proc/PID/status (`VmRSS:`, `VmHWM:`); 0 when unreadable.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn bindtrace_cmd() -> Command {

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{Attached, bindtrace_cmd, in_netns, storm::summary};
+use super::{Attached, bindtrace_cmd, in_netns, status_kib, storm::summary};
 
 /// What the workload did, counted as it went.
 #[derive(Default)]
@@ -154,7 +154,7 @@ fn sample_rss(pid: u32, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(u
         let mut samples = Vec::new();
         let start = Instant::now();
         while !done.load(Ordering::Relaxed) {
-            samples.push((start.elapsed().as_secs(), rss_kib(pid)));
+            samples.push((start.elapsed().as_secs(), status_kib(pid, "VmRSS:")));
             for _ in 0..50 {
                 if done.load(Ordering::Relaxed) {
                     break;
@@ -227,15 +227,6 @@ fn losing_listen(port: u16) -> Result<bool> {
     let b = bound(Type::STREAM, addr, true)?;
     a.listen(1)?;
     Ok(b.listen(1).is_err())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Mean RSS of the samples in the second fifth of the run (after warm-up) and in the last fifth.
