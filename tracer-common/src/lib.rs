@@ -400,6 +400,17 @@ pub mod names {
     pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
 }
 
+/// How often, at most, one CPU's records wake the collector. A record written sooner after the
+/// CPU's last waking one does not wake it (`BPF_RB_NO_WAKEUP`): in this project's VM a wakeup costs
+/// the traced thread ~15 µs (the ring buffer's irq_work self-interrupt and a cross-CPU wake of the
+/// collector), over ten times the rest of a failure's cost. The collector makes up for it: after
+/// any read that found records it reads again [`WAKEUP_FOLLOW_UP_NS`] later, so a record that did
+/// not wake it waits at most that long.
+pub const WAKEUP_INTERVAL_NS: u64 = 5_000_000;
+/// The collector's follow-up read after records: one interval plus a margin for the record being
+/// committed after its timestamp was taken.
+pub const WAKEUP_FOLLOW_UP_NS: u64 = WAKEUP_INTERVAL_NS + 1_000_000;
+
 /// Index of the counters in the `LOST` per-CPU array.
 pub mod counter {
     /// Records the ring buffer had no room for.

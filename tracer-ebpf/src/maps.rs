@@ -10,6 +10,11 @@ use tracer_common::{BindEvent, HistoryKey, Owner, counter};
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// Per CPU: when (`bpf_ktime_get_ns`) this CPU last wrote a record allowed to wake the collector
+/// (see `tracer_common::WAKEUP_INTERVAL_NS`).
+#[map(name = "LAST_WAKEUP")]
+pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU counters (`tracer_common::counter`): records dropped, history writes failed, failures
 /// seen. Summed by the collector, so a full ring buffer never loses events silently.
 #[map(name = "LOST")]

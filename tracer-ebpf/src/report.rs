@@ -4,13 +4,13 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
     ABI_VERSION, BIND_EVENT_SIZE, BindEvent, EventHeader, EventKind, HistoryKey, Owner, Role,
-    Syscall, counter, flags,
+    Syscall, WAKEUP_INTERVAL_NS, counter, flags,
 };
 
 use crate::{
     config::conf,
     kernel::{self, Caller},
-    maps::{CGROUP_FILTER, EVENTS, HISTORY, LOST, PENDING, SCRATCH},
+    maps::{CGROUP_FILTER, EVENTS, HISTORY, LAST_WAKEUP, LOST, PENDING, SCRATCH},
 };
 
 /// This CPU's scratch event, zeroed. Programs run to completion on one CPU without preemption by
@@ -190,7 +190,30 @@ pub fn finish(ev: &mut BindEvent, ret: i64) {
         version: ABI_VERSION,
         size: BIND_EVENT_SIZE as u16,
     };
-    if EVENTS.output::<BindEvent>(&*ev, 0).is_err() {
+    if EVENTS
+        .output::<BindEvent>(&*ev, wakeup_flags(ev.ts_ns))
+        .is_err()
+    {
         bump(counter::RINGBUF_FULL);
     }
+}
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
+/// Flags for a record written at `now`: the ring buffer's own rule (wake the collector if it has
+/// read everything before this record) at most once per `WAKEUP_INTERVAL_NS` on this CPU, no
+/// wakeup otherwise — the collector's follow-up read picks those records up.
+#[inline(always)]
+fn wakeup_flags(now: u64) -> u64 {
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; no other program runs on this CPU while we do.
+    unsafe {
+        if now.wrapping_sub(*last) < WAKEUP_INTERVAL_NS {
+            return BPF_RB_NO_WAKEUP;
+        }
+        *last = now;
+    }
+    0
 }

@@ -10,7 +10,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
 };
 use tokio::io::{Interest, unix::AsyncFd};
-use tracer_common::{counter, names};
+use tracer_common::{WAKEUP_FOLLOW_UP_NS, counter, names};
 
 use crate::event::{self, Event};
 
@@ -73,9 +73,12 @@ impl Collector {
         self.counters.get(&index, 0).map_or(0, |v| v.iter().sum())
     }
 
-    fn drain(&mut self, sink: &mut (dyn Sink + Send)) -> Result<()> {
+    /// Reads every record in the ring buffer; returns how many there were.
+    fn drain(&mut self, sink: &mut (dyn Sink + Send)) -> Result<u64> {
         let ring = self.ring.get_mut();
+        let mut read = 0;
         while let Some(item) = ring.next() {
+            read += 1;
             match event::decode(&item) {
                 Ok((kind, raw)) => {
                     let ev = Event::from_raw(kind, &raw, event::monotonic_to_wall);
@@ -94,7 +97,7 @@ impl Collector {
                 }
             }
         }
-        Ok(())
+        Ok(read)
     }
 
     fn check_lost(&mut self, sink: &mut (dyn Sink + Send)) -> Result<()> {
@@ -118,13 +121,24 @@ impl Collector {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Records written soon after a CPU's last wakeup do not wake us (see
+        // `tracer_common::WAKEUP_INTERVAL_NS`): after every read that found records, read again
+        // a little later, until a read finds none. Idle, nothing is scheduled.
+        let follow_up_after = Duration::from_nanos(WAKEUP_FOLLOW_UP_NS);
+        let mut follow_up: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 ready = self.ring.readable_mut() => {
                     let mut guard = ready.context("waiting on the ring buffer")?;
                     guard.clear_ready();
                     drop(guard);
-                    self.drain(sink)?;
+                    if self.drain(sink)? > 0 {
+                        follow_up = Some(tokio::time::Instant::now() + follow_up_after);
+                    }
+                }
+                () = sleep_until_some(follow_up) => {
+                    follow_up = (self.drain(sink)? > 0)
+                        .then(|| tokio::time::Instant::now() + follow_up_after);
                 }
                 _ = tick.tick() => self.check_lost(sink)?,
                 () = &mut shutdown => break,
@@ -133,5 +147,13 @@ impl Collector {
         self.drain(sink)?;
         self.check_lost(sink)?;
         Ok(self.stats)
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
