@@ -90,6 +90,37 @@ fn listen_fails_after_a_shared_reuseaddr_bind() {
     assert_eq!(ev["protocol"], "tcp");
 }
 
+/// Failures 1 ms apart, then silence: records within `WAKEUP_INTERVAL_NS` of a CPU's last waking
+/// one do not wake the collector; its follow-up read must still deliver them while it runs, not
+/// only when it stops. Its own tracer, filtered to the port, so no other test's events wake it.
+#[test]
+fn a_burst_followed_by_silence_is_reported_whole() {
+    if !can_run("burst") {
+        return;
+    }
+    let port = 9480;
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let ns = Netns::new();
+    let truth = ns.run_case("case_burst", &[&port.to_string(), "20"]);
+    assert_eq!(truth["failures"], 21, "every bind must fail: {truth}");
+    let pid = truth["pid"].as_u64().unwrap();
+    let burst = |v: &Value| v["pid"] == pid && v["port"] == port && v["error"] == "EADDRINUSE";
+    let start = std::time::Instant::now();
+    while tracer.events().iter().filter(|v| burst(v)).count() < 21
+        && start.elapsed() < common::DEADLINE
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let seen = tracer.events().iter().filter(|v| burst(v)).count();
+    assert_eq!(
+        seen,
+        21,
+        "all 21 failures while bindtrace runs (it read {seen} within {:?});\nstderr:\n{}",
+        common::DEADLINE,
+        tracer.stderr()
+    );
+}
+
 #[test]
 fn successful_binds_report_no_failure() {
     if !can_run("successes") {

@@ -314,6 +314,28 @@ def case_filters(port):
     report(case="filters", errnos=results, port=port, other=port + 1)
 
 
+def case_burst(port, count):
+    """Holds `port`, fails one bind on it, then after 20 ms `count` more, 1 ms apart, and keeps
+    quiet afterwards. The collector reads each record faster than 1 ms (its holder lookup for
+    the port is fresh), so it sleeps between them; records within 5 ms of a CPU's last waking one
+    do not wake it, and only its follow-up read brings in the last of them."""
+    hold = sock()
+    hold.bind((HOST, port))
+    errnos = []
+
+    def fail():
+        s = sock()
+        errnos.append(attempt(lambda: s.bind((HOST, port))))
+        s.close()
+
+    fail()
+    time.sleep(0.02)
+    for _ in range(count):
+        fail()
+        time.sleep(0.001)
+    report(case="burst", failures=sum(1 for e in errnos if e == 98), port=port)
+
+
 def case_storm(port, seconds):
     """Holds `port`, reports, then fails binds on it as fast as it can until a line arrives on
     stdin (or `seconds` pass); reports how many failed."""
