@@ -6,6 +6,8 @@ use aya_ebpf::{
 };
 use tracer_common::{BindEvent, HistoryKey, Owner, counter};
 
+use crate::report::Pending;
+
 /// Failure (and, with `--all`, success) records for the collector.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -29,7 +31,7 @@ const NO_COMMON_LRU: u32 = 1 << 1;
 /// exit (`report::pending_put`/`pending_done`) rather than inserted and deleted per call: no
 /// allocation on the hot path. LRU, so the entries of threads that stopped calling are evicted.
 #[map(name = "PENDING")]
-pub static PENDING: LruHashMap<u32, BindEvent> =
+pub static PENDING: LruHashMap<u32, Pending> =
     LruHashMap::with_max_entries(16 * 1024, NO_COMMON_LRU);
 
 /// Per-CPU room to build one event in: BPF stacks are 512 bytes, and an event plus the frames of
@@ -42,9 +44,11 @@ pub static SCRATCH: PerCpuArray<BindEvent> = PerCpuArray::with_max_entries(1, 0)
 #[map(name = "HISTORY")]
 pub static HISTORY: LruHashMap<HistoryKey, Owner> = LruHashMap::with_max_entries(32 * 1024, 0);
 
-/// Outgoing TCP connections between `connect()` (CLOSE→SYN_SENT, in the caller's context, source
-/// port maybe not chosen yet) and SYN_SENT→ESTABLISHED (any context, port known), keyed by the
-/// socket's address.
+/// Outgoing TCP connections between CLOSE→SYN_SENT (in the caller's context, source port maybe
+/// not chosen yet) and SYN_SENT→ESTABLISHED (any context, port known), keyed by the socket's
+/// address — for connects no `connect()` exit sees: the fexit and kprobe backends', io_uring's
+/// and in-kernel ones. The tracepoint backend's `sys_exit_connect` records a connect() syscall's
+/// owner itself, without this map.
 #[map(name = "CONNECTING")]
 pub static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(16 * 1024, 0);
 

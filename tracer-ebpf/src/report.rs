@@ -24,24 +24,43 @@ pub fn scratch() -> Option<&'static mut BindEvent> {
     Some(ev)
 }
 
+/// A call in flight, in `PENDING`: the event being built and, for a connect() seen by the
+/// tracepoint backend, the socket `sock_state` saw go CLOSE→SYN_SENT (0 otherwise), whose chosen
+/// port `sys_exit_connect` reads.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub ev: BindEvent,
+    pub sk: u64,
+}
+
 /// Makes `ev` this thread's pending call, reusing its entry if it has one.
 #[inline(always)]
 pub fn pending_put(tid: u32, ev: &BindEvent) {
     if let Some(p) = PENDING.get_ptr_mut(tid) {
         // SAFETY: the entry belongs to this thread; nothing else writes it.
-        unsafe { *p = *ev };
-    } else if PENDING.insert(tid, ev, 0).is_err() {
+        unsafe {
+            (*p).ev = *ev;
+            (*p).sk = 0;
+        }
+    } else if PENDING.insert(tid, &Pending { ev: *ev, sk: 0 }, 0).is_err() {
         bump(counter::HISTORY_FAILED);
     }
 }
 
 /// This thread's pending call of kind `syscall`, if one is open.
 #[inline(always)]
-pub fn pending_get(tid: u32, syscall: Syscall) -> Option<&'static mut BindEvent> {
+pub fn pending_entry(tid: u32, syscall: Syscall) -> Option<&'static mut Pending> {
     let p = PENDING.get_ptr_mut(tid)?;
     // SAFETY: as above.
-    let ev = unsafe { &mut *p };
-    (ev.syscall == syscall as u8).then_some(ev)
+    let p = unsafe { &mut *p };
+    (p.ev.syscall == syscall as u8).then_some(p)
+}
+
+/// The event of this thread's pending call of kind `syscall`, if one is open.
+#[inline(always)]
+pub fn pending_get(tid: u32, syscall: Syscall) -> Option<&'static mut BindEvent> {
+    pending_entry(tid, syscall).map(|p| &mut p.ev)
 }
 
 /// Closes this thread's pending call (the entry stays, for the next call to reuse).
@@ -114,9 +133,21 @@ pub fn stamp_caller(ev: &mut BindEvent, c: &Caller) {
 }
 
 /// Records `owner` as the last holder of `key` (best effort; failures are counted).
+///
+/// A key already in the map is overwritten in place: an LRU insert takes a free node, which in a
+/// full map means evicting one, and that costs ~1.5 µs here; the lookup that finds the entry
+/// also marks it recently used. Ports repeat (one network namespace has at most 64 Ki of them
+/// per role, and the ephemeral range cycles), so on a busy host most writes are updates. A
+/// reader copying the entry at the same moment may see a mix of the old and the new owner; the
+/// collector only trusts a remembered connection whose remote end matches the holder's.
 #[inline(always)]
 pub fn remember(key: &HistoryKey, owner: &Owner) {
     if key.port == 0 || key.protocol == 0 {
+        return;
+    }
+    if let Some(p) = HISTORY.get_ptr_mut(key) {
+        // SAFETY: a map value of type Owner; see above for concurrent readers.
+        unsafe { *p = *owner };
         return;
     }
     if HISTORY.insert(key, owner, 0).is_err() {

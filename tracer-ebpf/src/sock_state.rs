@@ -4,22 +4,26 @@
 //! remembered, so that a TIME-WAIT socket left by a process that has since exited still has a name.
 //!
 //! - CLOSE→SYN_SENT runs in `tcp_v4_connect()`/`tcp_v6_connect()`, in the connecting process,
-//!   before the source port is chosen: remember the process against the socket's address.
-//! - SYN_SENT→ESTABLISHED runs in softirq (any process): the source port is now known; move the
-//!   remembered owner into `HISTORY` under (netns, port).
+//!   before `inet_hash_connect()` chooses the source port. Inside a connect() syscall traced by
+//!   the tracepoint backend, note the socket in the pending call: `sys_exit_connect` remembers the
+//!   owner under (netns, port) once the port is chosen (`connected`). Otherwise remember the
+//!   process against the socket's address, in `CONNECTING`.
+//! - SYN_SENT→ESTABLISHED runs in softirq (any process): the source port is now known; move an
+//!   owner remembered in `CONNECTING` into `HISTORY` under (netns, port).
 //! - CLOSE→LISTEN runs in `inet_csk_listen_start()` inside listen(), before `get_port()` re-checks
 //!   the port: fill in the pending listen() with the socket's address and options.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    AF_INET6, HistoryKey, IPPROTO_TCP, Owner, Role, Syscall, flags, tcp_state, tp_layout as L,
+    AF_INET6, BindEvent, HistoryKey, IPPROTO_TCP, Owner, Role, Syscall, flags, tcp_state,
+    tp_layout as L,
 };
 
 use crate::{
     config::conf,
-    kernel::{self, SockView, current_tid, sock_head_view, sock_view, tp_bytes, tp_read},
+    kernel::{self, Caller, SockView, current_tid, sock_head_view, sock_view, tp_bytes, tp_read},
     maps::CONNECTING,
-    report::{pending_get, remember},
+    report::{pending_entry, pending_get, remember},
 };
 
 const SOCK_STREAM: u16 = 1;
@@ -102,15 +106,11 @@ fn on_listen(ctx: &TracePointContext, sk: u64) -> Option<()> {
     Some(())
 }
 
-/// One read of the socket's head gives its options; the addresses come from the tracepoint record
-/// (set by `tcp_v4_connect()`/`tcp_v6_connect()` before the state change).
+/// Who made an outgoing connection from `local`, as far as its CLOSE→SYN_SENT tells: the
+/// remote end and the port are filled in once known.
 #[inline(always)]
-fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
-    let c = kernel::caller();
-    let view = sock_head_view(sk as *const u8);
-    let family = tp_read::<{ L::SS_FAMILY as usize }, u16>(ctx, conf!(tp.ss_family))? as u16;
-    let local = tp_local(ctx, family);
-    let owner = Owner {
+fn connection_owner(c: &Caller, family: u16, local: [u8; 16], view: &SockView) -> Owner {
+    Owner {
         // SAFETY: a helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id: c.cgroup_id,
@@ -121,15 +121,26 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
         remote_addr: [0; 16],
         remote_port: 0,
         family,
-        flags: stream_flags(&view),
+        flags: stream_flags(view),
         role: Role::Connected as u8,
         _pad: 0,
-    };
-    let _ = CONNECTING.insert(sk, owner, 0);
+    }
+}
 
-    // A connect() in flight on this thread: it is a TCP one; note what it asked for. (The
-    // namespace is the caller's, filled in if it fails.)
-    if let Some(ev) = pending_get(c.tid, Syscall::Connect) {
+/// One read of the socket's head gives its options; the addresses come from the tracepoint record
+/// (set by `tcp_v4_connect()`/`tcp_v6_connect()` before the state change).
+#[inline(always)]
+fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
+    let view = sock_head_view(sk as *const u8);
+    let family = tp_read::<{ L::SS_FAMILY as usize }, u16>(ctx, conf!(tp.ss_family))? as u16;
+    let local = tp_local(ctx, family);
+
+    // A connect() syscall in flight on this thread (tracepoint backend): it is a TCP one; note
+    // what it asked for, and the socket. Its exit reports it if it failed, or remembers its owner
+    // (`connected`) once the source port is chosen — no map entry per connection. (The namespace
+    // is the caller's, filled in if it fails.)
+    if let Some(p) = pending_entry(current_tid(), Syscall::Connect) {
+        let ev = &mut p.ev;
         ev.protocol = IPPROTO_TCP;
         ev.sock_type = SOCK_STREAM;
         ev.family = family;
@@ -139,8 +150,32 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
         ev.remote_port = tp_read::<{ L::SS_DPORT as usize }, u16>(ctx, conf!(tp.ss_dport))? as u16;
         ev.bound_dev_if = view.bound_dev_if;
         ev.flags |= stream_flags(&view) | flags::ADDR_KNOWN;
+        p.sk = sk;
+        return Some(());
     }
+
+    // Any other connect (io_uring's, in-kernel, or the fexit/kprobe backends, which trace no
+    // connect() exit): remember the caller until SYN_SENT→ESTABLISHED.
+    let owner = connection_owner(&kernel::caller(), family, local, &view);
+    let _ = CONNECTING.insert(sk, owner, 0);
     Some(())
+}
+
+/// A connect() syscall on `sk` returned 0 or -EINPROGRESS (tracepoint backend, in the caller's
+/// context): `__inet_hash_connect()` has chosen its source port. Remembers the caller as its owner.
+#[inline(always)]
+pub fn connected(ev: &BindEvent, sk: u64) {
+    let view = sock_head_view(sk as *const u8);
+    let mut owner = connection_owner(&kernel::caller(), ev.family, ev.addr, &view);
+    owner.remote_addr = ev.remote_addr;
+    owner.remote_port = ev.remote_port;
+    let key = HistoryKey {
+        netns: sock_view_netns(sk),
+        port: view.port,
+        protocol: IPPROTO_TCP as u8,
+        role: Role::Connected as u8,
+    };
+    remember(&key, &owner);
 }
 
 #[inline(always)]

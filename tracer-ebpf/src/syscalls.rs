@@ -14,16 +14,18 @@ use tracer_common::{BindEvent, Syscall, flags, tp_layout as L};
 use crate::{
     config::conf,
     kernel::{current_tid, tp_read},
-    report::{finish, pending_done, pending_get, pending_put},
+    report::{Pending, finish, pending_done, pending_entry, pending_put},
+    sock_state,
 };
 
 const EADDRNOTAVAIL: i64 = 99;
+const EINPROGRESS: i64 = 115;
 
 /// `int connect(int fd, struct sockaddr *uservaddr, int addrlen)`: open a pending call. The
 /// destination is not read from user memory here (the costliest part of a probe on connect());
-/// `sock_state` takes it from the socket when a TCP connect moves it CLOSE→SYN_SENT, which every
-/// connect that can fail for want of a local port does. Other connects stay unmarked and are
-/// never reported.
+/// `sock_state` takes it, and the socket, when a TCP connect moves it CLOSE→SYN_SENT, which every
+/// connect that can fail for want of a local port does. Other connects stay unmarked: never
+/// reported, never remembered.
 #[inline(always)]
 fn enter_connect() {
     let mut ev = BindEvent::ZERO;
@@ -33,9 +35,9 @@ fn enter_connect() {
 
 /// Takes this thread's pending call, if it is of the expected kind, and reports it via `f`.
 #[inline(always)]
-fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut BindEvent, i64)) {
+fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Pending, i64)) {
     let tid = current_tid();
-    let Some(ev) = pending_get(tid, syscall) else {
+    let Some(p) = pending_entry(tid, syscall) else {
         return;
     };
     if let Some(ret) = tp_read::<{ L::SYS_RET as usize }, u64>(ctx, conf!(tp.sys_ret)) {
@@ -44,17 +46,17 @@ fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Bind
             info!(
                 ctx,
                 "syscall {} exit: tid={} ret={} family={} port={} flags={:x}",
-                ev.syscall,
+                p.ev.syscall,
                 tid,
                 ret,
-                ev.family,
-                ev.port,
-                ev.flags
+                p.ev.family,
+                p.ev.port,
+                p.ev.flags
             );
         }
-        f(ev, ret);
+        f(p, ret);
     }
-    pending_done(ev);
+    pending_done(&mut p.ev);
 }
 
 /// bind()'s pending entry is created by the cgroup bind hook (`cgroup_bind.rs`), which runs only
@@ -63,7 +65,7 @@ fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Bind
 /// socket does not have) is not reported: a malformed call, not a port problem.
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    exit_with(&ctx, Syscall::Bind, |ev, ret| {
+    exit_with(&ctx, Syscall::Bind, |Pending { ev, .. }, ret| {
         // An entry older than any bind() takes was left by a bind that did not return through
         // the syscall (io_uring, in-kernel): not this call's.
         // SAFETY: a helper without arguments.
@@ -90,7 +92,7 @@ pub fn sys_enter_listen(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
-    exit_with(&ctx, Syscall::Listen, |ev, ret| {
+    exit_with(&ctx, Syscall::Listen, |Pending { ev, .. }, ret| {
         // Not an INET stream socket (or already listening): nothing about ports to report.
         if ev.flags & flags::PROTO_KNOWN != 0 {
             finish(ev, ret);
@@ -105,13 +107,17 @@ pub fn sys_enter_connect(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Only "no free local port" matters here: `__inet_hash_connect()` returns -EADDRNOTAVAIL when the
-/// whole `ip_local_port_range` is taken (or the bound port's 4-tuple is in use).
+/// A connect() that failed for want of a local port is reported: `__inet_hash_connect()` returns
+/// -EADDRNOTAVAIL when the whole `ip_local_port_range` is taken (or the bound port's 4-tuple is in
+/// use). One that went ahead (0, or -EINPROGRESS when non-blocking) has its source port chosen
+/// by now: its owner is remembered (`sock_state::connected`).
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    exit_with(&ctx, Syscall::Connect, |ev, ret| {
-        if ret == -EADDRNOTAVAIL && ev.flags & flags::PROTO_KNOWN != 0 {
-            finish(ev, ret);
+    exit_with(&ctx, Syscall::Connect, |p, ret| {
+        if ret == -EADDRNOTAVAIL && p.ev.flags & flags::PROTO_KNOWN != 0 {
+            finish(&mut p.ev, ret);
+        } else if (ret == 0 || ret == -EINPROGRESS) && p.sk != 0 {
+            sock_state::connected(&p.ev, p.sk);
         }
     });
     0
