@@ -126,7 +126,7 @@ fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
             bit(conf!(kernel.skc_reuseport)),
         ) {
             set_options(ev, reuseaddr != 0, reuseport != 0);
-            pending_put(current_tid(), ev);
+            pending_put(current_tid(), ev, sk as u64);
             return Some(());
         }
     }
@@ -137,6 +137,11 @@ fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
     ) {
         set_options(ev, reuseaddr != 0, reuseport != 0);
     }
-    pending_put(current_tid(), ev);
+    // SAFETY: as above.
+    pending_put(
+        current_tid(),
+        ev,
+        unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk } as u64,
+    );
     Some(())
 }

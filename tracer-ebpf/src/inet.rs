@@ -68,7 +68,7 @@ pub fn bind_request(sock: *const u8, uaddr: *const u8) -> Option<&'static mut Bi
 #[inline(always)]
 pub fn bind_done(sock: *const u8, uaddr: *const u8, ret: i64) {
     if let Some(ev) = bind_request(sock, uaddr) {
-        finish(ev, ret);
+        finish(ev, ret, 0);
     }
 }
 
@@ -93,7 +93,7 @@ pub fn listen_request(sk: *const u8, snum: u16) -> Option<&'static mut BindEvent
 /// `inet_csk_get_port()` returned `ret` (non-zero: conflict).
 #[inline(always)]
 pub fn get_port_done(ev: &mut BindEvent, ret: i64) {
-    finish(ev, if ret == 0 { 0 } else { -EADDRINUSE });
+    finish(ev, if ret == 0 { 0 } else { -EADDRINUSE }, 0);
 }
 
 /// `__inet_hash_connect()` returned `ret`; only "no free port" is a bindtrace event.
@@ -113,5 +113,5 @@ pub fn hash_connect_done(sk: *const u8, ret: i64) {
     (ev.remote_addr, ev.remote_port) = sock_remote(sk, v.family);
     ev.flags = flags::ADDR_KNOWN;
     fill_from_sock(ev, sk);
-    finish(ev, ret);
+    finish(ev, ret, 0);
 }

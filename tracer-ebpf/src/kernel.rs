@@ -165,6 +165,12 @@ pub fn net_inum(net: *const u8) -> u32 {
     read(net, conf!(kernel.net_inum)).unwrap_or(0) as u32
 }
 
+/// The network namespace (inode number) of a socket, 0 if unreadable.
+#[inline(always)]
+pub fn sock_netns(sk: *const u8) -> u32 {
+    read_ptr(sk, conf!(kernel.skc_net)).map_or(0, net_inum)
+}
+
 /// The network namespace (inode number) of the current task, 0 if unreadable.
 #[inline(always)]
 pub fn current_netns() -> u32 {
@@ -311,7 +317,7 @@ pub fn sock_view(sk: *const u8) -> SockView {
     if v.family == AF_INET6 {
         v.addr = read_bytes::<16>(sk, conf!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
     }
-    v.netns = read_ptr(sk, conf!(kernel.skc_net)).map_or(0, net_inum);
+    v.netns = sock_netns(sk);
     if let (Some(proto), Some(ty)) = (
         read(sk, conf!(kernel.sk_protocol)),
         read(sk, conf!(kernel.sk_type)),

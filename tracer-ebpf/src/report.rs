@@ -24,9 +24,9 @@ pub fn scratch() -> Option<&'static mut BindEvent> {
     Some(ev)
 }
 
-/// A call in flight, in `PENDING`: the event being built and, for a connect() seen by the
-/// tracepoint backend, the socket `sock_state` saw go CLOSE→SYN_SENT (0 otherwise), whose chosen
-/// port `sys_exit_connect` reads.
+/// A call in flight, in `PENDING`: the event being built and, where known, the socket — the one
+/// the cgroup hook saw bound, or the one `sock_state` saw go CLOSE→SYN_SENT in a connect() (whose
+/// chosen port `sys_exit_connect` reads); 0 otherwise.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
@@ -34,16 +34,17 @@ pub struct Pending {
     pub sk: u64,
 }
 
-/// Makes `ev` this thread's pending call, reusing its entry if it has one.
+/// Makes `ev` (on socket `sk`, 0 if not known yet) this thread's pending call, reusing its entry
+/// if it has one.
 #[inline(always)]
-pub fn pending_put(tid: u32, ev: &BindEvent) {
+pub fn pending_put(tid: u32, ev: &BindEvent, sk: u64) {
     if let Some(p) = PENDING.get_ptr_mut(tid) {
         // SAFETY: the entry belongs to this thread; nothing else writes it.
         unsafe {
             (*p).ev = *ev;
-            (*p).sk = 0;
+            (*p).sk = sk;
         }
-    } else if PENDING.insert(tid, &Pending { ev: *ev, sk: 0 }, 0).is_err() {
+    } else if PENDING.insert(tid, &Pending { ev: *ev, sk }, 0).is_err() {
         bump(counter::HISTORY_FAILED);
     }
 }
@@ -118,9 +119,11 @@ fn wanted(ev: &BindEvent) -> bool {
     true
 }
 
-/// Fills in who made the call (runs in the caller's context).
+/// Fills in who made the call (runs in the caller's context), and the network namespace if the
+/// request did not: the socket's (`sk`, when known: the namespace the port lives in), else the
+/// caller's.
 #[inline(always)]
-pub fn stamp_caller(ev: &mut BindEvent, c: &Caller) {
+fn stamp_caller(ev: &mut BindEvent, c: &Caller, sk: u64) {
     ev.pid = c.pid;
     ev.tid = c.tid;
     ev.uid = c.uid;
@@ -128,7 +131,11 @@ pub fn stamp_caller(ev: &mut BindEvent, c: &Caller) {
     ev.cgroup_id = c.cgroup_id;
     ev.comm = c.comm;
     if ev.netns == 0 {
-        ev.netns = kernel::current_netns();
+        ev.netns = if sk == 0 {
+            kernel::current_netns()
+        } else {
+            kernel::sock_netns(sk as *const u8)
+        };
     }
 }
 
@@ -156,9 +163,10 @@ pub fn remember(key: &HistoryKey, owner: &Owner) {
 }
 
 /// A call ended with `ret` (0 or -errno). Reports it if it failed (or, with `--all`, if it
-/// succeeded) and remembers the new owner of a port that was taken.
+/// succeeded) and remembers the new owner of a port that was taken. `sk`: the call's socket, if
+/// known and `ev.netns` is not set.
 #[inline(always)]
-pub fn finish(ev: &mut BindEvent, ret: i64) {
+pub fn finish(ev: &mut BindEvent, ret: i64, sk: u64) {
     // The common case, a success nobody asked to see and no port to remember (bind(0), most
     // listen()s' re-checks): leave before gathering anything about the caller.
     let remember_it = ret == 0
@@ -169,7 +177,7 @@ pub fn finish(ev: &mut BindEvent, ret: i64) {
         return;
     }
     let c = kernel::caller();
-    stamp_caller(ev, &c);
+    stamp_caller(ev, &c, sk);
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.backend = conf!(backend);
     ev.errno = if ret < 0 { (-ret) as i32 } else { 0 };

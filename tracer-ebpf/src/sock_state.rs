@@ -170,7 +170,7 @@ pub fn connected(ev: &BindEvent, sk: u64) {
     owner.remote_addr = ev.remote_addr;
     owner.remote_port = ev.remote_port;
     let key = HistoryKey {
-        netns: sock_view_netns(sk),
+        netns: kernel::sock_netns(sk as *const u8),
         port: view.port,
         protocol: IPPROTO_TCP as u8,
         role: Role::Connected as u8,
@@ -189,16 +189,11 @@ fn on_established(ctx: &TracePointContext, sk: u64) -> Option<()> {
     owner.remote_addr = tp_remote(ctx, family);
     owner.remote_port = tp_read::<{ L::SS_DPORT as usize }, u16>(ctx, conf!(tp.ss_dport))? as u16;
     let key = HistoryKey {
-        netns: sock_view_netns(sk),
+        netns: kernel::sock_netns(sk as *const u8),
         port: tp_read::<{ L::SS_SPORT as usize }, u16>(ctx, conf!(tp.ss_sport))? as u16,
         protocol: IPPROTO_TCP as u8,
         role: Role::Connected as u8,
     };
     remember(&key, &owner);
     Some(())
-}
-
-#[inline(always)]
-fn sock_view_netns(sk: u64) -> u32 {
-    kernel::read_ptr(sk as *const u8, conf!(kernel.skc_net)).map_or(0, kernel::net_inum)
 }

@@ -30,7 +30,7 @@ const EINPROGRESS: i64 = 115;
 fn enter_connect() {
     let mut ev = BindEvent::ZERO;
     ev.syscall = Syscall::Connect as u8;
-    pending_put(current_tid(), &ev);
+    pending_put(current_tid(), &ev, 0);
 }
 
 /// Takes this thread's pending call, if it is of the expected kind, and reports it via `f`.
@@ -65,13 +65,13 @@ fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Pend
 /// socket does not have) is not reported: a malformed call, not a port problem.
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    exit_with(&ctx, Syscall::Bind, |Pending { ev, .. }, ret| {
+    exit_with(&ctx, Syscall::Bind, |Pending { ev, sk }, ret| {
         // An entry older than any bind() takes was left by a bind that did not return through
         // the syscall (io_uring, in-kernel): not this call's.
         // SAFETY: a helper without arguments.
         let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
         if now.saturating_sub(ev.ts_ns) < STALE_NS {
-            finish(ev, ret);
+            finish(ev, ret, *sk);
         }
     });
     0
@@ -86,7 +86,7 @@ const STALE_NS: u64 = 1_000_000_000;
 pub fn sys_enter_listen(_ctx: TracePointContext) -> u32 {
     let mut ev = BindEvent::ZERO;
     ev.syscall = Syscall::Listen as u8;
-    pending_put(current_tid(), &ev);
+    pending_put(current_tid(), &ev, 0);
     0
 }
 
@@ -95,7 +95,7 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     exit_with(&ctx, Syscall::Listen, |Pending { ev, .. }, ret| {
         // Not an INET stream socket (or already listening): nothing about ports to report.
         if ev.flags & flags::PROTO_KNOWN != 0 {
-            finish(ev, ret);
+            finish(ev, ret, 0);
         }
     });
     0
@@ -115,7 +115,7 @@ pub fn sys_enter_connect(_ctx: TracePointContext) -> u32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     exit_with(&ctx, Syscall::Connect, |p, ret| {
         if ret == -EADDRNOTAVAIL && p.ev.flags & flags::PROTO_KNOWN != 0 {
-            finish(&mut p.ev, ret);
+            finish(&mut p.ev, ret, p.sk);
         } else if (ret == 0 || ret == -EINPROGRESS) && p.sk != 0 {
             sock_state::connected(&p.ev, p.sk);
         }

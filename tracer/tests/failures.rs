@@ -121,6 +121,28 @@ fn a_burst_followed_by_silence_is_reported_whole() {
     );
 }
 
+/// A process that moved to another network namespace after making its socket binds in the
+/// socket's namespace: that is where the port is held, and the namespace to report.
+#[test]
+fn a_failure_carries_the_sockets_namespace_not_the_processs() {
+    if !can_run("other netns") {
+        return;
+    }
+    let tracer = Tracer::shared();
+    let home = Netns::new();
+    let elsewhere = Netns::new();
+    let port: u16 = 9490;
+    let truth = home.run_case(
+        "case_other_netns",
+        &[&port.to_string(), &format!("/run/netns/{}", elsewhere.name)],
+    );
+    assert_eq!(truth["errno"], 98, "the bind must fail at home: {truth}");
+    assert_eq!(truth["socket_netns"], home.inode());
+    assert_eq!(truth["process_netns"], elsewhere.inode());
+    let ev = tracer.failure(truth["pid"].as_u64().unwrap(), u64::from(port));
+    assert_failure(&ev, &truth, &home, "bind");
+}
+
 #[test]
 fn successful_binds_report_no_failure() {
     if !can_run("successes") {

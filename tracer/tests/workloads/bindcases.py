@@ -336,6 +336,24 @@ def case_burst(port, count):
     report(case="burst", failures=sum(1 for e in errnos if e == 98), port=port)
 
 
+def case_other_netns(port, netns_path):
+    """A socket made in this namespace, bound after the process moved to another one
+    (setns): the bind happens, and fails, in the socket's namespace, where `port` is held."""
+    import ctypes
+    hold = sock()
+    hold.bind((HOST, port))
+    s = sock()
+    home = os.stat("/proc/self/ns/net").st_ino
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(netns_path) as f:
+        if libc.setns(f.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns")
+    now_in = os.stat("/proc/self/ns/net").st_ino
+    err = attempt(lambda: s.bind((HOST, port)))
+    report(case="other_netns", errno=err, port=port, socket_netns=home, process_netns=now_in,
+           addr=HOST, reuseaddr=False, reuseport=False)
+
+
 def case_storm(port, seconds):
     """Holds `port`, reports, then fails binds on it as fast as it can until a line arrives on
     stdin (or `seconds` pass); reports how many failed."""
@@ -380,5 +398,7 @@ if __name__ == "__main__":
         fn(int(args[0]), *args[1:])
     elif name == "case_storm":
         fn(int(args[0]), float(args[1]))
+    elif name == "case_other_netns":
+        fn(int(args[0]), args[1])
     else:
         fn(*map(int, args))
