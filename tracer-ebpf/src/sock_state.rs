@@ -161,8 +161,9 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
     Some(())
 }
 
-/// A connect() syscall on `sk` returned 0 or -EINPROGRESS (tracepoint backend, in the caller's
-/// context): `__inet_hash_connect()` has chosen its source port. Remembers the caller as its owner.
+/// A connect() syscall on `sk` returned (tracepoint backend, in the caller's context) after
+/// `__inet_hash_connect()` chose its source port. Remembers the caller as the port's owner, if
+/// the socket still holds it (a refused connection's port is already released: 0, skipped).
 #[inline(always)]
 pub fn connected(ev: &BindEvent, sk: u64) {
     let view = sock_head_view(sk as *const u8);

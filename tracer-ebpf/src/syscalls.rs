@@ -19,7 +19,6 @@ use crate::{
 };
 
 const EADDRNOTAVAIL: i64 = 99;
-const EINPROGRESS: i64 = 115;
 
 /// `int connect(int fd, struct sockaddr *uservaddr, int addrlen)`: open a pending call. The
 /// destination is not read from user memory here (the costliest part of a probe on connect());
@@ -109,14 +108,15 @@ pub fn sys_enter_connect(_ctx: TracePointContext) -> u32 {
 
 /// A connect() that failed for want of a local port is reported: `__inet_hash_connect()` returns
 /// -EADDRNOTAVAIL when the whole `ip_local_port_range` is taken (or the bound port's 4-tuple is in
-/// use). One that went ahead (0, or -EINPROGRESS when non-blocking) has its source port chosen
-/// by now: its owner is remembered (`sock_state::connected`).
+/// use). Any other TCP connect() has had its source port chosen by now — whatever it returns: 0,
+/// -EINPROGRESS (non-blocking), -EINTR (a signal; the handshake goes on): its owner is remembered
+/// (`sock_state::connected`), unless the socket has already let the port go (refused).
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     exit_with(&ctx, Syscall::Connect, |p, ret| {
         if ret == -EADDRNOTAVAIL && p.ev.flags & flags::PROTO_KNOWN != 0 {
             finish(&mut p.ev, ret, p.sk);
-        } else if (ret == 0 || ret == -EINPROGRESS) && p.sk != 0 {
+        } else if p.sk != 0 {
             sock_state::connected(&p.ev, p.sk);
         }
     });

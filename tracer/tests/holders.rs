@@ -63,6 +63,31 @@ fn seed_1a_time_wait_of_an_exited_process_is_named_from_history() {
     run.release();
 }
 
+/// The seed as it happens in production: the connection came from an ephemeral port, made by a
+/// non-blocking connect() (event loops, the JVM), whose call returned before the handshake ended.
+#[test]
+fn seed_1a_nonblocking_connect_from_an_ephemeral_port_is_named_from_history() {
+    if !can_run("seed_1a_nonblocking") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_1a_nonblocking", 8190);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert!(
+        [0, 115].contains(&truth["connect_errno"].as_i64().unwrap()),
+        "connect_ex returns 0 or EINPROGRESS: {truth}"
+    );
+    assert_eq!(ev["port"], truth["port"], "{ev:#}");
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h["source"], "history", "{ev:#}");
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["comm"], truth["holder_comm"], "{ev:#}");
+    assert_eq!(h["remote"], "127.0.0.1:8190", "{ev:#}");
+    assert_eq!(ev["in_ephemeral_range"], true, "{ev:#}");
+    run.release();
+}
+
 #[test]
 fn seed_1b_established_connection_of_another_process() {
     if !can_run("seed_1b") {

@@ -119,6 +119,19 @@ def helper_connect_and_leave(port, server_port):
     s.close()
 
 
+def helper_connect_nonblocking_and_leave(server_port):
+    """Connects to server_port the way event loops and the JVM do — non-blocking, from an
+    ephemeral port — closes first (TIME-WAIT on this side) and exits: the seed's 1a as it
+    happens in production."""
+    import select
+    s = sock()
+    s.setblocking(False)
+    err = s.connect_ex((HOST, int(server_port)))
+    select.select([], [s], [], 5)
+    report(role="client", local=s.getsockname()[1], connect_errno=err)
+    s.close()
+
+
 def helper_connect_from(port, server_port, reuseaddr):
     """Connects to server_port from local port `port`, holds the connection until stdin closes."""
     s = sock(reuseaddr=reuseaddr == "1")
@@ -215,6 +228,24 @@ def case_1a(port):
     err = attempt(lambda: s.bind(("0.0.0.0", port)))
     finish(case="1a", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False,
            holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port + 1)
+
+
+def case_1a_nonblocking(port):
+    """Like 1a, with a non-blocking connect from an ephemeral port to a server on `port`; then a
+    SO_REUSEADDR listener wants that ephemeral port."""
+    srv = server(port)
+    c, info = spawn("helper_connect_nonblocking_and_leave", port)
+    conn, _ = srv.accept()
+    conn.recv(1)  # the client's FIN
+    conn.close()
+    c.wait()
+    local = info["local"]
+    wait_for_tcp_state(local, TCP_TIME_WAIT)
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind(("0.0.0.0", local)))
+    finish(case="1a_nonblocking", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
+           reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
+           connect_errno=info["connect_errno"])
 
 
 def case_1b(port):

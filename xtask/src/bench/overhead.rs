@@ -44,11 +44,13 @@ fn addr(port: u16) -> SockAddr {
 }
 
 /// One workload's cost per operation.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Cost {
     wall: f64,
     cpu: f64,
     bpf: f64,
+    /// Per BPF program that ran: (ns per operation, runs per operation).
+    programs: BTreeMap<String, (f64, f64)>,
 }
 
 fn thread_cpu_ns() -> u128 {
@@ -61,27 +63,43 @@ fn thread_cpu_ns() -> u128 {
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
-/// Nanoseconds the kernel has spent in all loaded BPF programs (with bpf_stats enabled).
-fn bpf_ns() -> u128 {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|p| p.run_time().as_nanos())
-        .sum()
+/// Per loaded BPF program name: nanoseconds the kernel has spent in it and how many times it ran
+/// (with bpf_stats enabled).
+fn bpf_stats() -> BTreeMap<String, (u128, u64)> {
+    let mut out: BTreeMap<String, (u128, u64)> = BTreeMap::new();
+    for p in aya::programs::loaded_programs().filter_map(Result::ok) {
+        let name = p.name_as_str().unwrap_or("?").to_string();
+        let e = out.entry(name).or_default();
+        e.0 += p.run_time().as_nanos();
+        e.1 += p.run_count();
+    }
+    out
 }
 
 /// Times `ops` runs of `op`.
 fn timed(ops: u32, mut op: impl FnMut()) -> Cost {
-    let (c0, b0, t0) = (thread_cpu_ns(), bpf_ns(), Instant::now());
+    let (c0, b0, t0) = (thread_cpu_ns(), bpf_stats(), Instant::now());
     for _ in 0..ops {
         op();
     }
     let wall = t0.elapsed().as_nanos();
-    let (c1, b1) = (thread_cpu_ns(), bpf_ns());
+    let (c1, b1) = (thread_cpu_ns(), bpf_stats());
     let per = |d: u128| d as f64 / f64::from(ops);
+    let programs: BTreeMap<String, (f64, f64)> = b1
+        .iter()
+        .filter_map(|(name, &(ns, runs))| {
+            let (ns0, runs0) = b0.get(name).copied().unwrap_or_default();
+            (runs > runs0).then(|| {
+                let d = (ns.saturating_sub(ns0), runs - runs0);
+                (name.clone(), (per(d.0), d.1 as f64 / f64::from(ops)))
+            })
+        })
+        .collect();
     Cost {
         wall: per(wall),
         cpu: per(c1 - c0),
-        bpf: per(b1.saturating_sub(b0)),
+        bpf: programs.values().map(|p| p.0).sum(),
+        programs,
     }
 }
 
@@ -259,5 +277,51 @@ fn run_rounds(rounds: u32) -> Result<Value> {
             "bindtrace_over_peer_cpu": cpu(2) / cpu(3),
         }));
     }
-    Ok(json!({ "rounds": rounds, "workloads": rows }))
+    let by_program = by_program(&samples, 2);
+    Ok(json!({ "rounds": rounds, "workloads": rows, "bindtrace_by_program": by_program }))
+}
+
+/// Where condition `c`'s BPF time goes, program by program (medians over the rounds), printed
+/// and returned as JSON: the figures that say which program to cut.
+fn by_program(samples: &BTreeMap<(usize, usize), Vec<Cost>>, c: usize) -> Value {
+    println!(
+        "\n{}'s time in BPF per operation, by program (median ns per op, runs per op):",
+        CONDITIONS[c]
+    );
+    let mut out = serde_json::Map::new();
+    for (w, (name, _)) in WORKLOADS.iter().enumerate() {
+        let rounds = &samples[&(w, c)];
+        let names: std::collections::BTreeSet<&String> =
+            rounds.iter().flat_map(|r| r.programs.keys()).collect();
+        let mut progs: Vec<(String, f64, f64)> = names
+            .into_iter()
+            .map(|p| {
+                let get = |f: fn(&(f64, f64)) -> f64| {
+                    spread(
+                        &rounds
+                            .iter()
+                            .map(|r| r.programs.get(p).map_or(0.0, f))
+                            .collect::<Vec<_>>(),
+                    )
+                    .0
+                };
+                (p.clone(), get(|x| x.0), get(|x| x.1))
+            })
+            .filter(|(_, _, runs)| *runs >= 0.01)
+            .collect();
+        progs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let cells: Vec<String> = progs
+            .iter()
+            .map(|(p, ns, runs)| format!("{p} {ns:.0} ({runs:.2}x)"))
+            .collect();
+        println!("  {name:<26} {}", cells.join(", "));
+        out.insert(
+            (*name).to_string(),
+            progs
+                .iter()
+                .map(|(p, ns, runs)| json!({"program": p, "ns_per_op": ns, "runs_per_op": runs}))
+                .collect(),
+        );
+    }
+    Value::Object(out)
 }
