@@ -195,6 +195,11 @@ impl Attached {
         }
     }
 
+    /// The process's current resident size, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        status_kib(self.child.id(), "VmRSS:")
+    }
+
     /// (user + system CPU seconds, peak RSS in KiB) of the process so far.
     pub fn usage(&self) -> (f64, u64) {
         let pid = self.child.id();

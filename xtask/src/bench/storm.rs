@@ -102,15 +102,22 @@ pub fn idle(seconds: u64) -> Result<Value> {
     std::thread::sleep(Duration::from_secs(3));
     let (before, _) = tool.usage();
     std::thread::sleep(Duration::from_secs(seconds));
-    let (after, rss) = tool.usage();
+    let (after, peak) = tool.usage();
+    let rss = tool.rss_kib();
     drop(tool);
     let pct = 100.0 * (after - before) / seconds as f64;
+    let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "\nidle: collector CPU {:.3} s over {seconds} s ({pct:.2} % of one core); RSS {:.1} MiB",
+        "\nidle: collector CPU {:.3} s over {seconds} s ({pct:.2} % of one core); RSS {:.1} MiB (peak {:.1} MiB, at start-up)",
         after - before,
-        rss as f64 / 1024.0
+        mib(rss),
+        mib(peak)
     );
-    Ok(
-        json!({ "seconds": seconds, "cpu_s": after - before, "cpu_percent": pct, "peak_rss_mib": rss as f64 / 1024.0 }),
-    )
+    Ok(json!({
+        "seconds": seconds,
+        "cpu_s": after - before,
+        "cpu_percent": pct,
+        "rss_mib": mib(rss),
+        "peak_rss_mib": mib(peak),
+    }))
 }
