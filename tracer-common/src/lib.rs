@@ -405,7 +405,8 @@ pub mod names {
 /// the traced thread ~15 µs (the ring buffer's irq_work self-interrupt and a cross-CPU wake of the
 /// collector), over ten times the rest of a failure's cost. The collector makes up for it: after
 /// any read that found records it reads again [`WAKEUP_FOLLOW_UP_NS`] later, so a record that did
-/// not wake it waits at most that long.
+/// not wake it normally waits at most that long (one committed over a millisecond after its
+/// timestamp waits for the next waking record or the collector's 1 s tick, which also reads).
 pub const WAKEUP_INTERVAL_NS: u64 = 5_000_000;
 /// The collector's follow-up read after records: one interval plus a margin for the record being
 /// committed after its timestamp was taken.

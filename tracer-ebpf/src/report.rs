@@ -139,22 +139,12 @@ fn stamp_caller(ev: &mut BindEvent, c: &Caller, sk: u64) {
     }
 }
 
-/// Records `owner` as the last holder of `key` (best effort; failures are counted).
-///
-/// A key already in the map is overwritten in place: an LRU insert takes a free node, which in a
-/// full map means evicting one, and that costs ~1.5 µs here; the lookup that finds the entry
-/// also marks it recently used. Ports repeat (one network namespace has at most 64 Ki of them
-/// per role, and the ephemeral range cycles), so on a busy host most writes are updates. A
-/// reader copying the entry at the same moment may see a mix of the old and the new owner; the
-/// collector only trusts a remembered connection whose remote end matches the holder's.
+/// Records `owner` as the last holder of `key` (best effort; failures are counted). An insert
+/// replaces an entry whole: updating one in place could, if the LRU evicted and reused it between
+/// the lookup and the write, write one port's owner into another's entry.
 #[inline(always)]
 pub fn remember(key: &HistoryKey, owner: &Owner) {
     if key.port == 0 || key.protocol == 0 {
-        return;
-    }
-    if let Some(p) = HISTORY.get_ptr_mut(key) {
-        // SAFETY: a map value of type Owner; see above for concurrent readers.
-        unsafe { *p = *owner };
         return;
     }
     if HISTORY.insert(key, owner, 0).is_err() {
@@ -238,21 +228,28 @@ pub fn finish(ev: &mut BindEvent, ret: i64, sk: u64) {
 }
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Flags for a record written at `now`: the ring buffer's own rule (wake the collector if it has
-/// read everything before this record) at most once per `WAKEUP_INTERVAL_NS` on this CPU, no
-/// wakeup otherwise — the collector's follow-up read picks those records up.
+/// Flags for a record written at `now`: wake the collector at most once per `WAKEUP_INTERVAL_NS`
+/// on this CPU, and no wakeup otherwise — the collector's follow-up read picks those records up.
+/// The waking record forces the wakeup rather than leaving it to the ring buffer's own rule (wake
+/// only if the collector has read everything before this record): under that rule one record that
+/// missed its follow-up read (committed over a millisecond after its timestamp: an interrupt, the
+/// hypervisor, a preempted fexit program) would keep every later record from waking it. Forced,
+/// the next waking record on any CPU brings it in; the collector's 1 s tick also reads.
 #[inline(always)]
 fn wakeup_flags(now: u64) -> u64 {
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
-        return 0;
+        return BPF_RB_FORCE_WAKEUP;
     };
-    // SAFETY: this CPU's slot; no other program runs on this CPU while we do.
+    // SAFETY: this CPU's slot. A program preempted on this CPU (fexit on a preemptible kernel)
+    // can race another one for it: the worst outcome is one wakeup too many or too few, which the
+    // follow-up read and the tick cover.
     unsafe {
         if now.wrapping_sub(*last) < WAKEUP_INTERVAL_NS {
             return BPF_RB_NO_WAKEUP;
         }
         *last = now;
     }
-    0
+    BPF_RB_FORCE_WAKEUP
 }

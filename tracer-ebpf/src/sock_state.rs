@@ -138,7 +138,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
     // A connect() syscall in flight on this thread (tracepoint backend): it is a TCP one; note
     // what it asked for, and the socket. Its exit reports it if it failed, or remembers its owner
     // (`connected`) once the source port is chosen — no map entry per connection. (The namespace
-    // is the caller's, filled in if it fails.)
+    // is the socket's, read at the exit.)
     if let Some(p) = pending_entry(current_tid(), Syscall::Connect) {
         let ev = &mut p.ev;
         ev.protocol = IPPROTO_TCP;
@@ -163,7 +163,11 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
 
 /// A connect() syscall on `sk` returned (tracepoint backend, in the caller's context) after
 /// `__inet_hash_connect()` chose its source port. Remembers the caller as the port's owner, if
-/// the socket still holds it (a refused connection's port is already released: 0, skipped).
+/// the socket still holds it: a refused connection from an ephemeral port has released it (0,
+/// skipped); a socket bound to its port before connecting keeps it, and is remembered. Unlike the
+/// fexit and kprobe backends, which remember connections that reach ESTABLISHED, this includes a
+/// non-blocking connect refused later: harmless, as the collector only trusts a remembered
+/// connection whose remote end matches the holder's.
 #[inline(always)]
 pub fn connected(ev: &BindEvent, sk: u64) {
     let view = sock_head_view(sk as *const u8);

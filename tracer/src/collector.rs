@@ -140,7 +140,11 @@ impl Collector {
                     follow_up = (self.drain(sink)? > 0)
                         .then(|| tokio::time::Instant::now() + follow_up_after);
                 }
-                _ = tick.tick() => self.check_lost(sink)?,
+                // The tick also reads: the safety net for a record that missed its follow-up.
+                _ = tick.tick() => {
+                    self.drain(sink)?;
+                    self.check_lost(sink)?;
+                }
                 () = &mut shutdown => break,
             }
         }
