@@ -142,7 +142,9 @@ pub struct BindEvent {
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Inode number of the caller's network namespace (0 when it could not be read).
+    /// Inode number of the socket's network namespace, where the port is — the caller's unless it
+    /// moved (setns) after making the socket; the caller's when the socket is not known (0 when
+    /// it could not be read).
     pub netns: u32,
     /// Positive errno; 0 for a success.
     pub errno: i32,
@@ -369,7 +371,7 @@ pub struct Config {
     pub report_success: u8,
     /// The [`Backend`] these programs run as.
     pub backend: u8,
-    /// Only callers in this network namespace (0: all).
+    /// Only calls on sockets in this network namespace (0: all).
     pub filter_netns: u32,
     /// Only this command name, NUL-padded (all zero: all).
     pub filter_comm: [u8; 16],
