@@ -22,17 +22,20 @@ pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "LOST")]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, so an update takes no global lock. Entries of one
-/// call are written and removed on the CPU the caller runs on, which is what per-CPU lists suit.
-const NO_COMMON_LRU: u32 = 1 << 1;
-
 /// A syscall in flight, keyed by thread id: built up at entry (and by the hooks that run inside
 /// the syscall), reported at exit. A thread's entry is updated in place and marked consumed at
 /// exit (`report::pending_put`/`pending_done`) rather than inserted and deleted per call: no
-/// allocation on the hot path. LRU, so the entries of threads that stopped calling are evicted.
+/// allocation on the hot path, and a new entry only for a thread's first call. LRU, so the
+/// entries of threads that stopped calling are evicted.
+///
+/// One LRU list for the whole map, not per-CPU ones (`BPF_F_NO_COMMON_LRU`): per-CPU lists split
+/// the entries evenly between the possible CPUs (`bpf_percpu_lru_populate()`), 128 each on a
+/// 128-CPU host, and evict within the list a thread's entry was inserted on. A connect() waiting
+/// for its handshake would lose its entry once some 128 new threads had started calling on that CPU,
+/// and with it the owner of its port. Since entries are reused, inserts are rare and the common
+/// list's lock is not on the hot path.
 #[map(name = "PENDING")]
-pub static PENDING: LruHashMap<u32, Pending> =
-    LruHashMap::with_max_entries(16 * 1024, NO_COMMON_LRU);
+pub static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16 * 1024, 0);
 
 /// Per-CPU room to build one event in: BPF stacks are 512 bytes, and an event plus the frames of
 /// the readers that fill it do not fit.
