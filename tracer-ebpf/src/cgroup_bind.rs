@@ -15,7 +15,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::bpf_getsockopt, macros::cgroup_sock_addr, programs::SockAddrContext,
+    helpers::generated::{bpf_getsockopt, bpf_jiffies64},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
 };
 use tracer_common::{AF_INET6, Syscall, flags};
 
@@ -84,7 +86,7 @@ fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
     ev.syscall = Syscall::Bind as u8;
     // SAFETY: a helper without arguments. Lets the exit tell this call from a stale entry (a bind
     // that never returned through bind(), such as io_uring's).
-    ev.ts_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let since = unsafe { bpf_jiffies64() };
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the program's context; every field below is readable in bind4/bind6 with a
     // 4-byte load (the verifier rewrites these loads), and `sk` is never NULL there.
@@ -126,7 +128,7 @@ fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
             bit(conf!(kernel.skc_reuseport)),
         ) {
             set_options(ev, reuseaddr != 0, reuseport != 0);
-            pending_put(current_tid(), ev, sk as u64);
+            pending_put(current_tid(), ev, sk as u64, since);
             return Some(());
         }
     }
@@ -142,6 +144,7 @@ fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
         current_tid(),
         ev,
         unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk } as u64,
+        since,
     );
     Some(())
 }

@@ -7,7 +7,9 @@
 //! offsets from tracefs). They do not see io_uring's `IORING_OP_BIND`/`LISTEN` (6.11+), in-kernel
 //! `kernel_bind()` callers or 32-bit compat tasks; the fexit and kprobe backends do.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::generated::bpf_jiffies64, macros::tracepoint, programs::TracePointContext,
+};
 use aya_log_ebpf::info;
 use tracer_common::{BindEvent, Syscall, flags, tp_layout as L};
 
@@ -29,7 +31,7 @@ const EADDRNOTAVAIL: i64 = 99;
 fn enter_connect() {
     let mut ev = BindEvent::ZERO;
     ev.syscall = Syscall::Connect as u8;
-    pending_put(current_tid(), &ev, 0);
+    pending_put(current_tid(), &ev, 0, 0);
 }
 
 /// Takes this thread's pending call, if it is of the expected kind, and reports it via `f`.
@@ -64,20 +66,22 @@ fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Pend
 /// socket does not have) is not reported: a malformed call, not a port problem.
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    exit_with(&ctx, Syscall::Bind, |Pending { ev, sk }, ret| {
-        // An entry older than any bind() takes was left by a bind that did not return through
-        // the syscall (io_uring, in-kernel): not this call's.
+    exit_with(&ctx, Syscall::Bind, |Pending { ev, sk, since }, ret| {
+        // An entry opened longer ago than any bind() takes was left by a bind that did not
+        // return through the syscall (io_uring, in-kernel): not this call's.
         // SAFETY: a helper without arguments.
-        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-        if now.saturating_sub(ev.ts_ns) < STALE_NS {
+        let now = unsafe { bpf_jiffies64() };
+        if now.wrapping_sub(*since) < STALE_JIFFIES {
             finish(ev, ret, *sk);
         }
     });
     0
 }
 
-/// Longer than any bind() spends between its cgroup hook and its return.
-const STALE_NS: u64 = 1_000_000_000;
+/// Longer than any bind() spends between its cgroup hook and its return: 1 s at the highest
+/// `CONFIG_HZ` (1000), 10 s at the lowest (100). Too long only delays when a left-over entry is
+/// recognised as one, which matters only if that thread's next bind() is refused before the hook.
+const STALE_JIFFIES: u64 = 1000;
 
 /// `int listen(int fd, int backlog)`: the socket's address is filled in by `sock_state` when
 /// `inet_csk_listen_start()` moves it CLOSE→LISTEN, just before it asks `get_port()` to re-check.
@@ -85,7 +89,7 @@ const STALE_NS: u64 = 1_000_000_000;
 pub fn sys_enter_listen(_ctx: TracePointContext) -> u32 {
     let mut ev = BindEvent::ZERO;
     ev.syscall = Syscall::Listen as u8;
-    pending_put(current_tid(), &ev, 0);
+    pending_put(current_tid(), &ev, 0, 0);
     0
 }
 
