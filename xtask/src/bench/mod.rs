@@ -243,33 +243,13 @@ pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Re
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             bail!("unshare: {}", std::io::Error::last_os_error());
         }
-        loopback_up()?;
+        // A child inherits the calling thread's namespaces: this is the new one's loopback.
+        util::run(Command::new("ip").args(["link", "set", "lo", "up"]))?;
         pin_to_cpu(WORK_CPU);
         Ok(f())
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the workload thread panicked"))?
-}
-
-/// `ip link set lo up` for this thread's namespace.
-fn loopback_up() -> Result<()> {
-    // SAFETY: interface ioctls on a throwaway socket.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            ifr.ifr_name[i] = *b as libc::c_char;
-        }
-        let ok = libc::ioctl(fd, libc::SIOCGIFFLAGS, &raw mut ifr) == 0 && {
-            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(fd, libc::SIOCSIFFLAGS, &raw mut ifr) == 0
-        };
-        libc::close(fd);
-        if !ok {
-            bail!("bringing loopback up failed");
-        }
-    }
-    Ok(())
 }
 
 /// `cargo xtask soak`: build, then run the soak (root).
