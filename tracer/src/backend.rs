@@ -98,6 +98,8 @@ pub struct Kernel {
     pub btf_error: Option<String>,
     pub offsets: KernelOffsets,
     pub tp: TracepointOffsets,
+    /// Whether the syscall tracepoints' formats could be read, and why not.
+    pub syscall_tracepoints: Result<(), String>,
     pub tracefs: Result<PathBuf, String>,
     pub cgroup2: Result<PathBuf, String>,
     pub notes: Vec<String>,
@@ -154,13 +156,18 @@ impl Kernel {
         };
         log::debug!("offsets resolved after {:?}", t.elapsed());
         let tracefs = tracefs::ensure_mounted().map_err(|e| format!("{e:#}"));
-        let tp = match &tracefs {
+        let (tp, syscall_tracepoints) = match &tracefs {
             Ok(root) => {
                 let (tp, missing) = tracefs::offsets(root);
+                let syscalls = if tp.sys_ret.known() {
+                    Ok(())
+                } else {
+                    Err(missing.first().cloned().unwrap_or_default())
+                };
                 notes.extend(missing);
-                tp
+                (tp, syscalls)
             }
-            Err(_) => TracepointOffsets::default(),
+            Err(e) => (TracepointOffsets::default(), Err(e.clone())),
         };
         let cgroup2 = host::cgroup2_root().map_err(|e| format!("{e:#}"));
         Ok(Self {
@@ -168,6 +175,7 @@ impl Kernel {
             btf_error,
             offsets,
             tp,
+            syscall_tracepoints,
             tracefs,
             cgroup2,
             notes,
@@ -366,8 +374,8 @@ pub fn attach(
         ),
         BackendName::Kprobe => kprobes_available(kernel).map_err(|e| anyhow!(e))?,
         BackendName::Tracepoint => {
-            if !config.tp.sys_ret.known() {
-                bail!("the syscall tracepoints are missing (CONFIG_FTRACE_SYSCALLS is off)");
+            if let Err(e) = &kernel.syscall_tracepoints {
+                bail!("the syscall tracepoints cannot be used: {e}");
             }
             kernel.cgroup2.as_ref().map_err(|e| anyhow!("{e}"))?;
             host::require_privileges(true)?;
@@ -441,6 +449,9 @@ pub fn start(settings: &Settings) -> Result<Tracer> {
             }
             Err(e) => skipped.push(format!("{backend} backend unavailable: {e:#}")),
         }
+    }
+    if host::lockdown_mode().as_deref() == Some("confidentiality") {
+        skipped.push(host::LOCKDOWN_CONFIDENTIALITY.to_string());
     }
     bail!(
         "no backend could be attached on this kernel:\n  {}",

@@ -56,15 +56,8 @@ fn uname() -> String {
 }
 
 fn lockdown() -> (bool, String) {
-    match fs::read_to_string("/sys/kernel/security/lockdown") {
-        Ok(s) => {
-            let mode = s
-                .split_whitespace()
-                .find(|w| w.starts_with('['))
-                .map_or_else(
-                    || s.trim().to_string(),
-                    |w| w.trim_matches(['[', ']']).to_string(),
-                );
+    match host::lockdown_mode() {
+        Some(mode) => {
             let ok = mode != "confidentiality";
             let note = if ok {
                 "bpf_probe_read_kernel allowed"
@@ -73,7 +66,7 @@ fn lockdown() -> (bool, String) {
             };
             (ok, format!("{mode} ({note})"))
         }
-        Err(_) => (
+        None => (
             true,
             "unknown: securityfs is not mounted (mount -t securityfs none /sys/kernel/security)"
                 .to_string(),

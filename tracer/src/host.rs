@@ -120,6 +120,29 @@ pub fn cgroup2_root() -> Result<PathBuf> {
     }
 }
 
+/// The kernel lockdown mode (`none`, `integrity` or `confidentiality`: the bracketed word of
+/// `/sys/kernel/security/lockdown`), if the file exists.
+pub fn lockdown_mode() -> Option<String> {
+    fs::read_to_string("/sys/kernel/security/lockdown")
+        .ok()
+        .map(|s| lockdown_mode_from(&s))
+}
+
+pub fn lockdown_mode_from(text: &str) -> String {
+    text.split_whitespace()
+        .find(|w| w.starts_with('['))
+        .map_or_else(
+            || text.trim().to_string(),
+            |w| w.trim_matches(['[', ']']).to_string(),
+        )
+}
+
+/// What `confidentiality` lockdown takes away, for messages.
+pub const LOCKDOWN_CONFIDENTIALITY: &str = "kernel lockdown is in confidentiality mode \
+    (/sys/kernel/security/lockdown): the kernel refuses BPF programs' reads of kernel memory \
+    (bpf_probe_read_kernel), which every backend needs to read sockets; boot with \
+    lockdown=integrity (or without lockdown) to trace";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +181,17 @@ mod tests {
         let admin_only = 1 << cap::SYS_ADMIN;
         assert_eq!(missing_caps(admin_only, true), vec!["CAP_NET_ADMIN"]);
         assert!(missing_caps(admin_only, false).is_empty());
+    }
+
+    #[test]
+    fn lockdown_mode_is_the_bracketed_word() {
+        assert_eq!(
+            lockdown_mode_from("none integrity [confidentiality]\n"),
+            "confidentiality"
+        );
+        assert_eq!(
+            lockdown_mode_from("[none] integrity confidentiality\n"),
+            "none"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use tracer_common::{FieldLoc, TracepointOffsets};
 
 const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -34,6 +34,14 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     };
     if r != 0 {
         let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            // Seen under lockdown=confidentiality: tracefs is mounted and empty.
+            bail!(
+                "tracefs is mounted on {} but holds no events/ (the kernel creates none under \
+                 lockdown=confidentiality)",
+                target.display()
+            );
+        }
         bail!(
             "tracefs is not mounted and mounting it on {} failed: {e} \
              (run as root, or mount it yourself: mount -t tracefs tracefs {})",
@@ -94,12 +102,25 @@ pub fn parse_format(text: &str) -> HashMap<String, FieldLoc> {
 /// Fields of one tracepoint.
 pub fn format(root: &Path, category: &str, name: &str) -> Result<HashMap<String, FieldLoc>> {
     let path = root.join("events").join(category).join(name).join("format");
-    let text = fs::read_to_string(&path).with_context(|| {
-        format!(
-            "tracepoint {category}:{name} is not available ({})",
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let hint = if category == "syscalls" {
+                " (CONFIG_FTRACE_SYSCALLS is off)"
+            } else {
+                ""
+            };
+            bail!(
+                "tracepoint {category}:{name} is not in this kernel{hint}: no {}",
+                path.display()
+            )
+        }
+        // Under lockdown=confidentiality, for one, tracefs refuses reads (EPERM).
+        Err(e) => bail!(
+            "tracepoint {category}:{name} cannot be read ({}): {e}",
             path.display()
-        )
-    })?;
+        ),
+    };
     Ok(parse_format(&text))
 }
 
