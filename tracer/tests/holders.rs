@@ -88,6 +88,32 @@ fn seed_1a_nonblocking_connect_from_an_ephemeral_port_is_named_from_history() {
     run.release();
 }
 
+/// A connect() waiting for its handshake while thousands of new threads start making calls on
+/// its CPU. When bindtrace's table of calls in flight was split per CPU (16 384 entries over the
+/// possible CPUs: 128 each on a 128-CPU host), those threads evicted the connect's entry, and the
+/// owner of its port was never remembered; the workload starts more threads than one CPU's share.
+#[test]
+fn seed_1a_slow_connect_keeps_its_owner_while_many_threads_start() {
+    if !can_run("seed_1a_among_new_threads") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_1a_among_new_threads", 8196);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert!(
+        truth["connect_s"].as_f64().unwrap() > 0.5,
+        "the handshake must have waited for a retried SYN while the threads ran: {truth}"
+    );
+    assert_eq!(ev["port"], truth["port"], "{ev:#}");
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h["source"], "history", "{ev:#}");
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["comm"], truth["holder_comm"], "{ev:#}");
+    assert_eq!(h["remote"], "127.0.0.1:8196", "{ev:#}");
+    run.release();
+}
+
 #[test]
 fn seed_1b_established_connection_of_another_process() {
     if !can_run("seed_1b") {

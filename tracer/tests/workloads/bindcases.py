@@ -132,6 +132,52 @@ def helper_connect_nonblocking_and_leave(server_port):
     s.close()
 
 
+def possible_cpus():
+    """How many CPUs the kernel allows for (/sys/devices/system/cpu/possible: "0-1", "0-3,6")."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        n = 0
+        for part in f.read().strip().split(","):
+            lo, _, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def helper_slow_connect_among_new_threads(server_port, threads):
+    """Connects to server_port from an ephemeral port while the server's accept queue is full (the
+    SYN is dropped and retried a second or more later), and meanwhile starts `threads` short-lived
+    threads on the same CPU, each making one traced call (listen() on a fresh socket). Reports once
+    the threads are done, again once connected; then closes first (TIME-WAIT on this side) and
+    exits."""
+    import threading
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    done = {}
+
+    def connect():
+        c = sock()
+        started = time.monotonic()
+        c.connect((HOST, int(server_port)))
+        done["sock"], done["took"] = c, time.monotonic() - started
+
+    t = threading.Thread(target=connect)
+    t.start()
+    time.sleep(0.2)  # its SYN has gone out and been dropped
+
+    def one():
+        s = socket.socket()
+        s.listen()
+        s.close()
+
+    for _ in range(int(threads)):
+        th = threading.Thread(target=one)
+        th.start()
+        th.join()
+    report(role="threads", threads=int(threads), connected=not t.is_alive())
+    t.join()
+    c = done["sock"]
+    report(role="client", local=c.getsockname()[1], connect_s=done["took"])
+    c.close()
+
+
 def helper_connect_from(port, server_port, reuseaddr):
     """Connects to server_port from local port `port`, holds the connection until stdin closes."""
     s = sock(reuseaddr=reuseaddr == "1")
@@ -246,6 +292,35 @@ def case_1a_nonblocking(port):
     finish(case="1a_nonblocking", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
            reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
            connect_errno=info["connect_errno"])
+
+
+def case_1a_among_new_threads(port):
+    """Like 1a, but the connect waits for its handshake while thousands of new threads start making
+    calls on its CPU: more than one CPU's share of bindtrace's per-thread table of calls in flight
+    (16 384 entries, PENDING in tracer-ebpf/src/maps.rs) if that table were split per CPU, as it
+    once was. Its owner must still be remembered."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((HOST, port))
+    srv.listen(0)
+    filler = socket.socket()
+    filler.connect((HOST, port))  # the accept queue (backlog 0) is now full: SYNs are dropped
+    threads = min(16384 // possible_cpus() + 1000, 12000)
+    c, _ = spawn("helper_slow_connect_among_new_threads", port, threads)
+    srv.settimeout(30)
+    srv.accept()[0].close()  # room for the client's retried SYN
+    conn, _ = srv.accept()
+    info = json.loads(c.stdout.readline())
+    conn.recv(1)  # the client's FIN
+    conn.close()
+    c.wait()
+    local = info["local"]
+    wait_for_tcp_state(local, TCP_TIME_WAIT)
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind(("0.0.0.0", local)))
+    finish(case="1a_among_new_threads", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
+           reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
+           threads=threads, connect_s=info["connect_s"])
 
 
 def case_1b(port):
