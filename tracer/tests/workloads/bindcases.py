@@ -307,7 +307,9 @@ def case_1a_among_new_threads(port):
     filler.connect((HOST, port))  # the accept queue (backlog 0) is now full: SYNs are dropped
     threads = min(16384 // possible_cpus() + 1000, 12000)
     c, _ = spawn("helper_slow_connect_among_new_threads", port, threads)
-    srv.settimeout(30)
+    # The retried SYN comes 1, 3, 7, 15, 31 or 63 s after the first (exponential backoff): under
+    # software emulation the threads can take tens of seconds.
+    srv.settimeout(130)
     srv.accept()[0].close()  # room for the client's retried SYN
     conn, _ = srv.accept()
     info = json.loads(c.stdout.readline())
