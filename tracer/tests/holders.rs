@@ -27,6 +27,19 @@ fn holder(ev: &Value) -> &Value {
     h
 }
 
+/// The failure on the workload's ephemeral port is blamed on a TIME-WAIT connection to `remote`
+/// whose owner, the helper process that made it and exited, comes from history.
+fn assert_time_wait_named_from_history(ev: &Value, truth: &Value, remote: &str) {
+    assert_eq!(ev["port"], truth["port"], "{ev:#}");
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    let h = holder(ev);
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h["source"], "history", "{ev:#}");
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["comm"], truth["holder_comm"], "{ev:#}");
+    assert_eq!(h["remote"], remote, "{ev:#}");
+}
+
 #[test]
 fn seed_1a_time_wait_of_an_exited_process_is_named_from_history() {
     if !can_run("seed_1a") {
@@ -76,14 +89,7 @@ fn seed_1a_nonblocking_connect_from_an_ephemeral_port_is_named_from_history() {
         [0, 115].contains(&truth["connect_errno"].as_i64().unwrap()),
         "connect_ex returns 0 or EINPROGRESS: {truth}"
     );
-    assert_eq!(ev["port"], truth["port"], "{ev:#}");
-    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
-    let h = holder(&ev);
-    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
-    assert_eq!(h["source"], "history", "{ev:#}");
-    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
-    assert_eq!(h["comm"], truth["holder_comm"], "{ev:#}");
-    assert_eq!(h["remote"], "127.0.0.1:8190", "{ev:#}");
+    assert_time_wait_named_from_history(&ev, &truth, "127.0.0.1:8190");
     assert_eq!(ev["in_ephemeral_range"], true, "{ev:#}");
     run.release();
 }
@@ -119,14 +125,7 @@ fn seed_1a_slow_connect_keeps_its_owner_while_many_threads_start() {
         truth["connect_s"].as_f64().unwrap() > 0.5,
         "the handshake must have waited for a retried SYN while the threads ran: {truth}"
     );
-    assert_eq!(ev["port"], truth["port"], "{ev:#}");
-    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
-    let h = holder(&ev);
-    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
-    assert_eq!(h["source"], "history", "{ev:#}");
-    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
-    assert_eq!(h["comm"], truth["holder_comm"], "{ev:#}");
-    assert_eq!(h["remote"], "127.0.0.1:8196", "{ev:#}");
+    assert_time_wait_named_from_history(&ev, &truth, "127.0.0.1:8196");
     run.release();
 }
 

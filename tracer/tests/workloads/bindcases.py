@@ -276,19 +276,26 @@ def case_1a(port):
            holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port + 1)
 
 
+def bind_over_time_wait(conn, client, local):
+    """The server's end `conn` of a connection from the helper process `client`, which closes
+    first and exits: closes it, so the client's side (port `local`) moves to TIME-WAIT, then tries
+    a SO_REUSEADDR bind of 0.0.0.0:`local`. Returns 0 or the errno."""
+    conn.recv(1)  # the client's FIN
+    conn.close()
+    client.wait()
+    wait_for_tcp_state(local, TCP_TIME_WAIT)
+    s = sock(reuseaddr=True)
+    return attempt(lambda: s.bind(("0.0.0.0", local)))
+
+
 def case_1a_nonblocking(port):
     """Like 1a, with a non-blocking connect from an ephemeral port to a server on `port`; then a
     SO_REUSEADDR listener wants that ephemeral port."""
     srv = server(port)
     c, info = spawn("helper_connect_nonblocking_and_leave", port)
     conn, _ = srv.accept()
-    conn.recv(1)  # the client's FIN
-    conn.close()
-    c.wait()
     local = info["local"]
-    wait_for_tcp_state(local, TCP_TIME_WAIT)
-    s = sock(reuseaddr=True)
-    err = attempt(lambda: s.bind(("0.0.0.0", local)))
+    err = bind_over_time_wait(conn, c, local)
     finish(case="1a_nonblocking", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
            reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
            connect_errno=info["connect_errno"])
@@ -313,13 +320,8 @@ def case_1a_among_new_threads(port):
     srv.accept()[0].close()  # room for the client's retried SYN
     conn, _ = srv.accept()
     info = json.loads(c.stdout.readline())
-    conn.recv(1)  # the client's FIN
-    conn.close()
-    c.wait()
     local = info["local"]
-    wait_for_tcp_state(local, TCP_TIME_WAIT)
-    s = sock(reuseaddr=True)
-    err = attempt(lambda: s.bind(("0.0.0.0", local)))
+    err = bind_over_time_wait(conn, c, local)
     finish(case="1a_among_new_threads", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
            reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
            threads=threads, connect_s=info["connect_s"])
