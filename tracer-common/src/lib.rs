@@ -16,6 +16,8 @@ pub const IPPROTO_TCP: u16 = 6;
 pub const IPPROTO_UDP: u16 = 17;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod history;
+
 pub mod tcp_state {
     pub const ESTABLISHED: u8 = 1;
     pub const SYN_SENT: u8 = 2;
@@ -202,7 +204,7 @@ impl TryFrom<u8> for Role {
     }
 }
 
-/// Key of the owner-history map: the last process that held `port` in `netns`, per role.
+/// Key of the owner history ([`history`]): the last process that held `port` in `netns`, per role.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct HistoryKey {
@@ -383,7 +385,10 @@ pub struct Config {
     /// so the programs read them with direct context loads; 0: through `bpf_probe_read_kernel`
     /// at the offsets in `tp`.
     pub tp_direct: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The `HISTORY` array's length less one (it is a power of two): picks a key's set
+    /// ([`history::set_of`]).
+    pub history_mask: u32,
     pub kernel: KernelOffsets,
     pub tp: TracepointOffsets,
 }
@@ -440,13 +445,14 @@ impl_zeroed!(BindEvent, Owner, Config, HistoryKey);
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{BindEvent, Config, HistoryKey, Owner};
-    // SAFETY: all four are `repr(C)`, `Copy`, made of integers and byte arrays with explicit padding
+    use super::{BindEvent, Config, HistoryKey, Owner, history::HistorySet};
+    // SAFETY: all five are `repr(C)`, `Copy`, made of integers and byte arrays with explicit padding
     // (asserted above), so every bit pattern is a valid value.
     unsafe impl aya::Pod for BindEvent {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for HistoryKey {}
     unsafe impl aya::Pod for Owner {}
+    unsafe impl aya::Pod for HistorySet {}
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{CgroupArray, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, CgroupArray, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{BindEvent, HistoryKey, Owner, counter};
+use tracer_common::{BindEvent, Owner, counter, history::HistorySet};
 
 use crate::report::Pending;
 
@@ -42,10 +42,12 @@ pub static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16 *
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<BindEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// Who last held a port: (netns, port, protocol, role) → owner. This is what names the process
-/// behind a TIME-WAIT socket long after it exited.
+/// Who last held a port: (netns, port, protocol, role) → owner, in sets of four slots
+/// (`tracer_common::history`: why not an LRU hash). This is what names the process behind a
+/// TIME-WAIT socket long after it exited. The collector sizes it at load, a power of two, and
+/// sets `CONFIG.history_mask` to match.
 #[map(name = "HISTORY")]
-pub static HISTORY: LruHashMap<HistoryKey, Owner> = LruHashMap::with_max_entries(32 * 1024, 0);
+pub static HISTORY: Array<HistorySet> = Array::with_max_entries(8 * 1024, 0);
 
 /// Outgoing TCP connections between CLOSE→SYN_SENT (in the caller's context, source port maybe
 /// not chosen yet) and SYN_SENT→ESTABLISHED (any context, port known), keyed by the socket's

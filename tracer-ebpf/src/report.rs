@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
     ABI_VERSION, BIND_EVENT_SIZE, BindEvent, EventHeader, EventKind, HistoryKey, Owner, Role,
-    Syscall, WAKEUP_INTERVAL_NS, counter, flags,
+    Syscall, WAKEUP_INTERVAL_NS, counter, flags, history,
 };
 
 use crate::{
@@ -148,16 +148,25 @@ fn stamp_caller(ev: &mut BindEvent, c: &Caller, sk: u64) {
     }
 }
 
-/// Records `owner` as the last holder of `key` (best effort; failures are counted). An insert
-/// replaces an entry whole: updating one in place could, if the LRU evicted and reused it between
-/// the lookup and the write, write one port's owner into another's entry.
+/// Records `owner` as the last holder of `key` (best effort): into the slot of the key's set that
+/// holds it, else the set's oldest (`tracer_common::history`).
 #[inline(always)]
 pub fn remember(key: &HistoryKey, owner: &Owner) {
     if key.port == 0 || key.protocol == 0 {
         return;
     }
-    if HISTORY.insert(key, owner, 0).is_err() {
+    let Some(set) = HISTORY.get_ptr_mut(history::set_of(key, conf!(history_mask))) else {
         bump(counter::HISTORY_FAILED);
+        return;
+    };
+    // SAFETY: a map value; a racing writer of the same set can at worst leave a slot failing its
+    // check, which readers treat as empty (see `tracer_common::history`).
+    let set = unsafe { &mut *set };
+    let i = set.slot_for(key);
+    if let Some(slot) = set.slots.get_mut(i) {
+        slot.key = *key;
+        slot.owner = *owner;
+        slot.check = history::check(key, owner);
     }
 }
 

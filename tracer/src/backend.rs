@@ -29,7 +29,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use tracer_common::{Backend, Config, KernelOffsets, TracepointOffsets, names};
+use tracer_common::{Backend, Config, KernelOffsets, TracepointOffsets, history, names};
 
 use crate::{btf, event::BackendName, host, tracefs};
 
@@ -288,12 +288,18 @@ pub fn kprobes_available(kernel: &Kernel) -> Result<(), String> {
     }
 }
 
-/// Loads the object with `config` frozen into its `CONFIG` global.
+/// Loads the object with `config` frozen into its `CONFIG` global, and an owner history of about
+/// `history_size` entries (rounded up to whole sets, a power of two of them).
 fn load(kernel: &Kernel, config: &Config, history_size: u32) -> Result<Ebpf> {
+    let sets = history::sets_for(history_size);
+    let config = Config {
+        history_mask: sets - 1,
+        ..*config
+    };
     EbpfLoader::new()
         .btf(kernel.btf.as_ref())
-        .override_global(names::CONFIG, config, true)
-        .map_max_entries(names::HISTORY, history_size)
+        .override_global(names::CONFIG, &config, true)
+        .map_max_entries(names::HISTORY, sets)
         .load(EBPF_OBJECT)
         .context("loading bindtrace's eBPF object into the kernel")
 }

@@ -116,8 +116,8 @@ pub struct WatchArgs {
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Ports whose last owners the kernel remembers (about 150 bytes each): how far back a
-    /// TIME-WAIT socket's owner can be named on a busy host.
+    /// Ports whose last owners the kernel remembers (96 bytes each; rounded up to a power of two
+    /// of 4-entry sets): how far back a TIME-WAIT socket's owner can be named on a busy host.
     #[arg(long, value_name = "ENTRIES", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub history_size: u32,
 

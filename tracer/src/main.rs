@@ -183,8 +183,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         let history = tracer
             .ebpf
             .take_map(names::HISTORY)
-            .and_then(|m| aya::maps::HashMap::try_from(m).ok())
-            .map(owners::History::new);
+            .and_then(owners::History::open);
         if history.is_none() {
             eprintln!("bindtrace: note: owner history unavailable; TIME-WAIT owners stay unknown");
         }

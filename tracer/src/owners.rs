@@ -8,8 +8,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use tracer_common::{HistoryKey, IPPROTO_TCP, IPPROTO_UDP, Owner, Role, flags, tcp_state};
+use aya::maps::{Array, MapData};
+use tracer_common::{
+    HistoryKey, IPPROTO_TCP, IPPROTO_UDP, Owner, Role, flags,
+    history::{self, HistorySet, Lookup},
+    tcp_state,
+};
 
 use crate::{
     diagnose::{self, Diagnosis, Holder, PortContext, Request, Source, State},
@@ -22,14 +26,15 @@ use crate::{
 const EADDRINUSE: i32 = 98;
 const EADDRNOTAVAIL: i32 = 99;
 
-/// Read access to the kernel's owner history.
+/// Read access to the kernel's owner history (`tracer_common::history`).
 pub struct History {
-    map: BpfHashMap<MapData, HistoryKey, Owner>,
+    map: Array<MapData, HistorySet>,
 }
 
 impl History {
-    pub fn new(map: BpfHashMap<MapData, HistoryKey, Owner>) -> Self {
-        Self { map }
+    /// The `HISTORY` map, if it is the array of sets this build writes.
+    pub fn open(map: aya::maps::Map) -> Option<Self> {
+        Array::try_from(map).ok().map(|map| Self { map })
     }
 
     fn get(&self, netns: u32, port: u16, protocol: u8, role: Role) -> Option<Owner> {
@@ -39,7 +44,18 @@ impl History {
             protocol,
             role: role as u8,
         };
-        self.map.get(&key, 0).ok()
+        let set = history::set_of(&key, self.map.len().checked_sub(1)?);
+        // A slot copied while a kernel program was writing it fails its check: read it again.
+        // The write takes well under a microsecond; a slot still torn after three reads was left
+        // so by two writers racing, and holds nothing.
+        for _ in 0..3 {
+            match self.map.get(&set, 0).ok()?.find(&key) {
+                Lookup::Found(owner) => return Some(owner),
+                Lookup::Absent => return None,
+                Lookup::Torn => {}
+            }
+        }
+        None
     }
 }
 

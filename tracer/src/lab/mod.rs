@@ -305,8 +305,7 @@ pub async fn run(args: LabArgs) -> Result<bool> {
     let history = tracer
         .ebpf
         .take_map(names::HISTORY)
-        .and_then(|m| aya::maps::HashMap::try_from(m).ok())
-        .map(owners::History::new);
+        .and_then(owners::History::open);
     let collector = Collector::new(&mut tracer.ebpf)?;
     let mut pipeline = Pipeline::start(seen.clone(), Some(owners::Investigator::new(history)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,271 @@
+//! The owner history's layout and rules, shared by the kernel programs that write it and the
+//! collector that reads it.
+//!
+//! The `HISTORY` map is a BPF array of [`HistorySet`]s of [`WAYS`] slots each. A key lives in one
+//! set, chosen by a hash of the key ([`set_of`]), in any of that set's slots. A write takes the slot
+//! already holding its key, else the set's oldest (empty slots are oldest of all).
+//!
+//! Why not an LRU hash map (what this was until perf said otherwise): every outgoing connection
+//! writes a new key, so once the map is full every write evicts. perf put 57 % of a connect()'s
+//! exit program in that insert: popping a free node (refilling the CPU's free list under the map's
+//! global lock, shrinking the LRU lists), the bucket lock, pushing the replaced node back. Here a
+//! write is one array lookup (inlined by the verifier), four slot reads and a 96-byte store, and
+//! no CPU ever waits for another. What it gives up: eviction is by age within a set of four rather
+//! than across the whole map. For ports spread by the hash that is close to LRU; a port's entry can
+//! be evicted a little earlier than in a true LRU of the same size.
+//!
+//! No lock guards a slot (BPF spin locks are not allowed in tracing programs). Instead each slot
+//! carries a [`check`] over its key and owner. A reader that copies a slot while it is being
+//! written sees the check fail and reads again ([`Lookup::Torn`]). Two writers racing for one slot
+//! — two keys of the same set written in the same instant — can leave it failing its check for
+//! good: it then reads as "nothing remembered", the same as an eviction, and the next write of the
+//! set replaces it, since its age is as good as any.
+
+#![allow(
+    clippy::inline_always,
+    reason = "the kernel programs inline these: a map value's pointer stays a known map value"
+)]
+
+use crate::{HistoryKey, Owner};
+
+/// Slots per set.
+pub const WAYS: usize = 4;
+
+/// One remembered owner. `check` is [`check`]`(key, owner)` when the slot is whole; an empty slot
+/// (all zero) never passes, as `check` is never 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HistorySlot {
+    pub check: u64,
+    pub key: HistoryKey,
+    pub owner: Owner,
+}
+
+/// One element of the `HISTORY` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HistorySet {
+    pub slots: [HistorySlot; WAYS],
+}
+
+const _: () = assert!(core::mem::size_of::<HistorySlot>() == 96);
+const _: () = assert!(core::mem::size_of::<HistorySet>() == 96 * WAYS);
+
+/// What a set says about a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The newest whole slot holding the key.
+    Found(Owner),
+    /// A slot holds the key but fails its check: it was being written while copied (read again),
+    /// or two writers raced for it.
+    Torn,
+    /// Nothing remembered.
+    Absent,
+}
+
+/// The number of sets for a history of about `entries` owners: a power of two (so that a set is
+/// picked with a mask), at least one.
+pub const fn sets_for(entries: u32) -> u32 {
+    let sets = entries.div_ceil(WAYS as u32);
+    if sets <= 1 {
+        1
+    } else {
+        sets.next_power_of_two()
+    }
+}
+
+/// Multiply-and-fold: spreads every input bit over the high half.
+#[inline(always)]
+const fn mix(x: u64) -> u64 {
+    let x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 32)
+}
+
+impl HistoryKey {
+    /// The key as one word (its in-memory layout on a little-endian machine).
+    #[inline(always)]
+    pub const fn word(&self) -> u64 {
+        self.netns as u64
+            | (self.port as u64) << 32
+            | (self.protocol as u64) << 48
+            | (self.role as u64) << 56
+    }
+}
+
+/// The set `key` lives in, of `mask + 1` sets.
+#[inline(always)]
+pub const fn set_of(key: &HistoryKey, mask: u32) -> u32 {
+    (mix(key.word()) >> 32) as u32 & mask
+}
+
+/// The check of a slot holding `owner` under `key`: every word of both goes through the mix, so a
+/// slot made of parts of two writes fails it. Never 0.
+#[inline(always)]
+pub fn check(key: &HistoryKey, owner: &Owner) -> u64 {
+    // SAFETY: `Owner` is 80 bytes of integers and byte arrays with 8-byte alignment (asserted in
+    // the crate root), so it reads as ten words.
+    let words = unsafe { &*core::ptr::from_ref(owner).cast::<[u64; 10]>() };
+    let mut h = mix(key.word() ^ 0x6269_6e64_7472_6163);
+    let mut i = 0;
+    while i < words.len() {
+        h = mix(h ^ words[i]);
+        i += 1;
+    }
+    h | 1
+}
+
+impl HistorySet {
+    /// Where a write of `key` goes: the slot holding it, else the oldest (an empty slot's age is 0).
+    #[inline(always)]
+    pub fn slot_for(&self, key: &HistoryKey) -> usize {
+        let word = key.word();
+        let mut oldest = u64::MAX;
+        let mut best = 0;
+        let mut i = 0;
+        while i < WAYS {
+            let slot = &self.slots[i];
+            if slot.key.word() == word {
+                return i;
+            }
+            if slot.owner.ts_ns < oldest {
+                oldest = slot.owner.ts_ns;
+                best = i;
+            }
+            i += 1;
+        }
+        best
+    }
+
+    /// What this set remembers of `key`.
+    pub fn find(&self, key: &HistoryKey) -> Lookup {
+        let mut found: Option<Owner> = None;
+        let mut torn = false;
+        for slot in &self.slots {
+            if slot.key != *key {
+                continue;
+            }
+            if slot.check != check(&slot.key, &slot.owner) {
+                torn = true;
+            } else if found.is_none_or(|f| slot.owner.ts_ns > f.ts_ns) {
+                found = Some(slot.owner);
+            }
+        }
+        match found {
+            Some(owner) => Lookup::Found(owner),
+            None if torn => Lookup::Torn,
+            None => Lookup::Absent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY: HistorySet = HistorySet {
+        slots: [HistorySlot {
+            check: 0,
+            key: HistoryKey::ZERO,
+            owner: Owner::ZERO,
+        }; WAYS],
+    };
+
+    fn key(port: u16) -> HistoryKey {
+        HistoryKey {
+            netns: 4_026_531_840,
+            port,
+            protocol: 6,
+            role: 3,
+        }
+    }
+
+    fn owner(pid: u32, ts_ns: u64) -> Owner {
+        Owner {
+            ts_ns,
+            pid,
+            ..Owner::ZERO
+        }
+    }
+
+    /// What the kernel programs do (`report::remember`).
+    fn write(set: &mut HistorySet, key: HistoryKey, owner: Owner) {
+        let i = set.slot_for(&key);
+        set.slots[i] = HistorySlot {
+            check: check(&key, &owner),
+            key,
+            owner,
+        };
+    }
+
+    #[test]
+    fn sets_are_a_power_of_two_covering_the_entries() {
+        assert_eq!(sets_for(0), 1);
+        assert_eq!(sets_for(4), 1);
+        assert_eq!(sets_for(5), 2);
+        assert_eq!(sets_for(32_768), 8_192);
+        assert_eq!(sets_for(40_000), 16_384);
+    }
+
+    #[test]
+    fn the_key_word_is_its_memory_layout() {
+        let k = key(8080);
+        // SAFETY: 8 bytes of integers.
+        let raw: u64 = unsafe { core::mem::transmute(k) };
+        assert_eq!(k.word(), raw);
+    }
+
+    #[test]
+    fn ports_of_one_namespace_spread_over_the_sets() {
+        let mask = sets_for(32_768) - 1;
+        let mut per_set = [0u16; 8_192];
+        for port in 0..=u16::MAX {
+            per_set[set_of(&key(port), mask) as usize] += 1;
+        }
+        // 65 536 ports into 8 192 sets: 8 each on average; a poor hash would pile them up.
+        assert!(
+            per_set.iter().all(|&n| n <= 24),
+            "max {}",
+            per_set.iter().max().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_key_and_a_new_key_takes_the_oldest_slot() {
+        let mut set = EMPTY;
+        for (i, port) in [1, 2, 3, 4].into_iter().enumerate() {
+            write(&mut set, key(port), owner(100 + port as u32, 10 + i as u64));
+        }
+        write(&mut set, key(2), owner(202, 20));
+        assert_eq!(set.find(&key(2)), Lookup::Found(owner(202, 20)));
+        // Port 1 is now the oldest: port 5 evicts it, and nothing else.
+        write(&mut set, key(5), owner(105, 21));
+        assert_eq!(set.find(&key(1)), Lookup::Absent);
+        for port in [2, 3, 4, 5] {
+            assert!(
+                matches!(set.find(&key(port)), Lookup::Found(_)),
+                "port {port}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_slot_made_of_two_writes_is_torn_not_a_wrong_owner() {
+        let mut set = EMPTY;
+        write(&mut set, key(7), owner(1, 5));
+        let whole = set.slots[0];
+        write(&mut set, key(7), owner(2, 6));
+        // A copy taken half-way through the second write: its check and pid, the first's time.
+        set.slots[0].owner.ts_ns = whole.owner.ts_ns;
+        assert_eq!(set.find(&key(7)), Lookup::Torn);
+        assert_eq!(set.find(&key(8)), Lookup::Absent);
+        // The next write of the key repairs it.
+        write(&mut set, key(7), owner(3, 7));
+        assert_eq!(set.find(&key(7)), Lookup::Found(owner(3, 7)));
+    }
+
+    #[test]
+    fn an_empty_slot_never_passes_its_check() {
+        let slot = EMPTY.slots[0];
+        assert_ne!(slot.check, check(&slot.key, &slot.owner));
+    }
+}
