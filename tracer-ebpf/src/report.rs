@@ -161,13 +161,7 @@ pub fn remember(key: &HistoryKey, owner: &Owner) {
     };
     // SAFETY: a map value; a racing writer of the same set can at worst leave a slot failing its
     // check, which readers treat as empty (see `tracer_common::history`).
-    let set = unsafe { &mut *set };
-    let i = set.slot_for(key);
-    if let Some(slot) = set.slots.get_mut(i) {
-        slot.key = *key;
-        slot.owner = *owner;
-        slot.check = history::check(key, owner);
-    }
+    unsafe { (*set).write(key, owner) };
 }
 
 /// A call ended with `ret` (0 or -errno). Reports it if it failed (or, with `--all`, if it
