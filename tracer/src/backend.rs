@@ -158,14 +158,10 @@ impl Kernel {
         let tracefs = tracefs::ensure_mounted().map_err(|e| format!("{e:#}"));
         let (tp, syscall_tracepoints) = match &tracefs {
             Ok(root) => {
-                let (tp, missing) = tracefs::offsets(root);
-                let syscalls = if tp.sys_ret.known() {
-                    Ok(())
-                } else {
-                    Err(missing.first().cloned().unwrap_or_default())
-                };
-                notes.extend(missing);
-                (tp, syscalls)
+                let found = tracefs::offsets(root);
+                notes.extend(found.syscalls.clone().err());
+                notes.extend(found.set_state.err());
+                (found.offsets, found.syscalls)
             }
             Err(e) => (TracepointOffsets::default(), Err(e.clone())),
         };
@@ -456,7 +452,7 @@ pub fn start(settings: &Settings) -> Result<Tracer> {
             Err(e) => skipped.push(format!("{backend} backend unavailable: {e:#}")),
         }
     }
-    if host::lockdown_mode().as_deref() == Some("confidentiality") {
+    if host::lockdown_mode().is_some_and(|m| host::lockdown_refuses_reads(&m)) {
         skipped.push(host::LOCKDOWN_CONFIDENTIALITY.to_string());
     }
     bail!(

@@ -58,7 +58,7 @@ fn uname() -> String {
 fn lockdown() -> (bool, String) {
     match host::lockdown_mode() {
         Some(mode) => {
-            let ok = mode != "confidentiality";
+            let ok = !host::lockdown_refuses_reads(&mode);
             let note = if ok {
                 "bpf_probe_read_kernel allowed"
             } else {

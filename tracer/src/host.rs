@@ -137,6 +137,11 @@ pub fn lockdown_mode_from(text: &str) -> String {
         )
 }
 
+/// Whether lockdown `mode` (see [`lockdown_mode`]) refuses BPF programs' reads of kernel memory.
+pub fn lockdown_refuses_reads(mode: &str) -> bool {
+    mode == "confidentiality"
+}
+
 /// What `confidentiality` lockdown takes away, for messages.
 pub const LOCKDOWN_CONFIDENTIALITY: &str = "kernel lockdown is in confidentiality mode \
     (/sys/kernel/security/lockdown): the kernel refuses BPF programs' reads of kernel memory \

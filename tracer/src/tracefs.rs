@@ -160,12 +160,20 @@ pub fn matches_fixed_layout(o: &TracepointOffsets) -> bool {
         && arr(o.ss_daddr_v6, l::SS_DADDR_V6)
 }
 
-/// Offsets of the syscall tracepoints' arguments and of `sock:inet_sock_set_state`, each group
-/// left unknown (with the reason returned) when this kernel lacks it: the syscall tracepoints
-/// need `CONFIG_FTRACE_SYSCALLS`, `inet_sock_set_state` needs 4.16.
-pub fn offsets(root: &Path) -> (TracepointOffsets, Vec<String>) {
+/// What tracefs says about the tracepoints bindtrace reads.
+pub struct Found {
+    /// Offsets of the syscall tracepoints' arguments and of `sock:inet_sock_set_state`; a group
+    /// this kernel lacks is left unknown.
+    pub offsets: TracepointOffsets,
+    /// Why the syscall tracepoints cannot be read, if not (`CONFIG_FTRACE_SYSCALLS` off).
+    pub syscalls: Result<(), String>,
+    /// Why `sock:inet_sock_set_state` cannot be read, if not (before 4.16).
+    pub set_state: Result<(), String>,
+}
+
+/// Reads the tracepoints' formats under `root`.
+pub fn offsets(root: &Path) -> Found {
     let mut o = TracepointOffsets::default();
-    let mut missing = Vec::new();
     let sys = || -> Result<[FieldLoc; 4]> {
         let enter = format(root, "syscalls", "sys_enter_bind")?;
         let exit = format(root, "syscalls", "sys_exit_bind")?;
@@ -177,12 +185,11 @@ pub fn offsets(root: &Path) -> (TracepointOffsets, Vec<String>) {
             need(&exit, "syscalls:sys_exit_bind", "ret")?,
         ])
     };
-    match sys() {
-        Ok([a0, a1, a2, ret]) => {
+    let syscalls = sys()
+        .map(|[a0, a1, a2, ret]| {
             (o.sys_arg0, o.sys_arg1, o.sys_arg2, o.sys_ret) = (a0, a1, a2, ret);
-        }
-        Err(e) => missing.push(format!("{e:#}")),
-    }
+        })
+        .map_err(|e| format!("{e:#}"));
     let ss = || -> Result<[FieldLoc; 11]> {
         let f = format(root, "sock", "inet_sock_set_state")?;
         let s = "sock:inet_sock_set_state";
@@ -200,8 +207,8 @@ pub fn offsets(root: &Path) -> (TracepointOffsets, Vec<String>) {
             array(&f, s, "daddr_v6")?,
         ])
     };
-    match ss() {
-        Ok(f) => {
+    let set_state = ss()
+        .map(|f| {
             [
                 o.ss_skaddr,
                 o.ss_oldstate,
@@ -215,10 +222,13 @@ pub fn offsets(root: &Path) -> (TracepointOffsets, Vec<String>) {
                 o.ss_saddr_v6,
                 o.ss_daddr_v6,
             ] = f;
-        }
-        Err(e) => missing.push(format!("{e:#}")),
+        })
+        .map_err(|e| format!("{e:#}"));
+    Found {
+        offsets: o,
+        syscalls,
+        set_state,
     }
-    (o, missing)
 }
 
 #[cfg(test)]
