@@ -15,8 +15,9 @@
 //!   conflict up to 6.0 and -EADDRINUSE from 6.1: any non-zero is a failure, reported as
 //!   EADDRINUSE, which is what listen() then returns.
 //! - `int __inet_hash_connect(struct inet_timewait_death_row *, struct sock *sk, u64
-//!   port_offset, ...)`: picks the ephemeral port of a TCP connect() (IPv4 and IPv6);
-//!   -EADDRNOTAVAIL when the range has no free port.
+//!   port_offset, ...)`: picks the ephemeral port of a TCP connect() (IPv4 and IPv6), or checks
+//!   the 4-tuple of a socket bound before connecting, in the connecting task's context; 0 with
+//!   the port set in `sk`, -EADDRNOTAVAIL when the range has no free port.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tracer_common::{BindEvent, Syscall, flags, tcp_state};
@@ -25,6 +26,7 @@ use crate::{
     config::conf,
     kernel::{parse_sockaddr, read_ptr, sock_remote, sock_view},
     report::{finish, scratch},
+    sock_state,
 };
 
 const EADDRINUSE: i64 = 98;
@@ -96,9 +98,14 @@ pub fn get_port_done(ev: &mut BindEvent, ret: i64) {
     finish(ev, if ret == 0 { 0 } else { -EADDRINUSE }, 0);
 }
 
-/// `__inet_hash_connect()` returned `ret`; only "no free port" is a bindtrace event.
+/// `__inet_hash_connect()` returned `ret`: on success the caller becomes the port's remembered
+/// owner; "no free port" is a bindtrace event.
 #[inline(always)]
 pub fn hash_connect_done(sk: *const u8, ret: i64) {
+    if ret == 0 {
+        sock_state::hashed(sk);
+        return;
+    }
     if ret != -EADDRNOTAVAIL {
         return;
     }

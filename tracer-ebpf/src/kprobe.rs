@@ -12,6 +12,7 @@ use tracer_common::{BindEvent, Syscall};
 use crate::{
     inet,
     kernel::current_tid,
+    maps::CONNECT_SK,
     report::{finish, pending_done, pending_get, pending_put},
 };
 
@@ -73,11 +74,19 @@ pub fn krp_inet_csk_get_port(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Remembers the socket for the return probe (the connect() has no pending event).
+/// Remembers the socket for the return probe (the connect() has no pending event), in the
+/// thread's entry: reused, like `PENDING`'s, so a connection costs a lookup, not an insert and a
+/// delete.
 #[kprobe(function = "__inet_hash_connect")]
 pub fn kp_inet_hash_connect(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(1) {
-        let _ = crate::maps::CONNECT_SK.insert(current_tid(), sk, 0);
+        let tid = current_tid();
+        if let Some(p) = CONNECT_SK.get_ptr_mut(tid) {
+            // SAFETY: the entry belongs to this thread; nothing else writes it.
+            unsafe { *p = sk };
+        } else {
+            let _ = CONNECT_SK.insert(tid, sk, 0);
+        }
     }
     0
 }
@@ -85,10 +94,12 @@ pub fn kp_inet_hash_connect(ctx: ProbeContext) -> u32 {
 #[kretprobe(function = "__inet_hash_connect")]
 pub fn krp_inet_hash_connect(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    let tid = current_tid();
-    // SAFETY: the value is copied out.
-    if let Some(sk) = unsafe { crate::maps::CONNECT_SK.get(tid) }.copied() {
-        let _ = crate::maps::CONNECT_SK.remove(tid);
+    let Some(p) = CONNECT_SK.get_ptr_mut(current_tid()) else {
+        return 0;
+    };
+    // SAFETY: as above; 0 marks the entry consumed.
+    let sk = unsafe { core::mem::replace(&mut *p, 0) };
+    if sk != 0 {
         inet::hash_connect_done(sk as *const u8, i64::from(ret));
     }
     0

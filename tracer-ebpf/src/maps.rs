@@ -49,11 +49,11 @@ pub static SCRATCH: PerCpuArray<BindEvent> = PerCpuArray::with_max_entries(1, 0)
 #[map(name = "HISTORY")]
 pub static HISTORY: Array<HistorySet> = Array::with_max_entries(8 * 1024, 0);
 
-/// Outgoing TCP connections between CLOSE→SYN_SENT (in the caller's context, source port maybe
-/// not chosen yet) and SYN_SENT→ESTABLISHED (any context, port known), keyed by the socket's
-/// address — for connects no `connect()` exit sees: the fexit and kprobe backends', io_uring's
-/// and in-kernel ones. The tracepoint backend's `sys_exit_connect` records a connect() syscall's
-/// owner itself, without this map.
+/// Tracepoint backend: outgoing TCP connections between CLOSE→SYN_SENT (in the caller's context,
+/// source port maybe not chosen yet) and SYN_SENT→ESTABLISHED (any context, port known), keyed by
+/// the socket's address — for connects no `connect()` exit sees: io_uring's and in-kernel ones.
+/// `sys_exit_connect` records a connect() syscall's owner itself, and the fexit and kprobe
+/// backends record every connect's at `__inet_hash_connect()`'s return, without this map.
 #[map(name = "CONNECTING")]
 pub static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(16 * 1024, 0);
 

@@ -6,8 +6,10 @@
 //! - CLOSE→SYN_SENT runs in `tcp_v4_connect()`/`tcp_v6_connect()`, in the connecting process,
 //!   before `inet_hash_connect()` chooses the source port. Inside a connect() syscall traced by
 //!   the tracepoint backend, note the socket in the pending call: `sys_exit_connect` remembers the
-//!   owner under (netns, port) once the port is chosen (`connected`). Otherwise remember the
-//!   process against the socket's address, in `CONNECTING`.
+//!   owner under (netns, port) once the port is chosen (`connected`). Other connects under the
+//!   tracepoint backend (io_uring's, in-kernel ones): remember the process against the socket's
+//!   address, in `CONNECTING`. The fexit and kprobe backends need neither: they hook
+//!   `__inet_hash_connect()` itself and remember the owner at its return (`hashed`).
 //! - SYN_SENT→ESTABLISHED runs in softirq (any process): the source port is now known; move an
 //!   owner remembered in `CONNECTING` into `HISTORY` under (netns, port).
 //! - CLOSE→LISTEN runs in `inet_csk_listen_start()` inside listen(), before `get_port()` re-checks
@@ -15,7 +17,7 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    AF_INET6, BindEvent, HistoryKey, IPPROTO_TCP, Owner, Role, Syscall, flags, tcp_state,
+    AF_INET6, Backend, BindEvent, HistoryKey, IPPROTO_TCP, Owner, Role, Syscall, flags, tcp_state,
     tp_layout as L,
 };
 
@@ -47,10 +49,20 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     match (old, new) {
         (tcp_state::CLOSE, tcp_state::LISTEN) => on_listen(ctx, sk),
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(ctx, sk),
-        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_established(ctx, sk),
-        (tcp_state::SYN_SENT, tcp_state::CLOSE) => CONNECTING.remove(sk).ok(),
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) if uses_connecting() => {
+            on_established(ctx, sk)
+        }
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) if uses_connecting() => CONNECTING.remove(sk).ok(),
         _ => None,
     }
+}
+
+/// Whether outgoing connections may wait in `CONNECTING`: only under the tracepoint backend,
+/// for the connects no `sys_exit_connect` sees. (A frozen `CONFIG` field: the verifier drops the
+/// branches the backend does not take.)
+#[inline(always)]
+fn uses_connecting() -> bool {
+    conf!(backend) == Backend::Tracepoint as u8
 }
 
 /// The local address as the tracepoint reports it.
@@ -154,8 +166,12 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
         return Some(());
     }
 
-    // Any other connect (io_uring's, in-kernel, or the fexit/kprobe backends, which trace no
-    // connect() exit): remember the caller until SYN_SENT→ESTABLISHED.
+    // Any other connect under the tracepoint backend (io_uring's, in-kernel): remember the caller
+    // until SYN_SENT→ESTABLISHED. (The fexit and kprobe backends remember it when
+    // `__inet_hash_connect()` returns: `hashed`.)
+    if !uses_connecting() {
+        return None;
+    }
     let owner = connection_owner(&kernel::caller(), family, local, &view);
     let _ = CONNECTING.insert(sk, owner, 0);
     Some(())
@@ -164,18 +180,49 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
 /// A connect() syscall on `sk` returned (tracepoint backend, in the caller's context) after
 /// `__inet_hash_connect()` chose its source port. Remembers the caller as the port's owner, if
 /// the socket still holds it: a refused connection from an ephemeral port has released it (0,
-/// skipped); a socket bound to its port before connecting keeps it, and is remembered. Unlike the
-/// fexit and kprobe backends, which remember connections that reach ESTABLISHED, this includes a
-/// non-blocking connect refused later: harmless, as the collector only trusts a remembered
-/// connection whose remote end matches the holder's.
+/// skipped); a socket bound to its port before connecting keeps it, and is remembered. This
+/// includes a non-blocking connect refused later: harmless, as the collector only trusts a
+/// remembered connection whose remote end matches the holder's.
 #[inline(always)]
 pub fn connected(ev: &BindEvent, sk: u64) {
     let view = sock_head_view(sk as *const u8);
-    let mut owner = connection_owner(&kernel::caller(), ev.family, ev.addr, &view);
-    owner.remote_addr = ev.remote_addr;
-    owner.remote_port = ev.remote_port;
+    let netns = kernel::sock_netns(sk as *const u8);
+    remember_connection(
+        netns,
+        &view,
+        ev.family,
+        ev.addr,
+        (ev.remote_addr, ev.remote_port),
+    );
+}
+
+/// `__inet_hash_connect()` returned 0 on `sk` (fexit and kprobe backends, in the connecting task's
+/// context): its source port is chosen and hashed. Remembers the caller as the port's owner, all
+/// from the socket — `tcp_v4_connect()`/`tcp_v6_connect()` set the destination before hashing.
+/// Like `connected`, this includes a connection refused later.
+#[inline(always)]
+pub fn hashed(sk: *const u8) {
+    let view = sock_view(sk);
+    let remote = kernel::sock_remote(sk, view.family);
+    remember_connection(view.netns, &view, view.family, view.addr, remote);
+}
+
+/// Remembers the current task as the owner of the outgoing connection on `view`'s port.
+#[inline(always)]
+fn remember_connection(
+    netns: u32,
+    view: &SockView,
+    family: u16,
+    local: [u8; 16],
+    (remote_addr, remote_port): ([u8; 16], u16),
+) {
+    let owner = Owner {
+        remote_addr,
+        remote_port,
+        ..connection_owner(&kernel::caller(), family, local, view)
+    };
     let key = HistoryKey {
-        netns: kernel::sock_netns(sk as *const u8),
+        netns,
         port: view.port,
         protocol: IPPROTO_TCP as u8,
         role: Role::Connected as u8,

@@ -103,14 +103,6 @@ fn seed_1a_slow_connect_keeps_its_owner_while_many_threads_start() {
     if !can_run("seed_1a_among_new_threads") {
         return;
     }
-    let backend = common::backend();
-    if backend == "fexit" || backend == "kprobe" {
-        eprintln!(
-            "SKIP seed_1a_among_new_threads: the {backend} backend keeps connects in no \
-             per-thread table (the owner is kept per socket, in CONNECTING)"
-        );
-        return;
-    }
     if std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("virtme")) {
         eprintln!(
             "SKIP seed_1a_among_new_threads: in the VM tier's software emulation the thousands of \
