@@ -2,9 +2,11 @@
 //! collector that reads it.
 //!
 //! The `HISTORY` map is a BPF array of [`HistorySet`]s of [`WAYS`] slots each. A key lives in one
-//! set, chosen by its port and a hash of the rest ([`set_of`]), in any of that set's slots. A
-//! write takes the slot already holding its key, else the set's oldest (empty slots are oldest of
-//! all).
+//! set, chosen by its port and a hash of the rest ([`set_of`]), in any of that set's slots. A slot
+//! is one owner of the key *and its peer*: the kernel lets connections to different destinations
+//! share a source port, and each such connection's TIME-WAIT can block a bind, so each keeps its
+//! own owner (bound and listening ports have no peer: one owner each). A write takes the slot
+//! already holding its key and peer, else the set's oldest (empty slots are oldest of all).
 //!
 //! Why not an LRU hash map (what this was until perf said otherwise): every outgoing connection
 //! writes a new key, so once the map is full every write evicts. perf put 57 % of a connect()'s
@@ -17,7 +19,7 @@
 //!
 //! No lock guards a slot (BPF spin locks are not allowed in tracing programs). Instead each slot
 //! carries a [`check`] over its key and owner. A reader that copies a slot while it is being
-//! written sees the check fail and reads again ([`Lookup::Torn`]). Two writers racing for one slot
+//! written sees the check fail and reads again ([`Found::torn`]). Two writers racing for one slot
 //! — two keys of the same set written in the same instant — can leave it failing its check for
 //! good: it then reads as "nothing remembered", the same as an eviction, and the next write of the
 //! set replaces it, since its age is as good as any.
@@ -52,16 +54,14 @@ pub struct HistorySet {
 const _: () = assert!(core::mem::size_of::<HistorySlot>() == 96);
 const _: () = assert!(core::mem::size_of::<HistorySet>() == 96 * WAYS);
 
-/// What a set says about a key.
+/// What a set remembers of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lookup {
-    /// The newest whole slot holding the key.
-    Found(Owner),
+pub struct Found {
+    /// The owners in the whole slots holding the key (one per peer), in slot order.
+    pub owners: [Option<Owner>; WAYS],
     /// A slot holds the key but fails its check: it was being written while copied (read again),
     /// or two writers raced for it.
-    Torn,
-    /// Nothing remembered.
-    Absent,
+    pub torn: bool,
 }
 
 /// The number of sets for a history of about `entries` owners: a power of two (so that a set is
@@ -121,17 +121,30 @@ pub fn check(key: &HistoryKey, owner: &Owner) -> u64 {
     h | 1
 }
 
+/// An owner's peer (remote address and port) as words, compared without a `memcmp` the kernel
+/// programs cannot call.
+#[inline(always)]
+fn peer(owner: &Owner) -> [u64; 3] {
+    // SAFETY: as in `check`; words 7 and 8 are `remote_addr`, word 9 starts with `remote_port`.
+    let words = unsafe { &*core::ptr::from_ref(owner).cast::<[u64; 10]>() };
+    [words[7], words[8], words[9] & 0xffff]
+}
+
+const _: () = assert!(core::mem::offset_of!(Owner, remote_addr) == 7 * 8);
+const _: () = assert!(core::mem::offset_of!(Owner, remote_port) == 9 * 8);
+
 impl HistorySet {
-    /// Where a write of the key `word` goes: the slot holding it, else the oldest (an empty slot's
-    /// age is 0).
+    /// Where a write of `owner` under the key `word` goes: the slot holding that key and peer,
+    /// else the oldest (an empty slot's age is 0).
     #[inline(always)]
-    fn slot_for(&self, word: u64) -> usize {
+    fn slot_for(&self, word: u64, owner: &Owner) -> usize {
+        let peer = peer(owner);
         let mut oldest = u64::MAX;
         let mut best = 0;
         let mut i = 0;
         while i < WAYS {
             let slot = &self.slots[i];
-            if slot.key.word() == word {
+            if slot.key.word() == word && self::peer(&slot.owner) == peer {
                 return i;
             }
             if slot.owner.ts_ns < oldest {
@@ -146,7 +159,7 @@ impl HistorySet {
     /// Remembers `owner` as the last holder of `key` (the kernel programs' write).
     #[inline(always)]
     pub fn write(&mut self, key: &HistoryKey, owner: &Owner) {
-        let i = self.slot_for(key.word());
+        let i = self.slot_for(key.word(), owner);
         if let Some(slot) = self.slots.get_mut(i) {
             slot.key = *key;
             slot.owner = *owner;
@@ -155,29 +168,30 @@ impl HistorySet {
     }
 
     /// What this set remembers of `key`.
-    pub fn find(&self, key: &HistoryKey) -> Lookup {
-        let mut found: Option<Owner> = None;
-        let mut torn = false;
-        for slot in &self.slots {
+    pub fn find(&self, key: &HistoryKey) -> Found {
+        let mut found = Found {
+            owners: [None; WAYS],
+            torn: false,
+        };
+        for (slot, out) in self.slots.iter().zip(&mut found.owners) {
             if slot.key != *key {
                 continue;
             }
-            if slot.check != check(&slot.key, &slot.owner) {
-                torn = true;
-            } else if found.is_none_or(|f| slot.owner.ts_ns > f.ts_ns) {
-                found = Some(slot.owner);
+            if slot.check == check(&slot.key, &slot.owner) {
+                *out = Some(slot.owner);
+            } else {
+                found.torn = true;
             }
         }
-        match found {
-            Some(owner) => Lookup::Found(owner),
-            None if torn => Lookup::Torn,
-            None => Lookup::Absent,
-        }
+        found
     }
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
     use super::*;
 
     const EMPTY: HistorySet = HistorySet {
@@ -207,6 +221,14 @@ mod tests {
 
     fn write(set: &mut HistorySet, key: HistoryKey, owner: Owner) {
         set.write(&key, &owner);
+    }
+
+    /// The pids of the owners `set` remembers of `key`, sorted; and whether a slot was torn.
+    fn pids(set: &HistorySet, key: HistoryKey) -> (Vec<u32>, bool) {
+        let found = set.find(&key);
+        let mut pids: Vec<u32> = found.owners.iter().flatten().map(|o| o.pid).collect();
+        pids.sort_unstable();
+        (pids, found.torn)
     }
 
     #[test]
@@ -256,16 +278,37 @@ mod tests {
             write(&mut set, key(port), owner(100 + port as u32, 10 + i as u64));
         }
         write(&mut set, key(2), owner(202, 20));
-        assert_eq!(set.find(&key(2)), Lookup::Found(owner(202, 20)));
+        assert_eq!(pids(&set, key(2)), (vec![202], false));
         // Port 1 is now the oldest: port 5 evicts it, and nothing else.
         write(&mut set, key(5), owner(105, 21));
-        assert_eq!(set.find(&key(1)), Lookup::Absent);
+        assert_eq!(pids(&set, key(1)), (vec![], false));
         for port in [2, 3, 4, 5] {
-            assert!(
-                matches!(set.find(&key(port)), Lookup::Found(_)),
-                "port {port}"
-            );
+            assert_eq!(pids(&set, key(port)).0.len(), 1, "port {port}");
         }
+    }
+
+    #[test]
+    fn connections_from_one_port_to_different_peers_each_keep_their_owner() {
+        let to = |pid: u32, ts_ns: u64, peer_port: u16| Owner {
+            remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            remote_port: peer_port,
+            ..owner(pid, ts_ns)
+        };
+        let mut set = EMPTY;
+        write(&mut set, key(40_000), to(1, 1, 80));
+        write(&mut set, key(40_000), to(2, 2, 443));
+        assert_eq!(pids(&set, key(40_000)), (vec![1, 2], false));
+        // A later connection to the same peer from the same port replaces only that peer's owner.
+        write(&mut set, key(40_000), to(3, 3, 80));
+        assert_eq!(pids(&set, key(40_000)), (vec![2, 3], false));
+        let found = set.find(&key(40_000));
+        assert!(
+            found
+                .owners
+                .iter()
+                .flatten()
+                .any(|o| o.pid == 3 && o.remote_port == 80)
+        );
     }
 
     #[test]
@@ -276,11 +319,11 @@ mod tests {
         write(&mut set, key(7), owner(2, 6));
         // A copy taken half-way through the second write: its check and pid, the first's time.
         set.slots[0].owner.ts_ns = whole.owner.ts_ns;
-        assert_eq!(set.find(&key(7)), Lookup::Torn);
-        assert_eq!(set.find(&key(8)), Lookup::Absent);
+        assert_eq!(pids(&set, key(7)), (vec![], true));
+        assert_eq!(pids(&set, key(8)), (vec![], false));
         // The next write of the key repairs it.
         write(&mut set, key(7), owner(3, 7));
-        assert_eq!(set.find(&key(7)), Lookup::Found(owner(3, 7)));
+        assert_eq!(pids(&set, key(7)), (vec![3], false));
     }
 
     #[test]

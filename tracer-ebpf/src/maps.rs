@@ -42,10 +42,10 @@ pub static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16 *
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<BindEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// Who last held a port: (netns, port, protocol, role) → owner, in sets of four slots
-/// (`tracer_common::history`: why not an LRU hash). This is what names the process behind a
-/// TIME-WAIT socket long after it exited. The collector sizes it at load, a power of two, and
-/// sets `CONFIG.history_mask` to match.
+/// Who last held a port: (netns, port, protocol, role, and peer for connections) → owner, in sets
+/// of four slots (`tracer_common::history`: why not an LRU hash). This is what names the process
+/// behind a TIME-WAIT socket long after it exited. The collector sizes it at load, a power of
+/// two, and sets `CONFIG.history_mask` to match.
 #[map(name = "HISTORY")]
 pub static HISTORY: Array<HistorySet> = Array::with_max_entries(8 * 1024, 0);
 

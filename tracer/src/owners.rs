@@ -11,7 +11,7 @@ use std::{
 use aya::maps::{Array, MapData};
 use tracer_common::{
     HistoryKey, IPPROTO_TCP, IPPROTO_UDP, Owner, Role, flags,
-    history::{self, HistorySet, Lookup},
+    history::{self, HistorySet},
     tcp_state,
 };
 
@@ -37,25 +37,38 @@ impl History {
         Array::try_from(map).ok().map(|map| Self { map })
     }
 
-    fn get(&self, netns: u32, port: u16, protocol: u8, role: Role) -> Option<Owner> {
+    /// The owners remembered for the port in this role, newest first: one per peer for outgoing
+    /// connections (they may share a source port), else one.
+    fn get(&self, netns: u32, port: u16, protocol: u8, role: Role) -> Vec<Owner> {
         let key = HistoryKey {
             netns,
             port,
             protocol,
             role: role as u8,
         };
-        let set = history::set_of(&key, self.map.len().checked_sub(1)?);
+        let Some(mask) = self.map.len().checked_sub(1) else {
+            return Vec::new();
+        };
+        let set = history::set_of(&key, mask);
         // A slot copied while a kernel program was writing it fails its check: read it again.
         // The write takes well under a microsecond; a slot still torn after three reads was left
         // so by two writers racing, and holds nothing.
+        let mut found = None;
         for _ in 0..3 {
-            match self.map.get(&set, 0).ok()?.find(&key) {
-                Lookup::Found(owner) => return Some(owner),
-                Lookup::Absent => return None,
-                Lookup::Torn => {}
+            let Ok(value) = self.map.get(&set, 0) else {
+                break;
+            };
+            let f = value.find(&key);
+            found = Some(f);
+            if !f.torn {
+                break;
             }
         }
-        None
+        let mut owners: Vec<Owner> = found
+            .map(|f| f.owners.into_iter().flatten().collect())
+            .unwrap_or_default();
+        owners.sort_by_key(|o| std::cmp::Reverse(o.ts_ns));
+        owners
     }
 }
 
@@ -140,16 +153,21 @@ impl Investigator {
         let now = event::monotonic_now();
         [Role::Listening, Role::Bound, Role::Connected]
             .into_iter()
-            .filter_map(|role| {
-                let owner = history.get(netns, port, protocol, role)?;
+            .flat_map(|role| {
+                history
+                    .get(netns, port, protocol, role)
+                    .into_iter()
+                    .map(move |owner| (role, owner))
+            })
+            .map(|(role, owner)| {
                 let comm = event::cstr(&owner.comm);
-                Some(Remembered {
+                Remembered {
                     role,
                     age_ms: now.saturating_sub(owner.ts_ns) / 1_000_000,
                     alive: procfs::alive_as(owner.pid, &comm),
                     comm,
                     owner,
-                })
+                }
             })
             .collect()
     }

@@ -121,6 +121,34 @@ fn seed_1a_slow_connect_keeps_its_owner_while_many_threads_start() {
     run.release();
 }
 
+/// Two processes connected from one port to two different servers — connections to different
+/// peers may share a source port — closed first and exited: each TIME-WAIT is named with its own
+/// process. When the history kept one owner per port, the older connection's was lost.
+#[test]
+fn time_waits_of_one_port_to_two_peers_each_name_their_process() {
+    if !can_run("seed_1a_two_peers") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_1a_two_peers", 8300);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    let holders = ev["holders"].as_array().expect("holders");
+    for (peer, pid) in [
+        ("127.0.0.1:8301", &truth["pid_1"]),
+        ("127.0.0.1:8302", &truth["pid_2"]),
+    ] {
+        let h = holders
+            .iter()
+            .find(|h| h["remote"] == peer)
+            .unwrap_or_else(|| panic!("no holder connected to {peer}: {ev:#}"));
+        assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+        assert_eq!(h["source"], "history", "{ev:#}");
+        assert_eq!(&h["pid"], pid, "the connection to {peer}: {ev:#}");
+        assert_eq!(h["comm"], truth["comm_1"], "{ev:#}");
+    }
+    run.release();
+}
+
 #[test]
 fn seed_1b_established_connection_of_another_process() {
     if !can_run("seed_1b") {

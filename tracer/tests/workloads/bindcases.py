@@ -52,17 +52,20 @@ def server(port, family=socket.AF_INET, host=HOST):
 TCP_TIME_WAIT = 6
 
 
-def wait_for_tcp_state(port, state, timeout=10.0):
+def wait_for_tcp_state(port, state, timeout=10.0, count=1):
     """Waits until a TCP socket of this namespace bound to `port` is in `state` (the kernel's
     number, as /proc/net/tcp shows it). The peer's FIN is processed in softirq: without this a
     busy machine may still show the closing side in FIN_WAIT2 when the next step runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open("/proc/net/tcp") as f:
+            found = 0
             for line in f.readlines()[1:]:
                 fields = line.split()
                 if int(fields[1].split(":")[1], 16) == port and int(fields[3], 16) == state:
-                    return
+                    found += 1
+            if found >= count:
+                return
         time.sleep(0.005)
     raise SystemExit(f"no socket on port {port} reached TCP state {state} in {timeout} s")
 
@@ -109,10 +112,10 @@ def helper_listen(port, reuseaddr, reuseport="0"):
     sys.stdin.read()
 
 
-def helper_connect_and_leave(port, server_port):
-    """Connects from `port` (no SO_REUSEADDR), closes first (so this side enters TIME-WAIT) and
-    exits: the seed's 1a."""
-    s = sock()
+def helper_connect_and_leave(port, server_port, reuseaddr="0"):
+    """Connects from `port` (no SO_REUSEADDR unless asked), closes first (so this side enters
+    TIME-WAIT) and exits: the seed's 1a."""
+    s = sock(reuseaddr=reuseaddr == "1")
     s.bind((HOST, int(port)))
     s.connect((HOST, int(server_port)))
     report(role="client")
@@ -274,6 +277,27 @@ def case_1a(port):
     err = attempt(lambda: s.bind(("0.0.0.0", port)))
     finish(case="1a", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False,
            holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port + 1)
+
+
+def case_1a_two_peers(port):
+    """Two processes connected from the same port P to two different servers (SO_REUSEADDR lets
+    the second bind P over the first's TIME-WAIT; the kernel allows the two 4-tuples), each closed
+    first and exited: two TIME-WAITs on P, each from its own process. A bind of P without
+    SO_REUSEADDR fails on both."""
+    pids = []
+    for peer in (port + 1, port + 2):
+        srv = server(peer)
+        c, info = spawn("helper_connect_and_leave", port, peer, "1")
+        conn, _ = srv.accept()
+        conn.recv(1)  # the client's FIN
+        conn.close()
+        c.wait()
+        pids.append(info["pid"])
+        wait_for_tcp_state(port, TCP_TIME_WAIT, count=len(pids))
+    s = sock()
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="1a_two_peers", errno=err, port=port, addr="0.0.0.0", reuseaddr=False,
+           reuseport=False, pid_1=pids[0], pid_2=pids[1], comm_1=info["comm"])
 
 
 def bind_over_time_wait(conn, client, local):
