@@ -222,7 +222,9 @@ pub fn sock_remote(sk: *const u8, family: u16) -> ([u8; 16], u16) {
     } else if let Some(a) = read_bytes::<4>(sk, conf!(kernel.skc_daddr)) {
         addr[..4].copy_from_slice(&a);
     }
-    let port = u16::from_be(read(sk, conf!(kernel.skc_dport)).unwrap_or(0) as u16);
+    // Two bytes into a zeroed buffer, not `read()`: LLVM once merged `read()`'s failure path as
+    // an undefined register here, which the verifier rejects (`R9 !read_ok` on 6.1 and 6.12).
+    let port = read_bytes::<2>(sk, conf!(kernel.skc_dport)).map_or(0, u16::from_be_bytes);
     (addr, port)
 }
 
