@@ -47,6 +47,11 @@ pub fn can_run(test: &str) -> bool {
     true
 }
 
+/// Whether this runs in the VM tier (a virtme-ng guest under software emulation).
+pub fn in_vm_tier() -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("virtme"))
+}
+
 /// The backend the suite is asked to exercise (`BINDTRACE_TEST_BACKEND`, default `auto`).
 pub fn backend() -> String {
     std::env::var("BINDTRACE_TEST_BACKEND").unwrap_or_else(|_| "auto".to_string())
