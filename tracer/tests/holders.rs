@@ -103,12 +103,11 @@ fn seed_1a_slow_connect_keeps_its_owner_while_many_threads_start() {
     if !can_run("seed_1a_among_new_threads") {
         return;
     }
-    if common::in_vm_tier() {
-        eprintln!(
-            "SKIP seed_1a_among_new_threads: in the VM tier's software emulation the thousands of \
-             threads take over a minute and the handshake's timing is unreliable; the host tier \
-             runs it"
-        );
+    if common::skips_vm_tier(
+        "seed_1a_among_new_threads",
+        "in the VM tier's software emulation the thousands of threads take over a minute and the \
+         handshake's timing is unreliable",
+    ) {
         return;
     }
     let (ev, truth, run, ..) = held("case_1a_among_new_threads", 8196);
@@ -129,12 +128,11 @@ fn time_waits_of_one_port_to_two_peers_each_name_their_process() {
     if !can_run("seed_1a_two_peers") {
         return;
     }
-    if common::in_vm_tier() {
-        eprintln!(
-            "SKIP seed_1a_two_peers: in one of two VM runs under software emulation (6.1, kprobe) \
-             the workload's wait for its TIME-WAITs timed out (10 s), a setup failure not yet \
-             understood; the host tier runs it"
-        );
+    if common::skips_vm_tier(
+        "seed_1a_two_peers",
+        "in one of two VM runs under software emulation (6.1, kprobe) the workload's wait for its \
+         TIME-WAITs timed out (10 s), a setup failure not yet understood",
+    ) {
         return;
     }
     let (ev, truth, run, ..) = held("case_1a_two_peers", 8300);

@@ -47,9 +47,14 @@ pub fn can_run(test: &str) -> bool {
     true
 }
 
-/// Whether this runs in the VM tier (a virtme-ng guest under software emulation).
-pub fn in_vm_tier() -> bool {
-    std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("virtme"))
+/// Whether this runs in the VM tier (a virtme-ng guest under software emulation); if so, prints
+/// that `test` skips it and `why`.
+pub fn skips_vm_tier(test: &str, why: &str) -> bool {
+    let in_vm = std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("virtme"));
+    if in_vm {
+        eprintln!("SKIP {test}: {why}; the host tier runs it");
+    }
+    in_vm
 }
 
 /// The backend the suite is asked to exercise (`BINDTRACE_TEST_BACKEND`, default `auto`).
