@@ -176,6 +176,11 @@ pub struct BindEvent {
     pub _pad: [u8; 6],
 }
 
+/// Slots in the kernel programs' table of calls in flight: a thread's call lives in slot
+/// `tid % PENDING_SLOTS` unless another thread's call holds it (then in a hash keyed by tid).
+pub const PENDING_SLOTS: u32 = 16 * 1024;
+const _: () = assert!(PENDING_SLOTS.is_power_of_two());
+
 pub const BIND_EVENT_SIZE: usize = 120;
 const _: () = assert!(core::mem::size_of::<BindEvent>() == BIND_EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 8);

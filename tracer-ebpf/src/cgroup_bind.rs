@@ -5,8 +5,9 @@
 //! `__inet_bind()` / `__inet6_bind()` → `sk->sk_prot->get_port()`. The hook runs after the
 //! family/length checks and before the privileged-port check and port allocation, in the caller's
 //! context, with the address exactly as the kernel will use it (`user_ip4`/`user_ip6`/`user_port`)
-//! and the socket at hand, whose option bits are read from its head (or, when their offsets are
-//! unknown, with `bpf_getsockopt()`: SO_REUSEPORT from 5.13, SO_REUSEADDR from 6.1).
+//! and the socket at hand, whose option bits `sys_exit_bind` reads from its head when it reports
+//! or remembers the call (or, when their offsets are unknown, this hook asks `bpf_getsockopt()`:
+//! SO_REUSEPORT from 5.13, SO_REUSEADDR from 6.1).
 //!
 //! The program only observes. It always returns 1 ("allow"): returning 0 would make the traced
 //! bind() fail with EPERM. The collector attaches it with `BPF_F_ALLOW_MULTI` so it runs beside,
@@ -19,13 +20,9 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use tracer_common::{AF_INET6, Syscall, flags};
+use tracer_common::{BindEvent, Syscall, flags};
 
-use crate::{
-    config::conf,
-    kernel::{current_tid, from_head, read_head},
-    report::pending_put,
-};
+use crate::{config::conf, kernel::current_tid, pending};
 
 const ALLOW: i32 = 1;
 const SOL_SOCKET: i32 = 1;
@@ -65,7 +62,7 @@ fn getsockopt_int(ctx: &SockAddrContext, level: i32, name: i32) -> Option<i32> {
 }
 
 #[inline(always)]
-fn set_options(ev: &mut tracer_common::BindEvent, reuseaddr: bool, reuseport: bool) {
+fn set_options(ev: &mut BindEvent, reuseaddr: bool, reuseport: bool) {
     ev.flags |= flags::SOCKOPTS_KNOWN;
     if reuseaddr {
         ev.flags |= flags::REUSEADDR;
@@ -82,11 +79,13 @@ fn set_options(ev: &mut tracer_common::BindEvent, reuseaddr: bool, reuseport: bo
 /// and bind6 only `user_ip6`.
 #[inline(always)]
 fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
-    let ev = crate::report::scratch()?;
-    ev.syscall = Syscall::Bind as u8;
+    let call = pending::open(current_tid())?;
     // SAFETY: a helper without arguments. Lets the exit tell this call from a stale entry (a bind
     // that never returned through bind(), such as io_uring's).
-    let since = unsafe { bpf_jiffies64() };
+    call.since = unsafe { bpf_jiffies64() };
+    let ev = &mut call.ev;
+    *ev = BindEvent::ZERO;
+    ev.syscall = Syscall::Bind as u8;
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the program's context; every field below is readable in bind4/bind6 with a
     // 4-byte load (the verifier rewrites these loads), and `sk` is never NULL there.
@@ -111,40 +110,19 @@ fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
         let sk = (*sa).__bindgen_anon_1.sk;
         ev.bound_dev_if = (*sk).bound_dev_if;
         ev.flags |= flags::DEV_KNOWN;
-        // The option bits live in the head of the socket: copy it (the verifier forbids offsetting
-        // a socket pointer here) and take them from the copy — the same values bpf_getsockopt()
-        // returns, two helper calls cheaper, and readable before 6.1. IPV6_V6ONLY is only
-        // readable this way.
-        let head = read_head(sk as *const u8);
-        let bit = |loc| head.as_ref().and_then(|h| from_head(h, loc));
-        if let Some(v6only) = bit(conf!(kernel.skc_ipv6only)) {
-            ev.flags |= flags::V6ONLY_KNOWN;
-            if v6only != 0 && ev.family == AF_INET6 {
-                ev.flags |= flags::V6ONLY;
-            }
-        }
-        if let (Some(reuseaddr), Some(reuseport)) = (
-            bit(conf!(kernel.skc_reuse)),
-            bit(conf!(kernel.skc_reuseport)),
-        ) {
+        // The option bits (SO_REUSEADDR, SO_REUSEPORT, IPV6_V6ONLY) are not read here: they
+        // live in the socket's head, which `sys_exit_bind` reads only for a call it reports or
+        // remembers (`report::add_from_sock`); a bind(0) that succeeds never pays for them. Only
+        // when their offsets are unknown, ask the kernel now, while the context allows it.
+        if !(conf!(kernel.skc_reuse).known() && conf!(kernel.skc_reuseport).known())
+            && let (Some(reuseaddr), Some(reuseport)) = (
+                getsockopt_int(ctx, SOL_SOCKET, SO_REUSEADDR),
+                getsockopt_int(ctx, SOL_SOCKET, SO_REUSEPORT),
+            )
+        {
             set_options(ev, reuseaddr != 0, reuseport != 0);
-            pending_put(current_tid(), ev, sk as u64, since);
-            return Some(());
         }
+        call.sk = sk as u64;
     }
-    // Offsets unknown: ask the kernel.
-    if let (Some(reuseaddr), Some(reuseport)) = (
-        getsockopt_int(ctx, SOL_SOCKET, SO_REUSEADDR),
-        getsockopt_int(ctx, SOL_SOCKET, SO_REUSEPORT),
-    ) {
-        set_options(ev, reuseaddr != 0, reuseport != 0);
-    }
-    // SAFETY: as above.
-    pending_put(
-        current_tid(),
-        ev,
-        unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk } as u64,
-        since,
-    );
     Some(())
 }

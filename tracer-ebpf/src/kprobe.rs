@@ -1,7 +1,7 @@
 //! kprobe backend: kprobe + kretprobe on the inet functions (see `inet.rs` for prototypes and
-//! kernels). The entry probe saves what the return probe needs in `PENDING`, keyed by thread (a
-//! thread is inside at most one of these calls at a time: bind() and listen() are distinct
-//! syscalls, and get_port is only remembered for listen()'s LISTEN sockets).
+//! kernels). The entry probe saves what the return probe needs as the thread's call in flight
+//! (`pending`): a thread is inside at most one of these calls at a time (bind() and listen() are
+//! distinct syscalls, and get_port is only remembered for listen()'s LISTEN sockets).
 
 use aya_ebpf::{
     macros::{kprobe, kretprobe},
@@ -9,19 +9,15 @@ use aya_ebpf::{
 };
 use tracer_common::{BindEvent, Syscall};
 
-use crate::{
-    inet,
-    kernel::current_tid,
-    maps::CONNECT_SK,
-    report::{finish, pending_done, pending_get, pending_put},
-};
+use crate::{inet, kernel::current_tid, maps::CONNECT_SK, pending, report::finish};
 
 /// Reports this thread's pending call of kind `syscall` via `f`, and closes it.
 #[inline(always)]
 fn take(syscall: Syscall, f: impl FnOnce(&mut BindEvent)) {
-    if let Some(ev) = pending_get(current_tid(), syscall) {
+    let tid = current_tid();
+    if let Some(ev) = pending::get(tid, syscall) {
         f(ev);
-        pending_done(ev);
+        pending::done(tid, ev);
     }
 }
 
@@ -31,7 +27,7 @@ fn bind_entry(ctx: &ProbeContext) {
         return;
     };
     if let Some(ev) = inet::bind_request(sock, uaddr) {
-        pending_put(current_tid(), ev, 0, 0);
+        pending::put(current_tid(), ev, 0, 0);
     }
 }
 
@@ -60,7 +56,7 @@ pub fn kp_inet_csk_get_port(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(snum)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1))
         && let Some(ev) = inet::listen_request(sk, snum as u16)
     {
-        pending_put(current_tid(), ev, 0, 0);
+        pending::put(current_tid(), ev, 0, 0);
     }
     0
 }

@@ -5,6 +5,10 @@
 //! always return "allow".
 #![no_std]
 #![no_main]
+// `core::intrinsics::atomic_cxchg`: the BPF target has no compare-and-swap in `core::sync`
+// (its spec says `atomic-cas: false`), though every kernel bindtrace supports runs BPF_CMPXCHG.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod cgroup_bind;
 mod config;
@@ -14,6 +18,7 @@ mod inet;
 mod kernel;
 mod kprobe;
 mod maps;
+mod pending;
 mod probe;
 mod report;
 mod sock_state;

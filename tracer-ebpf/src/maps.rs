@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tracer_common::{BindEvent, Owner, counter, history::HistorySet};
 
-use crate::report::Pending;
+use crate::pending::{Pending, Slot};
 
 /// Failure (and, with `--all`, success) records for the collector.
 #[map(name = "EVENTS")]
@@ -22,20 +22,24 @@ pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "LOST")]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// A syscall in flight, keyed by thread id: built up at entry (and by the hooks that run inside
-/// the syscall), reported at exit. A thread's entry is updated in place and marked consumed at
-/// exit (`report::pending_put`/`pending_done`) rather than inserted and deleted per call: no
-/// allocation on the hot path, and a new entry only for a thread's first call. LRU, so the
-/// entries of threads that stopped calling are evicted.
+/// The call each thread has in flight (`pending`): a slot per thread id modulo the size, claimed
+/// for the call's duration. 16 384 slots of 144 bytes (2.3 MiB): thread ids 16 384 apart share a
+/// slot, and only when both are inside a traced call at once does the second one go to `PENDING`.
+#[map(name = "PENDING_SLOTS")]
+pub static PENDING_SLOTS: Array<Slot> = Array::with_max_entries(tracer_common::PENDING_SLOTS, 0);
+pub const PENDING_SLOTS_MASK: u32 = tracer_common::PENDING_SLOTS - 1;
+
+/// Calls whose thread's slot in `PENDING_SLOTS` was held by another thread's call, keyed by
+/// thread id. A thread's entry is reused by its next call that lands here rather than inserted
+/// and deleted per call. LRU, so the entries of threads that stopped calling are evicted.
 ///
 /// One LRU list for the whole map, not per-CPU ones (`BPF_F_NO_COMMON_LRU`): per-CPU lists split
-/// the entries evenly between the possible CPUs (`bpf_percpu_lru_populate()`), 128 each on a
-/// 128-CPU host, and evict within the list a thread's entry was inserted on. A connect() waiting
-/// for its handshake would lose its entry once some 128 new threads had started calling on that CPU,
-/// and with it the owner of its port. Since entries are reused, inserts are rare and the common
-/// list's lock is not on the hot path.
+/// the entries evenly between the possible CPUs (`bpf_percpu_lru_populate()`), and evict within
+/// the list a thread's entry was inserted on; a connect() waiting for its handshake could lose its
+/// entry once enough new threads had started calling on that CPU, and with it the owner of its
+/// port.
 #[map(name = "PENDING")]
-pub static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16 * 1024, 0);
+pub static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(4 * 1024, 0);
 
 /// Per-CPU room to build one event in: BPF stacks are 512 bytes, and an event plus the frames of
 /// the readers that fill it do not fit.

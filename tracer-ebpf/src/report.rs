@@ -10,7 +10,7 @@ use tracer_common::{
 use crate::{
     config::conf,
     kernel::{self, Caller},
-    maps::{CGROUP_FILTER, EVENTS, HISTORY, LAST_WAKEUP, LOST, PENDING, SCRATCH},
+    maps::{CGROUP_FILTER, EVENTS, HISTORY, LAST_WAKEUP, LOST, SCRATCH},
 };
 
 /// This CPU's scratch event, zeroed. Programs run to completion on one CPU without preemption by
@@ -22,61 +22,6 @@ pub fn scratch() -> Option<&'static mut BindEvent> {
     let ev = unsafe { &mut *p };
     *ev = BindEvent::ZERO;
     Some(ev)
-}
-
-/// A call in flight, in `PENDING`: the event being built and, where known, the socket — the one
-/// the cgroup hook saw bound, or the one `sock_state` saw go CLOSE→SYN_SENT in a connect() (whose
-/// chosen port `sys_exit_connect` reads); 0 otherwise.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Pending {
-    pub ev: BindEvent,
-    pub sk: u64,
-    /// `bpf_jiffies64()` when the cgroup bind hook opened the call, for `sys_exit_bind` to tell
-    /// its own call from one left by a bind that did not return through bind(); 0 elsewhere.
-    /// Jiffies, not `bpf_ktime_get_ns()`: a memory read instead of a clock read, which in a VM
-    /// was a fifth of these programs' time, on every bind.
-    pub since: u64,
-}
-
-/// Makes `ev` (on socket `sk`, 0 if not known yet; opened at jiffy `since`) this thread's pending
-/// call, reusing its entry if it has one.
-#[inline(always)]
-pub fn pending_put(tid: u32, ev: &BindEvent, sk: u64, since: u64) {
-    if let Some(p) = PENDING.get_ptr_mut(tid) {
-        // SAFETY: the entry belongs to this thread; nothing else writes it.
-        unsafe {
-            (*p).ev = *ev;
-            (*p).sk = sk;
-            (*p).since = since;
-        }
-    } else if PENDING
-        .insert(tid, &Pending { ev: *ev, sk, since }, 0)
-        .is_err()
-    {
-        bump(counter::HISTORY_FAILED);
-    }
-}
-
-/// This thread's pending call of kind `syscall`, if one is open.
-#[inline(always)]
-pub fn pending_entry(tid: u32, syscall: Syscall) -> Option<&'static mut Pending> {
-    let p = PENDING.get_ptr_mut(tid)?;
-    // SAFETY: as above.
-    let p = unsafe { &mut *p };
-    (p.ev.syscall == syscall as u8).then_some(p)
-}
-
-/// The event of this thread's pending call of kind `syscall`, if one is open.
-#[inline(always)]
-pub fn pending_get(tid: u32, syscall: Syscall) -> Option<&'static mut BindEvent> {
-    pending_entry(tid, syscall).map(|p| &mut p.ev)
-}
-
-/// Closes this thread's pending call (the entry stays, for the next call to reuse).
-#[inline(always)]
-pub fn pending_done(ev: &mut BindEvent) {
-    ev.syscall = 0;
 }
 
 #[inline(always)]
@@ -128,8 +73,8 @@ fn wanted(ev: &BindEvent) -> bool {
     true
 }
 
-/// Fills in who made the call (runs in the caller's context), and the network namespace if the
-/// request did not: the socket's (`sk`, when known: the namespace the port lives in), else the
+/// Fills in who made the call (runs in the caller's context), and, when neither the request nor
+/// its socket (`sk`, 0 if not known: see `add_from_sock`) told the network namespace, the
 /// caller's.
 #[inline(always)]
 fn stamp_caller(ev: &mut BindEvent, c: &Caller, sk: u64) {
@@ -139,12 +84,8 @@ fn stamp_caller(ev: &mut BindEvent, c: &Caller, sk: u64) {
     ev.gid = c.gid;
     ev.cgroup_id = c.cgroup_id;
     ev.comm = c.comm;
-    if ev.netns == 0 {
-        ev.netns = if sk == 0 {
-            kernel::current_netns()
-        } else {
-            kernel::sock_netns(sk as *const u8)
-        };
+    if ev.netns == 0 && sk == 0 {
+        ev.netns = kernel::current_netns();
     }
 }
 
@@ -164,9 +105,30 @@ pub fn remember(key: &HistoryKey, owner: &Owner) {
     unsafe { (*set).write(key, owner) };
 }
 
+/// What `ev` lacks that its socket `sk` tells, from one read of the socket's head: the option
+/// bits (SO_REUSEADDR/SO_REUSEPORT, IPV6_V6ONLY) and the namespace. The cgroup bind hook leaves
+/// the options to this, so that only a call that is reported or remembered pays for the read;
+/// they do not change while the call runs.
+#[inline(always)]
+fn add_from_sock(ev: &mut BindEvent, sk: *const u8) {
+    let v = kernel::sock_head_view(sk);
+    let known = flags::SOCKOPTS_KNOWN | flags::V6ONLY_KNOWN;
+    let mut add = v.flags & (known | flags::REUSEADDR | flags::REUSEPORT | flags::V6ONLY);
+    if ev.flags & flags::SOCKOPTS_KNOWN != 0 {
+        add &= !(flags::SOCKOPTS_KNOWN | flags::REUSEADDR | flags::REUSEPORT);
+    }
+    if ev.flags & flags::V6ONLY_KNOWN != 0 {
+        add &= !(flags::V6ONLY_KNOWN | flags::V6ONLY);
+    }
+    ev.flags |= add;
+    if ev.netns == 0 {
+        ev.netns = kernel::view_netns(&v, sk);
+    }
+}
+
 /// A call ended with `ret` (0 or -errno). Reports it if it failed (or, with `--all`, if it
 /// succeeded) and remembers the new owner of a port that was taken. `sk`: the call's socket, if
-/// known and `ev.netns` is not set.
+/// known: what the request lacks (its namespace, option bits) is read from it.
 #[inline(always)]
 pub fn finish(ev: &mut BindEvent, ret: i64, sk: u64) {
     // The common case, a success nobody asked to see and no port to remember (bind(0), most
@@ -177,6 +139,9 @@ pub fn finish(ev: &mut BindEvent, ret: i64, sk: u64) {
         && ev.syscall != Syscall::Connect as u8;
     if ret == 0 && !remember_it && conf!(report_success) == 0 {
         return;
+    }
+    if sk != 0 {
+        add_from_sock(ev, sk as *const u8);
     }
     let c = kernel::caller();
     stamp_caller(ev, &c, sk);

@@ -25,7 +25,8 @@ use crate::{
     config::conf,
     kernel::{self, Caller, SockView, current_tid, sock_head_view, sock_view, tp_bytes, tp_read},
     maps::CONNECTING,
-    report::{pending_entry, pending_get, remember},
+    pending,
+    report::remember,
 };
 
 const SOCK_STREAM: u16 = 1;
@@ -105,7 +106,7 @@ fn stream_flags(view: &SockView) -> u16 {
 
 #[inline(always)]
 fn on_listen(ctx: &TracePointContext, sk: u64) -> Option<()> {
-    let ev = pending_get(current_tid(), Syscall::Listen)?;
+    let ev = pending::get(current_tid(), Syscall::Listen)?;
     let view = sock_view(sk as *const u8);
     ev.family = tp_read::<{ L::SS_FAMILY as usize }, u16>(ctx, conf!(tp.ss_family))? as u16;
     ev.port = tp_read::<{ L::SS_SPORT as usize }, u16>(ctx, conf!(tp.ss_sport))? as u16;
@@ -151,7 +152,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
     // what it asked for, and the socket. Its exit reports it if it failed, or remembers its owner
     // (`connected`) once the source port is chosen — no map entry per connection. (The namespace
     // is the socket's, read at the exit.)
-    if let Some(p) = pending_entry(current_tid(), Syscall::Connect) {
+    if let Some(p) = pending::entry(current_tid(), Syscall::Connect) {
         let ev = &mut p.ev;
         ev.protocol = IPPROTO_TCP;
         ev.sock_type = SOCK_STREAM;
@@ -186,7 +187,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
 #[inline(always)]
 pub fn connected(ev: &BindEvent, sk: u64) {
     let view = sock_head_view(sk as *const u8);
-    let netns = kernel::sock_netns(sk as *const u8);
+    let netns = kernel::view_netns(&view, sk as *const u8);
     remember_connection(
         netns,
         &view,

@@ -1,22 +1,22 @@
 //! Tracepoint backend: the `syscalls:sys_{enter,exit}_{bind,listen,connect}` tracepoints.
 //!
-//! The request is recorded per thread in `PENDING` — at syscall entry for listen() and connect(),
-//! by the cgroup bind hook (`cgroup_bind`) for bind() — and `sock:inet_sock_set_state`
-//! (`sock_state`) adds what only the kernel knows while the call runs; the exit reports. These tracepoints exist on every kernel with `CONFIG_FTRACE_SYSCALLS` (checked on
-//! 6.1, 6.12 and 6.18: fd @16, address @24, addrlen @32, ret @16 — the collector reads the real
-//! offsets from tracefs). They do not see io_uring's `IORING_OP_BIND`/`LISTEN` (6.11+), in-kernel
+//! The request is recorded as the thread's call in flight (`pending`) — at syscall entry for
+//! listen() and connect(), by the cgroup bind hook (`cgroup_bind`) for bind() — and
+//! `sock:inet_sock_set_state` (`sock_state`) adds what only the kernel knows while the call runs;
+//! the exit reports. These tracepoints exist on every kernel with `CONFIG_FTRACE_SYSCALLS`
+//! (checked on 6.1, 6.12 and 6.18: fd @16, address @24, addrlen @32, ret @16 — the collector
+//! reads the real offsets from tracefs). They do not see io_uring's `IORING_OP_BIND`/`LISTEN` (6.11+), in-kernel
 //! `kernel_bind()` callers or 32-bit compat tasks; the fexit and kprobe backends do.
 
-use aya_ebpf::{
-    helpers::generated::bpf_jiffies64, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::info;
 use tracer_common::{BindEvent, Syscall, flags, tp_layout as L};
 
 use crate::{
     config::conf,
     kernel::{current_tid, tp_read},
-    report::{Pending, finish, pending_done, pending_entry, pending_put},
+    pending::{self, Pending},
+    report::finish,
     sock_state,
 };
 
@@ -31,14 +31,14 @@ const EADDRNOTAVAIL: i64 = 99;
 fn enter_connect() {
     let mut ev = BindEvent::ZERO;
     ev.syscall = Syscall::Connect as u8;
-    pending_put(current_tid(), &ev, 0, 0);
+    pending::put(current_tid(), &ev, 0, 0);
 }
 
 /// Takes this thread's pending call, if it is of the expected kind, and reports it via `f`.
 #[inline(always)]
 fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Pending, i64)) {
     let tid = current_tid();
-    let Some(p) = pending_entry(tid, syscall) else {
+    let Some(p) = pending::entry(tid, syscall) else {
         return;
     };
     if let Some(ret) = tp_read::<{ L::SYS_RET as usize }, u64>(ctx, conf!(tp.sys_ret)) {
@@ -57,7 +57,7 @@ fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Pend
         }
         f(p, ret);
     }
-    pending_done(&mut p.ev);
+    pending::done(tid, &mut p.ev);
 }
 
 /// bind()'s pending entry is created by the cgroup bind hook (`cgroup_bind.rs`), which runs only
@@ -69,19 +69,12 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     exit_with(&ctx, Syscall::Bind, |Pending { ev, sk, since }, ret| {
         // An entry opened longer ago than any bind() takes was left by a bind that did not
         // return through the syscall (io_uring, in-kernel): not this call's.
-        // SAFETY: a helper without arguments.
-        let now = unsafe { bpf_jiffies64() };
-        if now.wrapping_sub(*since) < STALE_JIFFIES {
+        if !pending::stale(*since) {
             finish(ev, ret, *sk);
         }
     });
     0
 }
-
-/// Longer than any bind() spends between its cgroup hook and its return: 1 s at the highest
-/// `CONFIG_HZ` (1000), 10 s at the lowest (100). Too long only delays when a left-over entry is
-/// recognised as one, which matters only if that thread's next bind() is refused before the hook.
-const STALE_JIFFIES: u64 = 1000;
 
 /// `int listen(int fd, int backlog)`: the socket's address is filled in by `sock_state` when
 /// `inet_csk_listen_start()` moves it CLOSE→LISTEN, just before it asks `get_port()` to re-check.
@@ -89,7 +82,7 @@ const STALE_JIFFIES: u64 = 1000;
 pub fn sys_enter_listen(_ctx: TracePointContext) -> u32 {
     let mut ev = BindEvent::ZERO;
     ev.syscall = Syscall::Listen as u8;
-    pending_put(current_tid(), &ev, 0, 0);
+    pending::put(current_tid(), &ev, 0, 0);
     0
 }
 

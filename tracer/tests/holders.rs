@@ -120,6 +120,53 @@ fn seed_1a_slow_connect_keeps_its_owner_while_many_threads_start() {
     run.release();
 }
 
+/// A connect() waiting for its handshake holds its thread's slot in bindtrace's table of calls in
+/// flight (`tracer-ebpf/src/pending.rs`); meanwhile a thread of the same process whose id maps to
+/// the same slot fails a bind. That bind must be reported whole, from its own record, and the
+/// connect must keep its own: its owner is named when its TIME-WAIT later blocks a bind.
+#[test]
+fn calls_of_two_threads_sharing_a_slot_keep_their_own_records() {
+    if !can_run("seed_1a_shared_slot") {
+        return;
+    }
+    let slots = tracer_common::PENDING_SLOTS.to_string();
+    let tracer = Tracer::shared();
+    let ns = Netns::new();
+    let run = ns.hold_case("case_1a_shared_slot", &["8400", &slots]);
+    let truth = run.report.clone();
+    let (connect_tid, collider_tid) = (&truth["connect_tid"], &truth["collider_tid"]);
+    assert!(
+        collider_tid.is_u64(),
+        "no thread id sharing the connecting thread's slot came up: {truth}"
+    );
+    assert_eq!(
+        connect_tid.as_u64().unwrap() % u64::from(tracer_common::PENDING_SLOTS),
+        collider_tid.as_u64().unwrap() % u64::from(tracer_common::PENDING_SLOTS),
+        "{truth}"
+    );
+    assert_eq!(
+        truth["connect_in_flight"], true,
+        "the bind must fail while the connect waits: {truth}"
+    );
+    assert_eq!(truth["collider_errno"], 98, "{truth}");
+    assert_eq!(truth["errno"], 98, "{truth}");
+
+    let bind = tracer.wait_for("the bind of the thread sharing a slot", |v| {
+        v["tid"] == *collider_tid && v["event"] == "bind_failure"
+    });
+    assert_eq!(bind["port"], 8401, "{bind:#}");
+    assert_eq!(bind["errno"], 98, "{bind:#}");
+    assert_eq!(bind["addr"], "127.0.0.1", "{bind:#}");
+    assert_eq!(bind["syscall"], "bind", "{bind:#}");
+
+    let pid = run.pid();
+    let ev = tracer.wait_for("the bind over the connection's TIME-WAIT", |v| {
+        v["pid"] == pid && v["event"] == "bind_failure"
+    });
+    assert_time_wait_named_from_history(&ev, &truth, "127.0.0.1:8400");
+    run.release();
+}
+
 /// Two processes connected from one port to two different servers — connections to different
 /// peers may share a source port — closed first and exited: each TIME-WAIT is named with its own
 /// process. When the history kept one owner per port, the older connection's was lost.

@@ -181,6 +181,75 @@ def helper_slow_connect_among_new_threads(server_port, threads):
     c.close()
 
 
+def helper_slow_connect_sharing_slot(server_port, hold_port, slots):
+    """Connects to server_port from an ephemeral port while the server drops its SYN, and
+    meanwhile starts a thread whose thread id equals the connecting thread's modulo `slots`
+    (bindtrace keeps each thread's call in flight in slot tid % slots). That thread fails a bind
+    on `hold_port`, held here, while the connect is still in flight; then this reports both thread
+    ids and waits for the connect, reports again, closes first (TIME-WAIT on this side) and
+    exits."""
+    import threading
+    slots = int(slots)
+    hold = sock()
+    hold.bind((HOST, int(hold_port)))
+    done = {}
+
+    def connect():
+        done["tid"] = threading.get_native_id()
+        c = sock()
+        c.connect((HOST, int(server_port)))
+        done["sock"] = c
+
+    t = threading.Thread(target=connect)
+    t.start()
+    time.sleep(0.2)  # its SYN has gone out and been dropped
+    found = {}
+
+    def one(want):
+        tid = threading.get_native_id()
+        if tid % slots == want % slots and tid != done["tid"]:
+            s = sock()
+            found["tid"], found["errno"] = tid, attempt(lambda: s.bind((HOST, int(hold_port))))
+            found["connect_in_flight"] = t.is_alive()
+
+    # Ask the kernel for a thread id sharing the slot (as root, ns_last_pid sets the id the next
+    # task gets: what checkpoint/restore tools use), for each free candidate in turn; a task
+    # another process starts at the same moment can take it, so up to 50 tries. Failing that,
+    # start threads until the ids come round, for at most a minute.
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    started = 0
+    candidates = [(done["tid"] + k * slots) % pid_max for k in range(1, pid_max // slots + 1)]
+    candidates = [c for c in candidates if c > 300 and c != done["tid"]]
+    for want in (candidates * 50)[:50]:
+        if os.path.exists(f"/proc/{want}"):
+            continue
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(want - 1))
+        except OSError:
+            break
+        th = threading.Thread(target=one, args=(want,))
+        th.start()
+        th.join()
+        started += 1
+        if found:
+            break
+    deadline = time.monotonic() + 60
+    while not found and time.monotonic() < deadline:
+        th = threading.Thread(target=one, args=(done["tid"],))
+        th.start()
+        th.join()
+        started += 1
+    report(role="collider", connect_tid=done["tid"], collider_tid=found.get("tid"),
+           collider_errno=found.get("errno"), connect_in_flight=found.get("connect_in_flight"),
+           threads=started)
+    t.join()
+    c = done["sock"]
+    report(role="client", local=c.getsockname()[1])
+    c.close()
+
+
 def helper_connect_from(port, server_port, reuseaddr):
     """Connects to server_port from local port `port`, holds the connection until stdin closes."""
     s = sock(reuseaddr=reuseaddr == "1")
@@ -349,6 +418,29 @@ def case_1a_among_new_threads(port):
     finish(case="1a_among_new_threads", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
            reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
            threads=threads, connect_s=info["connect_s"])
+
+
+def case_1a_shared_slot(port, slots):
+    """Like 1a, but while the connect waits for its handshake another thread of the same process,
+    whose thread id shares the connecting thread's slot in bindtrace's table of calls in flight,
+    fails a bind: both calls must keep their own record. The failing bind must be reported, and the
+    connection's owner remembered."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((HOST, port))
+    srv.listen(0)
+    filler = socket.socket()
+    filler.connect((HOST, port))  # the accept queue (backlog 0) is now full: SYNs are dropped
+    c, collider = spawn("helper_slow_connect_sharing_slot", port, port + 1, slots)
+    srv.settimeout(130)
+    srv.accept()[0].close()  # room for the client's retried SYN
+    conn, _ = srv.accept()
+    info = json.loads(c.stdout.readline())
+    local = info["local"]
+    err = bind_over_time_wait(conn, c, local)
+    finish(case="1a_shared_slot", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
+           reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
+           hold_port=port + 1, **{k: v for k, v in collider.items() if k not in ("pid", "comm")})
 
 
 def case_1b(port):
