@@ -106,9 +106,11 @@ pub fn remember(key: &HistoryKey, owner: &Owner) {
 }
 
 /// What `ev` lacks that its socket `sk` tells, from one read of the socket's head: the option
-/// bits (SO_REUSEADDR/SO_REUSEPORT, IPV6_V6ONLY) and the namespace. The cgroup bind hook leaves
-/// the options to this, so that only a call that is reported or remembered pays for the read;
-/// they do not change while the call runs.
+/// bits (SO_REUSEADDR/SO_REUSEPORT, IPV6_V6ONLY), the device, the port and the namespace. The
+/// cgroup bind hook and `sock_state` (for a connect()) leave these to this, so that only a call
+/// that is reported or remembered pays for the read; options and device do not change while the
+/// call runs. A connect()'s port is the socket's: the one bound beforehand, or 0 (its ephemeral
+/// port is chosen inside the call); a bind() keeps the port it asked for.
 #[inline(always)]
 fn add_from_sock(ev: &mut BindEvent, sk: *const u8) {
     let v = kernel::sock_head_view(sk);
@@ -121,6 +123,13 @@ fn add_from_sock(ev: &mut BindEvent, sk: *const u8) {
         add &= !(flags::V6ONLY_KNOWN | flags::V6ONLY);
     }
     ev.flags |= add;
+    if ev.flags & flags::DEV_KNOWN == 0 && v.flags & flags::DEV_KNOWN != 0 {
+        ev.bound_dev_if = v.bound_dev_if;
+        ev.flags |= flags::DEV_KNOWN;
+    }
+    if ev.syscall == Syscall::Connect as u8 {
+        ev.port = v.port;
+    }
     if ev.netns == 0 {
         ev.netns = kernel::view_netns(&v, sk);
     }

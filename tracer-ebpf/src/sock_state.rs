@@ -140,29 +140,28 @@ fn connection_owner(c: &Caller, family: u16, local: [u8; 16], view: &SockView) -
     }
 }
 
-/// One read of the socket's head gives its options; the addresses come from the tracepoint record
-/// (set by `tcp_v4_connect()`/`tcp_v6_connect()` before the state change).
+/// The addresses come from the tracepoint record (set by `tcp_v4_connect()`/`tcp_v6_connect()`
+/// before the state change); the socket's head — its options, device and, once chosen, its port —
+/// is read later, by whichever path remembers or reports the connection.
 #[inline(always)]
 fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
-    let view = sock_head_view(sk as *const u8);
     let family = tp_read::<{ L::SS_FAMILY as usize }, u16>(ctx, conf!(tp.ss_family))? as u16;
     let local = tp_local(ctx, family);
 
     // A connect() syscall in flight on this thread (tracepoint backend): it is a TCP one; note
-    // what it asked for, and the socket. Its exit reports it if it failed, or remembers its owner
-    // (`connected`) once the source port is chosen — no map entry per connection. (The namespace
-    // is the socket's, read at the exit.)
+    // what it asked for, and the socket. Its exit remembers its owner (`connected`) once the
+    // source port is chosen, or reports it if it failed (the socket's options, device, port and
+    // namespace are then read from the socket: `report::add_from_sock`) — no map entry per
+    // connection, and no read of the socket here.
     if let Some(p) = pending::entry(current_tid(), Syscall::Connect) {
         let ev = &mut p.ev;
         ev.protocol = IPPROTO_TCP;
         ev.sock_type = SOCK_STREAM;
         ev.family = family;
         ev.addr = local;
-        ev.port = view.port;
         ev.remote_addr = tp_remote(ctx, family);
         ev.remote_port = tp_read::<{ L::SS_DPORT as usize }, u16>(ctx, conf!(tp.ss_dport))? as u16;
-        ev.bound_dev_if = view.bound_dev_if;
-        ev.flags |= stream_flags(&view) | flags::ADDR_KNOWN;
+        ev.flags |= flags::PROTO_KNOWN | flags::ADDR_KNOWN;
         p.sk = sk;
         return Some(());
     }
@@ -173,6 +172,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
     if !uses_connecting() {
         return None;
     }
+    let view = sock_head_view(sk as *const u8);
     let owner = connection_owner(&kernel::caller(), family, local, &view);
     let _ = CONNECTING.insert(sk, owner, 0);
     Some(())
