@@ -181,6 +181,18 @@ pub struct BindEvent {
 pub const PENDING_SLOTS: u32 = 16 * 1024;
 const _: () = assert!(PENDING_SLOTS.is_power_of_two());
 
+/// Entries of the kernel programs' `PENDING` LRU hash (calls whose thread's slot another call
+/// holds) for a host with `possible_cpus` CPUs. An LRU hash with one common list lets each CPU
+/// keep up to 128 free entries for itself (`LOCAL_FREE_TARGET`); before 6.16 a CPU that finds
+/// the rest of the map in other CPUs' hands evicts live entries even from a nearly empty map. So:
+/// twice that per CPU, and at least 4 096.
+#[must_use]
+pub fn pending_overflow_entries(possible_cpus: usize) -> u32 {
+    u32::try_from(possible_cpus.saturating_mul(256))
+        .unwrap_or(u32::MAX)
+        .max(4096)
+}
+
 pub const BIND_EVENT_SIZE: usize = 120;
 const _: () = assert!(core::mem::size_of::<BindEvent>() == BIND_EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 8);
@@ -409,6 +421,7 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const HISTORY: &str = "HISTORY";
+    pub const PENDING: &str = "PENDING";
     pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
 }
 
@@ -465,6 +478,16 @@ mod tests {
     use core::mem::offset_of;
 
     use super::*;
+
+    /// Room for every CPU's cache of free LRU entries (128) twice over, never under 4 096.
+    #[test]
+    fn pending_overflow_scales_with_cpus() {
+        assert_eq!(pending_overflow_entries(1), 4096);
+        assert_eq!(pending_overflow_entries(16), 4096);
+        assert_eq!(pending_overflow_entries(64), 16_384);
+        assert_eq!(pending_overflow_entries(1024), 262_144);
+        assert_eq!(pending_overflow_entries(usize::MAX), u32::MAX);
+    }
 
     /// The offsets the kernel programs write and the collector reads; a reordering that kept the
     /// size would pass the `const` asserts but fail here.

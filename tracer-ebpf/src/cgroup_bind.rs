@@ -16,9 +16,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_getsockopt, bpf_jiffies64},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    helpers::generated::bpf_getsockopt, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 use tracer_common::{BindEvent, Syscall, flags};
 
@@ -79,10 +77,7 @@ fn set_options(ev: &mut BindEvent, reuseaddr: bool, reuseport: bool) {
 /// and bind6 only `user_ip6`.
 #[inline(always)]
 fn observe<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
-    let call = pending::open(current_tid())?;
-    // SAFETY: a helper without arguments. Lets the exit tell this call from a stale entry (a bind
-    // that never returned through bind(), such as io_uring's).
-    call.since = unsafe { bpf_jiffies64() };
+    let call = pending::open(current_tid(), Syscall::Bind)?;
     let ev = &mut call.ev;
     *ev = BindEvent::ZERO;
     ev.syscall = Syscall::Bind as u8;

@@ -27,7 +27,7 @@ fn bind_entry(ctx: &ProbeContext) {
         return;
     };
     if let Some(ev) = inet::bind_request(sock, uaddr) {
-        pending::put(current_tid(), ev, 0, 0);
+        pending::put(current_tid(), ev, 0);
     }
 }
 
@@ -56,7 +56,7 @@ pub fn kp_inet_csk_get_port(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(snum)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1))
         && let Some(ev) = inet::listen_request(sk, snum as u16)
     {
-        pending::put(current_tid(), ev, 0, 0);
+        pending::put(current_tid(), ev, 0);
     }
     0
 }

@@ -23,21 +23,19 @@ pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 /// The call each thread has in flight (`pending`): a slot per thread id modulo the size, claimed
-/// for the call's duration. 16 384 slots of 144 bytes (2.3 MiB): thread ids 16 384 apart share a
-/// slot, and only when both are inside a traced call at once does the second one go to `PENDING`.
+/// for the call's duration. 16 384 slots of 144 bytes (2.25 MiB): thread ids 16 384 apart share a
+/// slot; when both are inside a traced call at once, the second one's goes to `PENDING`.
 #[map(name = "PENDING_SLOTS")]
 pub static PENDING_SLOTS: Array<Slot> = Array::with_max_entries(tracer_common::PENDING_SLOTS, 0);
 pub const PENDING_SLOTS_MASK: u32 = tracer_common::PENDING_SLOTS - 1;
 
 /// Calls whose thread's slot in `PENDING_SLOTS` was held by another thread's call, keyed by
 /// thread id. A thread's entry is reused by its next call that lands here rather than inserted
-/// and deleted per call. LRU, so the entries of threads that stopped calling are evicted.
-///
-/// One LRU list for the whole map, not per-CPU ones (`BPF_F_NO_COMMON_LRU`): per-CPU lists split
-/// the entries evenly between the possible CPUs (`bpf_percpu_lru_populate()`), and evict within
-/// the list a thread's entry was inserted on; a connect() waiting for its handshake could lose its
-/// entry once enough new threads had started calling on that CPU, and with it the owner of its
-/// port.
+/// and deleted per call. LRU, so the entries of threads that stopped calling are evicted; one LRU
+/// list for the whole map, not per-CPU ones (`BPF_F_NO_COMMON_LRU`), which would split the
+/// entries evenly between the possible CPUs and evict within the list of the CPU a thread's
+/// entry was inserted on. The collector sizes it at load to the host's CPUs
+/// (`tracer_common::pending_overflow_entries`).
 #[map(name = "PENDING")]
 pub static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(4 * 1024, 0);
 

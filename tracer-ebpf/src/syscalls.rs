@@ -31,7 +31,7 @@ const EADDRNOTAVAIL: i64 = 99;
 fn enter_connect() {
     let mut ev = BindEvent::ZERO;
     ev.syscall = Syscall::Connect as u8;
-    pending::put(current_tid(), &ev, 0, 0);
+    pending::put(current_tid(), &ev, 0);
 }
 
 /// Takes this thread's pending call, if it is of the expected kind, and reports it via `f`.
@@ -66,12 +66,10 @@ fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Pend
 /// socket does not have) is not reported: a malformed call, not a port problem.
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    exit_with(&ctx, Syscall::Bind, |Pending { ev, sk, since }, ret| {
-        // An entry opened longer ago than any bind() takes was left by a bind that did not
-        // return through the syscall (io_uring, in-kernel): not this call's.
-        if !pending::stale(*since) {
-            finish(ev, ret, *sk);
-        }
+    // A call opened longer ago than any bind() takes was left by a bind that did not return
+    // through the syscall (io_uring, in-kernel): `pending::entry` does not return it.
+    exit_with(&ctx, Syscall::Bind, |Pending { ev, sk, .. }, ret| {
+        finish(ev, ret, *sk);
     });
     0
 }
@@ -82,7 +80,7 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_listen(_ctx: TracePointContext) -> u32 {
     let mut ev = BindEvent::ZERO;
     ev.syscall = Syscall::Listen as u8;
-    pending::put(current_tid(), &ev, 0, 0);
+    pending::put(current_tid(), &ev, 0);
     0
 }
 

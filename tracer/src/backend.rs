@@ -284,10 +284,12 @@ pub fn kprobes_available(kernel: &Kernel) -> Result<(), String> {
     }
 }
 
-/// Loads the object with `config` frozen into its `CONFIG` global, and an owner history of about
-/// `history_size` entries (rounded up to whole sets, a power of two of them).
+/// Loads the object with `config` frozen into its `CONFIG` global, an owner history of about
+/// `history_size` entries (rounded up to whole sets, a power of two of them) and room for calls
+/// in flight sized to the host's CPUs.
 fn load(kernel: &Kernel, config: &Config, history_size: u32) -> Result<Ebpf> {
     let sets = history::sets_for(history_size);
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))?;
     let config = Config {
         history_mask: sets - 1,
         ..*config
@@ -296,6 +298,10 @@ fn load(kernel: &Kernel, config: &Config, history_size: u32) -> Result<Ebpf> {
         .btf(kernel.btf.as_ref())
         .override_global(names::CONFIG, &config, true)
         .map_max_entries(names::HISTORY, sets)
+        .map_max_entries(
+            names::PENDING,
+            tracer_common::pending_overflow_entries(cpus),
+        )
         .load(EBPF_OBJECT)
         .context("loading bindtrace's eBPF object into the kernel")
 }
