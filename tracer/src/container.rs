@@ -4,7 +4,13 @@
 //! pod's name and namespace where the kubelet's layout makes them knowable (`/var/log/pods/
 //! NAMESPACE_NAME_UID`).
 
-use std::{collections::HashMap, fs, time::Instant};
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -84,16 +90,49 @@ pub fn cgroup_path(pid: u32) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Resolves contexts, caching what does not change (the host netns, the kubelet's pod list).
+/// The cgroup-v2 paths under `root` (as `/proc/PID/cgroup` writes them: `/` for the root) by
+/// cgroup id, which is the directory's inode number (the id the kernel programs record with
+/// `bpf_get_current_cgroup_id()`).
+fn cgroup_paths_by_id(root: &Path) -> HashMap<u64, String> {
+    let mut found = HashMap::new();
+    let mut dirs = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = dirs.pop() {
+        if let Ok(meta) = fs::metadata(&dir) {
+            found.insert(
+                meta.ino(),
+                if rel.is_empty() {
+                    "/".into()
+                } else {
+                    rel.clone()
+                },
+            );
+        }
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                dirs.push((e.path(), format!("{rel}/{name}")));
+            }
+        }
+    }
+    found
+}
+
+/// How often, at most, the cgroup tree is walked again for an id it did not have.
+const CGROUP_RESCAN: Duration = Duration::from_secs(1);
+
+/// Resolves contexts, caching what does not change (the host netns, the kubelet's pod list, the
+/// paths of cgroup ids).
 pub struct Resolver {
     host_netns: Option<u32>,
     pods: HashMap<String, (String, String)>,
     pods_read: Option<Instant>,
+    cgroup_root: Option<PathBuf>,
+    cgroups: HashMap<u64, String>,
+    cgroups_read: Option<Instant>,
 }
 
 impl Default for Resolver {
     fn default() -> Self {
-        use std::os::unix::fs::MetadataExt as _;
         Self {
             // pid 1's namespace is the host's (bindtrace runs on the host, or with hostPID).
             // Where pid 1 is out of reach, bindtrace's own: on a host, or in a hostNetwork pod
@@ -104,6 +143,9 @@ impl Default for Resolver {
                 .map(|m| m.ino() as u32),
             pods: HashMap::new(),
             pods_read: None,
+            cgroup_root: crate::host::cgroup2_root().ok(),
+            cgroups: HashMap::new(),
+            cgroups_read: None,
         }
     }
 }
@@ -130,9 +172,32 @@ impl Resolver {
         }
     }
 
-    /// The context of process `pid` in network namespace `netns` (0: unknown).
-    pub fn resolve(&mut self, pid: u32, netns: u32) -> Context {
-        let (container_id, pod_uid) = cgroup_path(pid)
+    /// The path of the cgroup with id `id`, walking the cgroup tree again (at most once per
+    /// [`CGROUP_RESCAN`]) if it is not known yet.
+    fn cgroup_of_id(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if !self.cgroups.contains_key(&id)
+            && self
+                .cgroups_read
+                .is_none_or(|t| t.elapsed() >= CGROUP_RESCAN)
+            && let Some(root) = &self.cgroup_root
+        {
+            self.cgroups_read = Some(Instant::now());
+            self.cgroups = cgroup_paths_by_id(root);
+        }
+        self.cgroups.get(&id).cloned()
+    }
+
+    /// The context of process `pid` (0: gone) in cgroup `cgroup_id` (0: unknown) and network
+    /// namespace `netns` (0: unknown). The cgroup comes from its id when known — what the kernel saw at the
+    /// call, still right after the process exits (a service that fails to bind its port and
+    /// quits at once) or its pid is reused — else from `/proc/PID/cgroup`.
+    pub fn resolve(&mut self, pid: u32, cgroup_id: u64, netns: u32) -> Context {
+        let (container_id, pod_uid) = self
+            .cgroup_of_id(cgroup_id)
+            .or_else(|| (pid != 0).then(|| cgroup_path(pid)).flatten())
             .map(|p| parse_cgroup_path(&p))
             .unwrap_or_default();
         let (pod_namespace, pod_name) = match &pod_uid {
@@ -233,14 +298,34 @@ mod tests {
         let mut r = Resolver::default();
         let me = std::process::id();
         let own = crate::netns::own_inode() as u32;
-        let ctx = r.resolve(me, own);
+        let ctx = r.resolve(me, 0, own);
         assert!(cgroup_path(me).is_some());
         // The tests run in the host's namespace (or the container's, where pid 1 shares it).
         assert!(ctx.host_network.is_some());
         assert_eq!(
-            r.resolve(me, 0).host_network,
+            r.resolve(me, 0, 0).host_network,
             None,
             "unknown netns: unknown"
         );
+    }
+
+    /// A cgroup's id is its directory's inode number, and the walk names it as /proc does.
+    #[test]
+    fn cgroup_ids_map_to_their_paths() {
+        let dir = std::env::temp_dir().join(format!("bindtrace-cgroups-{}", std::process::id()));
+        let leaf = dir.join("kubepods.slice/cri-containerd-abc.scope");
+        fs::create_dir_all(&leaf).unwrap();
+        let ids = cgroup_paths_by_id(&dir);
+        let id = fs::metadata(&leaf).unwrap().ino();
+        assert_eq!(
+            ids.get(&id).map(String::as_str),
+            Some("/kubepods.slice/cri-containerd-abc.scope")
+        );
+        assert_eq!(
+            ids.get(&fs::metadata(&dir).unwrap().ino())
+                .map(String::as_str),
+            Some("/")
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

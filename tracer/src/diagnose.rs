@@ -178,6 +178,9 @@ pub struct Holder {
     /// Container and Kubernetes context of the owner (keys absent when unknown).
     #[serde(flatten, default)]
     pub container: crate::container::Context,
+    /// The remembered owner's cgroup id (0: unknown), for its context once it has exited.
+    #[serde(skip)]
+    pub owner_cgroup: u64,
     /// Whether the kernel's rules say this socket blocks the request.
     pub conflicts: bool,
 }
@@ -689,6 +692,7 @@ mod tests {
             shared_with: vec![],
             inode: 1,
             container: crate::container::Context::default(),
+            owner_cgroup: 0,
             conflicts: false,
         }
     }

@@ -107,6 +107,7 @@ impl Remembered {
         h.source = Source::History;
         h.age_ms = Some(self.age_ms);
         h.owner_alive = Some(self.alive);
+        h.owner_cgroup = self.owner.cgroup_id;
         let (a, p) = self.port_flags();
         h.reuseaddr = h.reuseaddr.or(a);
         h.reuseport = h.reuseport.or(p);
@@ -225,8 +226,13 @@ impl Investigator {
         let remembered = self.remembered(netns, req.port, protocol);
         let mut holders = self.holders(&socks, &remembered, req);
         for h in &mut holders {
-            if let Some(pid) = h.pid.filter(|_| h.owner_alive != Some(false)) {
-                h.container = self.containers.resolve(pid, netns);
+            // An owner that has exited is known by its remembered cgroup only: its pid may name
+            // another process by now.
+            let pid = h.pid.filter(|_| h.owner_alive != Some(false));
+            if pid.is_some() || h.owner_cgroup != 0 {
+                h.container = self
+                    .containers
+                    .resolve(pid.unwrap_or(0), h.owner_cgroup, netns);
             }
         }
         log::debug!(
@@ -301,6 +307,7 @@ impl Investigator {
                 shared_with: Vec::new(),
                 inode: s.inode,
                 container: crate::container::Context::default(),
+                owner_cgroup: 0,
                 conflicts: false,
             };
             if let Some(list) = owners.get(&s.inode).filter(|l| !l.is_empty()) {
@@ -355,6 +362,7 @@ impl Investigator {
                     shared_with: Vec::new(),
                     inode: 0,
                     container: crate::container::Context::default(),
+                    owner_cgroup: 0,
                     conflicts: false,
                 };
                 r.apply(&mut h);

@@ -349,6 +349,47 @@ fn cgroup_filter_and_kubernetes_context() {
     std::fs::remove_dir_all(&pod_dir).unwrap();
 }
 
+/// A pod's process connected out from a port, closed first and exited; its TIME-WAIT then
+/// blocks a bind by another process of the pod, which also exits at once. Both still carry the
+/// pod: the holder's context comes from the cgroup id remembered with it, the failing process's
+/// from the one its event carries — not from `/proc`, where neither is any more.
+#[test]
+fn exited_processes_keep_their_pod_context() {
+    const ID: &str = "6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f70";
+    if !can_run("cgroup_of_exited_processes") {
+        return;
+    }
+    let uid = format!("8b9c0d1e-2f3a-4b5c-8d6e-{:012x}", std::process::id());
+    let pod_dir = PathBuf::from(format!("/var/log/pods/bt-test-ns_bt-gone-pod_{uid}"));
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let rel = format!(
+        "bindtrace-test-gone-{}/kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
+        std::process::id(),
+        uid.replace('-', "_")
+    );
+    let (cgroups, leaf) = Cgroups::make(&cgroup2_root(), &rel);
+    let tracer = Tracer::shared();
+    let ns = Netns::new();
+    let run = ns.hold_case("case_1a_gated", &["8650"]);
+    std::fs::write(leaf.join("cgroup.procs"), run.pid().to_string()).expect("joining the cgroup");
+    let done = run.release().expect("the workload's report");
+    assert_eq!(done["errno"], 98, "{done}");
+    let ev = tracer.failure(done["pid"].as_u64().unwrap(), 8650);
+    assert_eq!(ev["container_id"], ID, "{ev:#}");
+    assert_eq!(ev["pod_name"], "bt-gone-pod", "{ev:#}");
+    let h = ev["holders"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["pid"] == done["holder_pid"]))
+        .unwrap_or_else(|| panic!("the exited helper is not named: {ev:#}"));
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h["owner_alive"], false, "{ev:#}");
+    assert_eq!(h["container_id"], ID, "{ev:#}");
+    assert_eq!(h["pod_uid"], uid.as_str(), "{ev:#}");
+    assert_eq!(h["pod_namespace"], "bt-test-ns", "{ev:#}");
+    drop(cgroups);
+    std::fs::remove_dir_all(&pod_dir).unwrap();
+}
+
 #[test]
 fn netns_filter_keeps_only_that_namespace() {
     if !can_run("netns_filter") {

@@ -443,6 +443,14 @@ def case_1a_shared_slot(port, slots):
            hold_port=port + 1, **{k: v for k, v in collider.items() if k not in ("pid", "comm")})
 
 
+def case_1a_gated(port):
+    """Reports its pid and waits for a line on stdin (the test moves it into a cgroup, which the
+    helper it starts inherits), then runs 1a."""
+    report(case="1a_gated", stage="ready", port=port)
+    sys.stdin.readline()
+    case_1a(port)
+
+
 def case_1b(port):
     """Another process holds an ESTABLISHED connection from P (no SO_REUSEADDR); a SO_REUSEADDR
     listener on P fails."""
