@@ -52,22 +52,23 @@ def server(port, family=socket.AF_INET, host=HOST):
 TCP_TIME_WAIT = 6
 
 
-def wait_for_tcp_state(port, state, timeout=10.0, count=1):
-    """Waits until a TCP socket of this namespace bound to `port` is in `state` (the kernel's
-    number, as /proc/net/tcp shows it). The peer's FIN is processed in softirq: without this a
-    busy machine may still show the closing side in FIN_WAIT2 when the next step runs."""
+def wait_for_tcp_state(port, state, timeout=30.0, count=1):
+    """Waits until `count` TCP sockets of this namespace bound to `port` are in `state` (the
+    kernel's number, as /proc/net/tcp shows it). The peer's FIN is processed in softirq: without
+    this a busy machine may still show the closing side in FIN_WAIT2 when the next step runs.
+    (Twice, in VMs under software emulation with two VMs sharing the host, 10 s were not enough;
+    the states seen are printed if it gives up, to tell a slow machine from a stuck socket.)"""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         with open("/proc/net/tcp") as f:
-            found = 0
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].split(":")[1], 16) == port and int(fields[3], 16) == state:
-                    found += 1
-            if found >= count:
-                return
+            states = [int(fields[3], 16) for fields in (line.split() for line in f.readlines()[1:])
+                      if int(fields[1].split(":")[1], 16) == port]
+        if states.count(state) >= count:
+            return
+        if time.monotonic() >= deadline:
+            raise SystemExit(f"no {count} socket(s) on port {port} reached TCP state {state} in "
+                             f"{timeout} s; states seen there: {states}")
         time.sleep(0.005)
-    raise SystemExit(f"no socket on port {port} reached TCP state {state} in {timeout} s")
 
 
 def spawn(case, *args, user=None):
