@@ -308,22 +308,55 @@ impl Drop for Cgroups {
     }
 }
 
+/// A fake Kubernetes pod `bt-test-ns/NAME`: its directory in `/var/log/pods` (the kubelet's
+/// layout, `NAMESPACE_NAME_UID`) and container `id`'s cgroup under a besteffort pod slice, in a
+/// cgroup tree of its own (`TAG-PID`).
+struct Pod {
+    uid: String,
+    dir: PathBuf,
+    cgroups: Cgroups,
+    leaf: PathBuf,
+}
+
+impl Pod {
+    fn make(tag: &str, uid_prefix: &str, name: &str, id: &str) -> Self {
+        let uid = format!("{uid_prefix}-{:012x}", std::process::id());
+        let dir = PathBuf::from(format!("/var/log/pods/bt-test-ns_{name}_{uid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rel = format!(
+            "{tag}-{}/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+            std::process::id(),
+            uid.replace('-', "_")
+        );
+        let (cgroups, leaf) = Cgroups::make(&cgroup2_root(), &rel);
+        Self {
+            uid,
+            dir,
+            cgroups,
+            leaf,
+        }
+    }
+
+    /// Removes the cgroups (once their processes have exited) and the pod's directory.
+    fn remove(self) {
+        drop(self.cgroups);
+        std::fs::remove_dir_all(&self.dir).unwrap();
+    }
+}
+
 #[test]
 fn cgroup_filter_and_kubernetes_context() {
     const ID: &str = "5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f";
     if !can_run("cgroup") {
         return;
     }
-    let uid = format!("7a8b9c0d-1e2f-4a3b-8c4d-{:012x}", std::process::id());
-    let pod_dir = PathBuf::from(format!("/var/log/pods/bt-test-ns_bt-test-pod_{uid}"));
-    std::fs::create_dir_all(&pod_dir).unwrap();
-    let root = cgroup2_root();
-    let rel = format!(
-        "bindtrace-test-{}/kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
-        std::process::id(),
-        uid.replace('-', "_")
+    let pod = Pod::make(
+        "bindtrace-test",
+        "7a8b9c0d-1e2f-4a3b-8c4d",
+        "bt-test-pod",
+        ID,
     );
-    let (cgroups, leaf) = Cgroups::make(&root, &rel);
+    let (uid, leaf) = (pod.uid.clone(), pod.leaf.clone());
     let pod_cgroup = leaf.parent().unwrap().to_path_buf();
 
     let ns = Netns::new();
@@ -345,8 +378,7 @@ fn cgroup_filter_and_kubernetes_context() {
         "--cgroup let a process outside the pod through"
     );
     drop(tracer);
-    drop(cgroups);
-    std::fs::remove_dir_all(&pod_dir).unwrap();
+    pod.remove();
 }
 
 /// A pod's process connected out from a port, closed first and exited; its TIME-WAIT then
@@ -359,15 +391,13 @@ fn exited_processes_keep_their_pod_context() {
     if !can_run("cgroup_of_exited_processes") {
         return;
     }
-    let uid = format!("8b9c0d1e-2f3a-4b5c-8d6e-{:012x}", std::process::id());
-    let pod_dir = PathBuf::from(format!("/var/log/pods/bt-test-ns_bt-gone-pod_{uid}"));
-    std::fs::create_dir_all(&pod_dir).unwrap();
-    let rel = format!(
-        "bindtrace-test-gone-{}/kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
-        std::process::id(),
-        uid.replace('-', "_")
+    let pod = Pod::make(
+        "bindtrace-test-gone",
+        "8b9c0d1e-2f3a-4b5c-8d6e",
+        "bt-gone-pod",
+        ID,
     );
-    let (cgroups, leaf) = Cgroups::make(&cgroup2_root(), &rel);
+    let (uid, leaf) = (pod.uid.clone(), pod.leaf.clone());
     let tracer = Tracer::shared();
     let ns = Netns::new();
     let run = ns.hold_case("case_1a_gated", &["8650"]);
@@ -386,8 +416,7 @@ fn exited_processes_keep_their_pod_context() {
     assert_eq!(h["container_id"], ID, "{ev:#}");
     assert_eq!(h["pod_uid"], uid.as_str(), "{ev:#}");
     assert_eq!(h["pod_namespace"], "bt-test-ns", "{ev:#}");
-    drop(cgroups);
-    std::fs::remove_dir_all(&pod_dir).unwrap();
+    pod.remove();
 }
 
 #[test]

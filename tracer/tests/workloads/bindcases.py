@@ -395,30 +395,39 @@ def case_1a_nonblocking(port):
            connect_errno=info["connect_errno"])
 
 
-def case_1a_among_new_threads(port):
-    """Like 1a, but the connect waits for its handshake while thousands of new threads start making
-    calls on its CPU: more than one CPU's share of bindtrace's per-thread table of calls in flight
-    (16 384 entries, PENDING in tracer-ebpf/src/maps.rs) if that table were split per CPU, as it
-    once was. Its owner must still be remembered."""
+def slow_connect_then_bind_over_time_wait(port, helper, *args):
+    """Starts `helper` (another process, given `port` and `args`), whose connect to a server on
+    `port` waits for its handshake: the server's accept queue (backlog 0) is full, so the first SYN
+    is dropped. Once the helper's first report is in, makes room for its retried SYN (it comes 1,
+    3, 7, 15, 31 or 63 s after the first: exponential backoff; under software emulation the helper
+    can take tens of seconds), takes the connection and binds over its TIME-WAIT
+    (`bind_over_time_wait`). Returns the bind's errno, the helper's first report and its report
+    once connected (with `local`, its port)."""
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((HOST, port))
     srv.listen(0)
     filler = socket.socket()
-    filler.connect((HOST, port))  # the accept queue (backlog 0) is now full: SYNs are dropped
-    threads = min(16384 // possible_cpus() + 1000, 12000)
-    c, _ = spawn("helper_slow_connect_among_new_threads", port, threads)
-    # The retried SYN comes 1, 3, 7, 15, 31 or 63 s after the first (exponential backoff): under
-    # software emulation the threads can take tens of seconds.
+    filler.connect((HOST, port))  # the accept queue is now full: SYNs are dropped
+    c, first = spawn(helper, port, *args)
     srv.settimeout(130)
     srv.accept()[0].close()  # room for the client's retried SYN
     conn, _ = srv.accept()
     info = json.loads(c.stdout.readline())
-    local = info["local"]
-    err = bind_over_time_wait(conn, c, local)
-    finish(case="1a_among_new_threads", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
-           reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
-           threads=threads, connect_s=info["connect_s"])
+    return bind_over_time_wait(conn, c, info["local"]), first, info
+
+
+def case_1a_among_new_threads(port):
+    """Like 1a, but the connect waits for its handshake while thousands of new threads start making
+    calls on its CPU: more than one CPU's share of bindtrace's per-thread table of calls in flight
+    (16 384 entries, tracer-ebpf/src/pending.rs) if that table were split per CPU, as it
+    once was. Its owner must still be remembered."""
+    threads = min(16384 // possible_cpus() + 1000, 12000)
+    err, _, info = slow_connect_then_bind_over_time_wait(
+        port, "helper_slow_connect_among_new_threads", threads)
+    finish(case="1a_among_new_threads", errno=err, port=info["local"], addr="0.0.0.0",
+           reuseaddr=True, reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"],
+           remote_port=port, threads=threads, connect_s=info["connect_s"])
 
 
 def case_1a_shared_slot(port, slots):
@@ -426,20 +435,9 @@ def case_1a_shared_slot(port, slots):
     whose thread id shares the connecting thread's slot in bindtrace's table of calls in flight,
     fails a bind: both calls must keep their own record. The failing bind must be reported, and the
     connection's owner remembered."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((HOST, port))
-    srv.listen(0)
-    filler = socket.socket()
-    filler.connect((HOST, port))  # the accept queue (backlog 0) is now full: SYNs are dropped
-    c, collider = spawn("helper_slow_connect_sharing_slot", port, port + 1, slots)
-    srv.settimeout(130)
-    srv.accept()[0].close()  # room for the client's retried SYN
-    conn, _ = srv.accept()
-    info = json.loads(c.stdout.readline())
-    local = info["local"]
-    err = bind_over_time_wait(conn, c, local)
-    finish(case="1a_shared_slot", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
+    err, collider, info = slow_connect_then_bind_over_time_wait(
+        port, "helper_slow_connect_sharing_slot", port + 1, slots)
+    finish(case="1a_shared_slot", errno=err, port=info["local"], addr="0.0.0.0", reuseaddr=True,
            reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
            hold_port=port + 1, **{k: v for k, v in collider.items() if k not in ("pid", "comm")})
 
