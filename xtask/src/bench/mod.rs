@@ -2,12 +2,14 @@
 //! `docs/performance.md` with the command that made them; they are never asserted in tests.
 //!
 //!     cargo xtask bench overhead   per-operation cost under nothing / floor / bindtrace / peer
+//!         --against REV            ... and bindtrace built from commit REV, in the same rounds
 //!     cargo xtask bench storm      a failure storm: generated = reported + lost, CPU, peak RSS
 //!     cargo xtask bench idle       the collector's CPU when nothing fails
 //!     cargo xtask bench verdict    failure → verdict latency with 10 000 sockets open
 //!     cargo xtask bench all        all of them, results also in target/bench.json
 //!     cargo xtask soak             10 minutes of mixed traffic: memory flat, nothing lost silently
 
+mod against;
 mod overhead;
 mod soak;
 mod storm;
@@ -33,6 +35,9 @@ pub enum Bench {
     Overhead {
         #[arg(long, default_value_t = 7)]
         rounds: u32,
+        /// Also measure bindtrace built from this commit (A/B), in the same rounds.
+        #[arg(long, value_name = "REV")]
+        against: Option<String>,
     },
     /// Failing binds as fast as one core can while bindtrace runs on the other.
     Storm {
@@ -66,7 +71,10 @@ pub fn run(bench: &Bench) -> Result<()> {
         cargo(&["build", "--release", "--package", "tracer"])
     })?;
     match bench {
-        Bench::Overhead { rounds } => overhead::run(*rounds).map(drop),
+        Bench::Overhead { rounds, against } => {
+            let against = against.as_deref().map(against::build).transpose()?;
+            overhead::run(*rounds, against.as_ref()).map(drop)
+        }
         Bench::Storm { seconds } => storm::storm(*seconds).map(drop),
         Bench::Idle { seconds } => storm::idle(*seconds).map(drop),
         Bench::Verdict {
@@ -75,7 +83,7 @@ pub fn run(bench: &Bench) -> Result<()> {
             json,
         } => verdict::run(*sockets, *probes, json.as_deref()),
         Bench::All => {
-            let o = overhead::run(7)?;
+            let o = overhead::run(7, None)?;
             let s = storm::storm(5)?;
             let i = storm::idle(20)?;
             verdict::run(10_000, 100, None)?;
@@ -232,8 +240,13 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// This tree's release build of bindtrace.
+pub fn bindtrace_path() -> PathBuf {
+    util::root().join("target/release/bindtrace")
+}
+
 pub fn bindtrace_cmd() -> Command {
-    Command::new(util::root().join("target/release/bindtrace"))
+    Command::new(bindtrace_path())
 }
 
 /// Runs `f` on a thread inside a fresh network namespace (loopback up), pinned to `WORK_CPU`.

@@ -5,6 +5,9 @@
 //! each round runs every condition, in a rotating order, so drift in the machine hits them alike.
 //! The workload runs on CPU 0 in a private network namespace; the tools run on CPU 1.
 //!
+//! With `--against REV`, a fifth condition, `bindtrace@REV` (`against.rs`), runs in the same
+//! rounds, and the report ends with the two builds side by side, program by program.
+//!
 //! Three views of the cost, because wall-clock time on a virtual machine is noisy at the
 //! sub-microsecond scale: wall time per operation; the workload thread's own CPU time per
 //! operation (`CLOCK_THREAD_CPUTIME_ID`: what the traced process pays, hooks included); and the
@@ -14,18 +17,58 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
     process::Command,
     time::Instant,
 };
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::{Value, json};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::{Attached, bindtrace_cmd, in_netns, verdict::percentile};
+use super::{Attached, against::Against, bindtrace_cmd, in_netns, verdict::percentile};
 use crate::util;
 
-const CONDITIONS: [&str; 4] = ["nothing", "floor", "bindtrace", "peer"];
+/// What is attached while the workloads run.
+enum Tool {
+    Nothing,
+    Floor,
+    Bindtrace(PathBuf),
+    Peer,
+}
+
+struct Condition {
+    name: String,
+    tool: Tool,
+}
+
+/// The conditions, in this order: the first four are always measured (the report's added-cost
+/// figures index them as `NOTHING`..`PEER`); a build of another commit comes last.
+fn conditions(against: Option<&Against>) -> Vec<Condition> {
+    let c = |name: &str, tool| Condition {
+        name: name.to_string(),
+        tool,
+    };
+    let mut out = vec![
+        c("nothing", Tool::Nothing),
+        c("floor", Tool::Floor),
+        c("bindtrace", Tool::Bindtrace(super::bindtrace_path())),
+        c("peer", Tool::Peer),
+    ];
+    if let Some(a) = against {
+        out.push(c(
+            &format!("bindtrace@{}", a.hash),
+            Tool::Bindtrace(a.binary.clone()),
+        ));
+    }
+    out
+}
+
+const NOTHING: usize = 0;
+const FLOOR: usize = 1;
+const BINDTRACE: usize = 2;
+const PEER: usize = 3;
+const AGAINST: usize = 4;
 
 /// (name, operations per round)
 const WORKLOADS: [(&str, u32); 4] = [
@@ -149,27 +192,26 @@ fn measure() -> Vec<Cost> {
     out
 }
 
-fn attach(condition: &str) -> Result<Option<Attached>> {
+fn attach(tool: &Tool) -> Result<Option<Attached>> {
     let ready = std::env::temp_dir().join(format!("bindtrace-bench-{}", std::process::id()));
-    Ok(match condition {
-        "nothing" => None,
-        "floor" => {
+    Ok(match tool {
+        Tool::Nothing => None,
+        Tool::Floor => {
             let mut c = bindtrace_cmd();
             c.arg("__floor").arg("--ready-file").arg(&ready);
             Some(Attached::start(c, Some(&ready), None)?)
         }
-        "bindtrace" => {
-            let mut c = bindtrace_cmd();
+        Tool::Bindtrace(binary) => {
+            let mut c = Command::new(binary);
             c.args(["watch", "--output", "json", "--ready-file"])
                 .arg(&ready);
             Some(Attached::start(c, Some(&ready), None)?)
         }
-        "peer" => {
+        Tool::Peer => {
             let mut c = Command::new("bpftrace");
             c.arg(util::root().join("xtask/bench/peer.bt"));
             Some(Attached::start(c, None, Some("Attaching"))?)
         }
-        other => bail!("unknown condition {other}"),
     })
 }
 
@@ -189,24 +231,24 @@ const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// One way of looking at a cost.
 type View = (&'static str, fn(&Cost) -> f64);
 
-pub fn run(rounds: u32) -> Result<Value> {
+pub fn run(rounds: u32, against: Option<&Against>) -> Result<Value> {
     if !util::succeeds(Command::new("bpftrace").arg("--version")) {
         crate::setup::apt(&["bpftrace"])?;
     }
     let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1")?;
-    let result = run_rounds(rounds);
+    let result = run_rounds(rounds, &conditions(against));
     let _ = std::fs::write(STATS, stats_before.trim());
     result
 }
 
-fn run_rounds(rounds: u32) -> Result<Value> {
+fn run_rounds(rounds: u32, conditions: &[Condition]) -> Result<Value> {
     // samples[(workload, condition)] = one Cost per round
     let mut samples: BTreeMap<(usize, usize), Vec<Cost>> = BTreeMap::new();
     for round in 0..rounds {
-        for k in 0..CONDITIONS.len() {
-            let c = (k + round as usize) % CONDITIONS.len();
-            let tool = attach(CONDITIONS[c])?;
+        for k in 0..conditions.len() {
+            let c = (k + round as usize) % conditions.len();
+            let tool = attach(&conditions[c].tool)?;
             let costs = in_netns(measure)?;
             drop(tool);
             for (w, v) in costs.into_iter().enumerate() {
@@ -226,12 +268,13 @@ fn run_rounds(rounds: u32) -> Result<Value> {
     let mut rows = Vec::new();
     for (vname, f) in views {
         println!("\n{vname}, ns per operation, median (min-max) over {rounds} interleaved rounds:");
-        println!(
-            "  {:<26} {:>20} {:>20} {:>20} {:>20}",
-            "operation", "nothing", "floor", "bindtrace", "bpftrace peer"
-        );
+        let heads: Vec<String> = conditions
+            .iter()
+            .map(|c| format!("{:>20}", c.name))
+            .collect();
+        println!("  {:<26} {}", "operation", heads.join(" "));
         for (w, (name, _)) in WORKLOADS.iter().enumerate() {
-            let cells: Vec<String> = (0..CONDITIONS.len())
+            let cells: Vec<String> = (0..conditions.len())
                 .map(|c| {
                     let (m, lo, hi) = view(w, c, f);
                     format!("{:>20}", format!("{m:.0} ({lo:.0}-{hi:.0})"))
@@ -244,25 +287,28 @@ fn run_rounds(rounds: u32) -> Result<Value> {
     for (w, (name, ops)) in WORKLOADS.iter().enumerate() {
         let cpu = |c| view(w, c, |x| x.cpu).0;
         let bpf = |c| view(w, c, |x| x.bpf).0;
-        let added = |c| cpu(c) - cpu(0);
+        let added = |c| cpu(c) - cpu(NOTHING);
         println!(
             "  {name:<26} floor {:>6.0} / {:>4.0} ns   bindtrace {:>6.0} / {:>4.0} ns   peer {:>6.0} / {:>4.0} ns   bindtrace = {:>4.1} % of the bare op, {:.2}x the peer",
-            added(1),
-            bpf(1),
-            added(2),
-            bpf(2),
-            added(3),
-            bpf(3),
-            100.0 * added(2) / cpu(0),
-            cpu(2) / cpu(3),
+            added(FLOOR),
+            bpf(FLOOR),
+            added(BINDTRACE),
+            bpf(BINDTRACE),
+            added(PEER),
+            bpf(PEER),
+            100.0 * added(BINDTRACE) / cpu(NOTHING),
+            cpu(BINDTRACE) / cpu(PEER),
         );
         let cond_json = |f: fn(&Cost) -> f64| {
-            CONDITIONS
+            conditions
                 .iter()
                 .enumerate()
-                .map(|(c, n)| {
+                .map(|(c, cond)| {
                     let (m, lo, hi) = view(w, c, f);
-                    ((*n).to_string(), json!({"median": m, "min": lo, "max": hi}))
+                    (
+                        cond.name.clone(),
+                        json!({"median": m, "min": lo, "max": hi}),
+                    )
                 })
                 .collect::<serde_json::Map<_, _>>()
         };
@@ -272,21 +318,69 @@ fn run_rounds(rounds: u32) -> Result<Value> {
             "wall_ns_per_op": cond_json(|c| c.wall),
             "thread_cpu_ns_per_op": cond_json(|c| c.cpu),
             "bpf_ns_per_op": cond_json(|c| c.bpf),
-            "added_cpu_ns": {"floor": added(1), "bindtrace": added(2), "peer": added(3)},
-            "bindtrace_added_percent_of_op": 100.0 * added(2) / cpu(0),
-            "bindtrace_over_peer_cpu": cpu(2) / cpu(3),
+            "added_cpu_ns": {"floor": added(FLOOR), "bindtrace": added(BINDTRACE), "peer": added(PEER)},
+            "bindtrace_added_percent_of_op": 100.0 * added(BINDTRACE) / cpu(NOTHING),
+            "bindtrace_over_peer_cpu": cpu(BINDTRACE) / cpu(PEER),
         }));
     }
-    let by_program = by_program(&samples, 2);
-    Ok(json!({ "rounds": rounds, "workloads": rows, "bindtrace_by_program": by_program }))
+    let mut out = json!({
+        "rounds": rounds,
+        "workloads": rows,
+        "bindtrace_by_program": by_program(&samples, conditions, BINDTRACE),
+    });
+    if conditions.len() > AGAINST {
+        out["against"] = json!({
+            "condition": conditions[AGAINST].name,
+            "by_program": by_program(&samples, conditions, AGAINST),
+            "comparison": compare(&samples, conditions),
+        });
+    }
+    Ok(out)
+}
+
+/// This tree's bindtrace against the other commit's, per workload: BPF time and thread CPU time
+/// (medians), and the ratio of this tree's to the other's, with the rounds' spread as a ratio of
+/// extremes so that a difference smaller than the noise reads as such.
+fn compare(samples: &BTreeMap<(usize, usize), Vec<Cost>>, conditions: &[Condition]) -> Value {
+    let (a, b) = (&conditions[BINDTRACE].name, &conditions[AGAINST].name);
+    println!("\n{a} against {b} (medians over the same rounds; ratio < 1: {a} is cheaper):");
+    let mut out = serde_json::Map::new();
+    for (w, (name, _)) in WORKLOADS.iter().enumerate() {
+        let mut cells = Vec::new();
+        let mut row = serde_json::Map::new();
+        for (vname, f) in [
+            ("BPF", (|c: &Cost| c.bpf) as fn(&Cost) -> f64),
+            ("thread CPU", |c| c.cpu),
+        ] {
+            let get = |c: usize| spread(&samples[&(w, c)].iter().map(f).collect::<Vec<_>>());
+            let ((ma, la, ha), (mb, lb, hb)) = (get(BINDTRACE), get(AGAINST));
+            cells.push(format!(
+                "{vname} {ma:.0} vs {mb:.0} ns = {:.2}x ({:.2}-{:.2})",
+                ma / mb,
+                la / hb,
+                ha / lb
+            ));
+            row.insert(
+                vname.to_string(),
+                json!({"this": ma, "against": mb, "ratio": ma / mb, "ratio_min": la / hb, "ratio_max": ha / lb}),
+            );
+        }
+        println!("  {name:<26} {}", cells.join("   "));
+        out.insert((*name).to_string(), Value::Object(row));
+    }
+    Value::Object(out)
 }
 
 /// Where condition `c`'s BPF time goes, program by program (medians over the rounds), printed
 /// and returned as JSON: the figures that say which program to cut.
-fn by_program(samples: &BTreeMap<(usize, usize), Vec<Cost>>, c: usize) -> Value {
+fn by_program(
+    samples: &BTreeMap<(usize, usize), Vec<Cost>>,
+    conditions: &[Condition],
+    c: usize,
+) -> Value {
     println!(
         "\n{}'s time in BPF per operation, by program (median ns per op, runs per op):",
-        CONDITIONS[c]
+        conditions[c].name
     );
     let mut out = serde_json::Map::new();
     for (w, (name, _)) in WORKLOADS.iter().enumerate() {
