@@ -59,6 +59,14 @@ pub static HISTORY: Array<HistorySet> = Array::with_max_entries(8 * 1024, 0);
 #[map(name = "CONNECTING")]
 pub static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(16 * 1024, 0);
 
+/// Tracepoint backend: how many connects `CONNECTING` may hold — raised before an insert, lowered
+/// after a successful removal, so never below the entries present (an entry the LRU evicted, or an
+/// insert that failed, leaves it high, costing lookups, never a missed owner). While it is 0,
+/// which is always on hosts without io_uring or in-kernel TCP connects, a connect()'s
+/// SYN_SENT→ESTABLISHED skips the hash lookup that would find nothing.
+#[map(name = "CONNECTING_LIVE")]
+pub static CONNECTING_LIVE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// kprobe backend: the socket a `__inet_hash_connect()` in flight works on, keyed by thread.
 #[map(name = "CONNECT_SK")]
 pub static CONNECT_SK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4 * 1024, 0);

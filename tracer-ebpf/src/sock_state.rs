@@ -24,7 +24,7 @@ use tracer_common::{
 use crate::{
     config::conf,
     kernel::{self, Caller, SockView, current_tid, sock_head_view, sock_view, tp_bytes, tp_read},
-    maps::CONNECTING,
+    maps::{CONNECTING, CONNECTING_LIVE},
     pending,
     report::remember,
 };
@@ -50,10 +50,13 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     match (old, new) {
         (tcp_state::CLOSE, tcp_state::LISTEN) => on_listen(ctx, sk),
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(ctx, sk),
-        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) if uses_connecting() => {
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) if connecting_live() => {
             on_established(ctx, sk)
         }
-        (tcp_state::SYN_SENT, tcp_state::CLOSE) if uses_connecting() => CONNECTING.remove(sk).ok(),
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) if connecting_live() => CONNECTING
+            .remove(sk)
+            .ok()
+            .map(|()| add_connecting(u64::MAX)),
         _ => None,
     }
 }
@@ -64,6 +67,31 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 fn uses_connecting() -> bool {
     conf!(backend) == Backend::Tracepoint as u8
+}
+
+/// Whether `CONNECTING` may hold a connect now (`CONNECTING_LIVE`), under the backend that uses it.
+#[inline(always)]
+fn connecting_live() -> bool {
+    uses_connecting()
+        && CONNECTING_LIVE
+            .get_ptr(0)
+            // SAFETY: a map value; a racy read is fine (see `CONNECTING_LIVE`).
+            .is_some_and(|n| unsafe { core::ptr::read_volatile(n) } != 0)
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` is -1) to `CONNECTING_LIVE`, atomically: connects start and
+/// finish on every CPU at once.
+#[inline(always)]
+fn add_connecting(delta: u64) {
+    if let Some(n) = CONNECTING_LIVE.get_ptr_mut(0) {
+        // SAFETY: a map value shared between CPUs, written only through this atomic add (its
+        // result unused, so it compiles to BPF's plain atomic add, in every instruction set).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
+                n, delta,
+            )
+        };
+    }
 }
 
 /// The local address as the tracepoint reports it.
@@ -174,7 +202,11 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Option<()> {
     }
     let view = sock_head_view(sk as *const u8);
     let owner = connection_owner(&kernel::caller(), family, local, &view);
-    let _ = CONNECTING.insert(sk, owner, 0);
+    // Raised first: a SYN_SENT→ESTABLISHED (on any CPU, after this insert) must see it.
+    add_connecting(1);
+    if CONNECTING.insert(sk, owner, 0).is_err() {
+        add_connecting(u64::MAX);
+    }
     Some(())
 }
 
@@ -235,7 +267,9 @@ fn remember_connection(
 fn on_established(ctx: &TracePointContext, sk: u64) -> Option<()> {
     // SAFETY: the value is copied out before the entry is removed.
     let mut owner = unsafe { *CONNECTING.get(sk)? };
-    let _ = CONNECTING.remove(sk);
+    if CONNECTING.remove(sk).is_ok() {
+        add_connecting(u64::MAX);
+    }
     let family = tp_read::<{ L::SS_FAMILY as usize }, u16>(ctx, conf!(tp.ss_family))? as u16;
     owner.family = family;
     owner.local_addr = tp_local(ctx, family);

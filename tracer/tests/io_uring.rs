@@ -1,7 +1,12 @@
-//! Root-only kernel test: a bind through io_uring (`IORING_OP_BIND`, 6.11+) never enters the
-//! bind() syscall. The fexit and kprobe backends hook `inet_bind()` and must report it; the
-//! tracepoint backend hooks the syscall and cannot (README, "Kernels and backends"). The test
-//! pins both facts.
+//! Root-only kernel tests of calls made through io_uring, which never enter the bind() or
+//! connect() syscalls.
+//!
+//! - A bind (`IORING_OP_BIND`, 6.11+): the fexit and kprobe backends hook `inet_bind()` and must
+//!   report it; the tracepoint backend hooks the syscall and cannot (README, "Kernels and
+//!   backends"). The test pins both facts.
+//! - A connect (`IORING_OP_CONNECT`, 5.5+): every backend must remember its owner, so that its
+//!   TIME-WAIT is named when it blocks a bind — the fexit and kprobe backends at
+//!   `__inet_hash_connect()`, the tracepoint backend through its `CONNECTING` map.
 
 mod common;
 
@@ -10,12 +15,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use common::{Netns, Tracer, can_run};
 use io_uring::{IoUring, opcode, types};
 
-/// Binds a fresh TCP socket to 0.0.0.0:`port` through io_uring from a thread inside `netns`;
-/// returns the completion's result (0 or -errno), or None if io_uring is unavailable.
-fn uring_bind(netns: &str, port: u16) -> Option<i32> {
+/// Runs `f` on a thread named `name` inside `netns` and returns its result.
+fn in_netns<T: Send + 'static>(
+    netns: &str,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let path = format!("/run/netns/{netns}");
     std::thread::Builder::new()
-        .name("uring-bind".into())
+        .name(name.into())
         .spawn(move || {
             let ns = std::fs::File::open(path).unwrap();
             // SAFETY: setns affects only this thread, which ends here.
@@ -23,31 +31,154 @@ fn uring_bind(netns: &str, port: u16) -> Option<i32> {
                 unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
                 0
             );
-            let mut ring = IoUring::new(4).ok()?;
-            // SAFETY: a fresh socket, owned right away.
-            let sock =
-                unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0)) };
-            let sa = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: port.to_be(),
-                sin_addr: libc::in_addr { s_addr: 0 },
-                sin_zero: [0; 8],
-            };
-            let sqe = opcode::Bind::new(
-                types::Fd(sock.as_raw_fd()),
-                (&raw const sa).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-            .build();
-            // SAFETY: `sa` outlives the submission, which completes before we return.
-            unsafe { ring.submission().push(&sqe).ok()? };
-            ring.submit_and_wait(1).ok()?;
-            let res = ring.completion().next()?.result();
-            Some(res)
+            f()
         })
         .unwrap()
         .join()
         .unwrap()
+}
+
+fn tcp_socket() -> OwnedFd {
+    // SAFETY: a fresh socket, owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn sockaddr_in(addr: [u8; 4], port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Submits `sqe` on a fresh ring and waits for its result (0 or -errno); None if io_uring is
+/// unavailable. The caller keeps what `sqe` points to alive until this returns.
+fn uring_call(sqe: &io_uring::squeue::Entry) -> Option<i32> {
+    let mut ring = IoUring::new(4).ok()?;
+    // SAFETY: the caller keeps the submission's memory alive; it completes before we return.
+    unsafe { ring.submission().push(sqe).ok()? };
+    ring.submit_and_wait(1).ok()?;
+    Some(ring.completion().next()?.result())
+}
+
+/// Binds a fresh TCP socket to 0.0.0.0:`port` through io_uring from a thread inside `netns`;
+/// returns the completion's result (0 or -errno), or None if io_uring is unavailable.
+fn uring_bind(netns: &str, port: u16) -> Option<i32> {
+    in_netns(netns, "uring-bind", move || {
+        let sock = tcp_socket();
+        let sa = sockaddr_in([0; 4], port);
+        uring_call(
+            &opcode::Bind::new(
+                types::Fd(sock.as_raw_fd()),
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+            .build(),
+        )
+    })
+}
+
+/// The states of the TCP sockets on local `port` in the calling thread's namespace, as
+/// `/proc/thread-self/net/tcp` gives them (the kernel's numbers: 6 is TIME-WAIT).
+fn tcp_states(port: u16) -> Vec<u8> {
+    std::fs::read_to_string("/proc/thread-self/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port).then(|| u8::from_str_radix(f.get(3)?, 16).ok())?
+        })
+        .collect()
+}
+
+const TCP_TIME_WAIT: u8 = 6;
+
+/// What `uring_connect_then_bind_over_time_wait` saw.
+struct UringConnect {
+    /// The ephemeral port the connect got.
+    port: u16,
+    /// The SO_REUSEADDR bind of 0.0.0.0:`port` over its TIME-WAIT: 0 or the errno.
+    bind_errno: i32,
+}
+
+/// From a thread named "uring-connect" inside `netns`: connects to a listener on 127.0.0.1:`server`
+/// through io_uring (from an ephemeral port), shuts down first (its side moves to TIME-WAIT once
+/// the server closes too), waits for the TIME-WAIT, then tries a SO_REUSEADDR bind of that port — the
+/// seed's failure, with the connection made by io_uring. None if io_uring is unavailable.
+fn uring_connect_then_bind_over_time_wait(netns: &str, server: u16) -> Option<UringConnect> {
+    in_netns(netns, "uring-connect", move || {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", server)).unwrap();
+        let client = tcp_socket();
+        let sa = sockaddr_in([127, 0, 0, 1], server);
+        let res = uring_call(
+            &opcode::Connect::new(
+                types::Fd(client.as_raw_fd()),
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+            .build(),
+        )?;
+        assert_eq!(res, 0, "the io_uring connect failed");
+        let port = std::net::TcpStream::from(client.try_clone().unwrap())
+            .local_addr()
+            .unwrap()
+            .port();
+        let (accepted, _) = listener.accept().unwrap();
+        // The FIN goes now: a plain close would not send it while the ring, whose teardown runs
+        // later in a kernel worker, may still hold a reference to the socket's file — the server
+        // would close first, and the TIME-WAIT be on its side.
+        // SAFETY: shutdown(2) on a socket we own.
+        assert_eq!(
+            unsafe { libc::shutdown(client.as_raw_fd(), libc::SHUT_WR) },
+            0
+        );
+        drop(accepted);
+        drop(client);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !tcp_states(port).contains(&TCP_TIME_WAIT) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {port} reached no TIME-WAIT in 30 s; states seen: {:?}",
+                tcp_states(port)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let sock = std::net::TcpListener::from(tcp_socket());
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int from the pointer we pass.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        let sa = sockaddr_in([0; 4], port);
+        // SAFETY: bind reads the address we pass.
+        let ret = unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        let bind_errno = if ret == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap()
+        };
+        Some(UringConnect { port, bind_errno })
+    })
 }
 
 #[test]
@@ -103,4 +234,49 @@ fn io_uring_bind_is_seen_by_the_function_hooks_only() {
         seen.is_some()
     );
     holder.release();
+}
+
+/// A connection made through io_uring leaves a TIME-WAIT on its ephemeral port; a bind of that
+/// port fails on it, and the holder must be named from history as this process: no socket of any
+/// process owns a TIME-WAIT, so the owner remembered when the connection was made is the only
+/// name there is.
+#[test]
+fn io_uring_connect_owner_is_named_from_history() {
+    if !can_run("io_uring_connect") {
+        return;
+    }
+    let tracer = Tracer::shared();
+    let ns = Netns::new();
+    let Some(seen) = uring_connect_then_bind_over_time_wait(&ns.name, 8386) else {
+        eprintln!(
+            "SKIP io_uring_connect: io_uring is unavailable here (kernel.io_uring_disabled?)"
+        );
+        return;
+    };
+    assert_eq!(
+        seen.bind_errno,
+        libc::EADDRINUSE,
+        "the bind over the TIME-WAIT must fail"
+    );
+    let me = u64::from(std::process::id());
+    let ev = tracer.wait_for(
+        "the bind failure over the io_uring connection's TIME-WAIT",
+        |v| v["pid"] == me && v["port"] == seen.port && v["event"] == "bind_failure",
+    );
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    let h = &ev["holders"][0];
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h["source"], "history", "{ev:#}");
+    assert_eq!(
+        h["pid"], me,
+        "the connection was made by this process: {ev:#}"
+    );
+    // The connect runs in the submitting thread, or in one of the ring's io-wq workers (threads
+    // of this process named after it).
+    let comm = h["comm"].as_str().unwrap_or_default();
+    assert!(
+        comm == "uring-connect" || comm.starts_with("iou-wrk"),
+        "the owner is the connecting thread: {ev:#}"
+    );
+    assert_eq!(h["remote"], "127.0.0.1:8386", "{ev:#}");
 }
