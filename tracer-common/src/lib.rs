@@ -445,6 +445,9 @@ pub mod counter {
     pub const HISTORY_FAILED: u32 = 1;
     /// Failures seen (whether or not they reached userspace).
     pub const FAILURES_SEEN: u32 = 2;
+    /// Calls that could not be tracked: their thread's slot was held by another call and the
+    /// overflow table refused an entry. A failure of such a call is never seen.
+    pub const UNTRACKED: u32 = 3;
     pub const COUNT: u32 = 4;
 }
 

@@ -139,11 +139,11 @@ pub fn open(tid: u32, syscall: Syscall) -> Option<&'static mut Pending> {
         Some(p) => p,
         None => {
             if PENDING.insert(tid, &Pending::ZERO, 0).is_err() {
-                bump(counter::HISTORY_FAILED);
+                bump(counter::UNTRACKED);
                 return None;
             }
             let Some(p) = PENDING.get_ptr_mut(tid) else {
-                bump(counter::HISTORY_FAILED);
+                bump(counter::UNTRACKED);
                 return None;
             };
             p

@@ -32,6 +32,9 @@ pub struct Stats {
     pub corrupt: u64,
     /// Failures the kernel saw and meant to send (reported + lost).
     pub failures_seen: u64,
+    /// Calls the kernel programs could not track (`tracer_common::counter::UNTRACKED`): their
+    /// failures, if any, were never seen.
+    pub untracked: u64,
 }
 
 /// Registers an fd-owning object with tokio's reactor for readability.
@@ -103,6 +106,14 @@ impl Collector {
     fn check_lost(&mut self, sink: &mut (dyn Sink + Send)) -> Result<()> {
         let total = self.kernel_counter(counter::RINGBUF_FULL);
         self.stats.failures_seen = self.kernel_counter(counter::FAILURES_SEEN);
+        let untracked = self.kernel_counter(counter::UNTRACKED);
+        if untracked > 0 && self.stats.untracked == 0 {
+            log::warn!(
+                "{untracked} call(s) could not be tracked: the table of calls in flight was full \
+                 (their failures, if any, are not reported)"
+            );
+        }
+        self.stats.untracked = untracked;
         if total > self.stats.lost {
             let new = total - self.stats.lost;
             self.stats.lost = total;

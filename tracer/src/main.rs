@@ -26,7 +26,7 @@ mod report;
 mod sockdiag;
 mod tracefs;
 
-use std::{fs, path::Path, process::ExitCode};
+use std::{fmt::Write as _, fs, path::Path, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
@@ -212,16 +212,16 @@ async fn watch(args: WatchArgs) -> Result<()> {
     pipeline.finish()?;
     let stats = stats?;
     let unwritten = unwritten.map_or(0, |u| u.load(std::sync::atomic::Ordering::Relaxed));
+    let mut extra = String::new();
+    if stats.untracked > 0 {
+        let _ = write!(extra, ", {} call(s) not tracked", stats.untracked);
+    }
+    if unwritten > 0 {
+        let _ = write!(extra, ", {unwritten} log line(s) not written");
+    }
     eprintln!(
-        "bindtrace: {} failure(s) reported, {} event(s) lost, {} record(s) unreadable{}",
-        stats.failures,
-        stats.lost,
-        stats.corrupt,
-        if unwritten > 0 {
-            format!(", {unwritten} log line(s) not written")
-        } else {
-            String::new()
-        }
+        "bindtrace: {} failure(s) reported, {} event(s) lost, {} record(s) unreadable{extra}",
+        stats.failures, stats.lost, stats.corrupt,
     );
     Ok(())
 }
