@@ -320,17 +320,7 @@ impl Investigator {
                 h.source = Source::Live;
                 h.shared_with = list.iter().map(|&(p, _)| p).filter(|&p| p != pid).collect();
                 h.shared_with.dedup();
-                if let Some(o) = procfs::socket_options(pid, fd, s.inode) {
-                    h.reuseaddr = Some(o.reuseaddr);
-                    h.reuseport = Some(o.reuseport);
-                    h.v6only = o.v6only.or(h.v6only);
-                }
-                // Options unreadable (no ptrace access): the kernel remembered them.
-                if h.reuseaddr.is_none()
-                    && let Some(r) = remembered.iter().find(|r| r.owner.pid == pid)
-                {
-                    (h.reuseaddr, h.reuseport) = r.port_flags();
-                }
+                live_options(&mut h, remembered, (pid, fd), s, state);
             } else if let Some(r) = history_owner(remembered, s, state) {
                 r.apply(&mut h);
             }
@@ -397,6 +387,56 @@ fn history_owner<'a>(
         .iter()
         .find(|r| r.role == Role::Connected && same_endpoint(r.remote(), s.remote))
         .or_else(|| remembered.iter().find(|r| r.role == Role::Listening))
+}
+
+/// Fills in the options of the live socket `s`, open in process `pid` as descriptor `fd`: as the
+/// kernel programs saw them when it took the port; only for a socket they never saw (bound before
+/// bindtrace started) from the socket itself; failing that (no ptrace access), from what the
+/// history says of the process.
+fn live_options(
+    h: &mut Holder,
+    remembered: &[Remembered],
+    (pid, fd): (u32, u32),
+    s: &DiagSocket,
+    state: State,
+) {
+    if let Some(r) = remembered_socket(remembered, pid, s, state) {
+        (h.reuseaddr, h.reuseport) = r.port_flags();
+    } else if let Some(o) = procfs::socket_options(pid, fd, s.inode) {
+        h.reuseaddr = Some(o.reuseaddr);
+        h.reuseport = Some(o.reuseport);
+        h.v6only = o.v6only.or(h.v6only);
+    } else if let Some(r) = remembered.iter().find(|r| r.owner.pid == pid) {
+        (h.reuseaddr, h.reuseport) = r.port_flags();
+    }
+}
+
+/// The history entry that describes the live socket `s` of `pid`, with its options known: same
+/// process and local address, and a role that fits the socket's state (a listener's or a bound
+/// socket's own; a connection's by its peer, or the listener it was accepted from, whose options
+/// it inherits). Reading the options from here rather than from the socket matters: a duplicate
+/// of the owner's descriptor (`procfs::socket_options`) keeps the socket alive if its owner closes
+/// it meanwhile, and a re-bind of the port in that instant would fail because of bindtrace.
+fn remembered_socket<'a>(
+    remembered: &'a [Remembered],
+    pid: u32,
+    s: &DiagSocket,
+    state: State,
+) -> Option<&'a Remembered> {
+    let fits = |r: &&Remembered| {
+        r.owner.pid == pid
+            && r.owner.flags & flags::SOCKOPTS_KNOWN != 0
+            && diagnose::canonical(event::ip(r.owner.family, &r.owner.local_addr))
+                == diagnose::canonical(s.local.ip())
+    };
+    let candidates = || remembered.iter().filter(fits);
+    match state {
+        State::Listen => candidates().find(|r| r.role == Role::Listening),
+        State::Bound => candidates().find(|r| r.role == Role::Bound),
+        _ => candidates()
+            .find(|r| r.role == Role::Connected && same_endpoint(r.remote(), s.remote))
+            .or_else(|| candidates().find(|r| r.role == Role::Listening)),
+    }
 }
 
 fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
@@ -507,5 +547,81 @@ mod tests {
         assert_eq!(s[0].local, "[::1]:8080".parse().unwrap());
         assert_eq!(s[0].uid, 1000);
         assert!(parse_proc_net("header\ngarbage line\n", 6).is_empty());
+    }
+
+    fn remembered(pid: u32, role: Role, local: [u8; 4], flags: u16) -> Remembered {
+        let mut owner = Owner::ZERO;
+        owner.pid = pid;
+        owner.family = tracer_common::AF_INET;
+        owner.local_addr[..4].copy_from_slice(&local);
+        owner.flags = flags;
+        owner.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        owner.remote_port = 6379;
+        Remembered {
+            owner,
+            role,
+            age_ms: 0,
+            alive: true,
+            comm: String::new(),
+        }
+    }
+
+    fn socket(state: u8, local: &str, remote: &str) -> DiagSocket {
+        DiagSocket {
+            protocol: IPPROTO_TCP as u8,
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            uid: 0,
+            inode: 1,
+            bound_dev_if: 0,
+            v6only: None,
+        }
+    }
+
+    /// A live holder's options come from the history when it describes that very socket, so
+    /// that its owner's descriptor is not duplicated; never from another process's entry, one
+    /// whose options were not known, or one for another address or role.
+    #[test]
+    fn a_live_socket_takes_its_options_from_its_own_history_entry() {
+        let known = flags::SOCKOPTS_KNOWN | flags::REUSEADDR;
+        let listener = socket(tcp_state::LISTEN, "0.0.0.0:8080", "0.0.0.0:0");
+        let list = [
+            remembered(7, Role::Listening, [0; 4], known),
+            remembered(8, Role::Listening, [0; 4], flags::SOCKOPTS_KNOWN),
+        ];
+        let r = remembered_socket(&list, 8, &listener, State::Listen).unwrap();
+        assert_eq!(
+            r.port_flags(),
+            (Some(false), Some(false)),
+            "pid 8's own entry"
+        );
+        assert!(remembered_socket(&list, 9, &listener, State::Listen).is_none());
+        let unknown = [remembered(7, Role::Listening, [0; 4], flags::REUSEADDR)];
+        assert!(
+            remembered_socket(&unknown, 7, &listener, State::Listen).is_none(),
+            "options not known: ask the socket"
+        );
+        let bound = [remembered(7, Role::Bound, [0; 4], known)];
+        assert!(remembered_socket(&bound, 7, &listener, State::Listen).is_none());
+        let elsewhere = [remembered(7, Role::Listening, [127, 0, 0, 1], known)];
+        assert!(remembered_socket(&elsewhere, 7, &listener, State::Listen).is_none());
+
+        // A connection: its own entry (by peer), else the listener it was accepted from.
+        let conn = socket(tcp_state::ESTABLISHED, "127.0.0.1:8080", "127.0.0.1:6379");
+        let list = [
+            remembered(7, Role::Connected, [127, 0, 0, 1], known),
+            remembered(7, Role::Listening, [127, 0, 0, 1], flags::SOCKOPTS_KNOWN),
+        ];
+        let r = remembered_socket(&list, 7, &conn, State::from_kernel(conn.state, false));
+        assert_eq!(r.map(|r| r.role), Some(Role::Connected));
+        let other_peer = socket(tcp_state::ESTABLISHED, "127.0.0.1:8080", "127.0.0.1:6380");
+        let r = remembered_socket(
+            &list,
+            7,
+            &other_peer,
+            State::from_kernel(other_peer.state, false),
+        );
+        assert_eq!(r.map(|r| r.role), Some(Role::Listening));
     }
 }

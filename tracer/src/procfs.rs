@@ -209,7 +209,10 @@ fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> Option<i32> {
 
 /// Reads the options of socket `inode`, held by `pid` as descriptor `fd`, through a duplicate of
 /// the descriptor (`pidfd_getfd(2)`, 5.6+, needs ptrace access to `pid`). Only `getsockopt` is
-/// called on the duplicate, which is closed at once: the owner's socket is untouched.
+/// called on the duplicate, which is closed at once. For those microseconds the duplicate keeps
+/// the socket alive: were its owner to close it and bind the port again in that instant, the bind
+/// would fail. So the collector asks only about sockets the kernel programs never saw take their
+/// port (`owners::live_options`).
 pub fn socket_options(pid: u32, fd: u32, inode: u64) -> Option<SockOpts> {
     // SAFETY: raw syscalls with integer arguments; results are checked and owned.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
