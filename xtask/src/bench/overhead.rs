@@ -378,11 +378,14 @@ fn refused(samples: &BTreeMap<(usize, usize), Vec<Cost>>, conditions: &[Conditio
 }
 
 /// This tree's bindtrace against the other commit's, per workload: BPF time and thread CPU time
-/// (medians), and the ratio of this tree's to the other's, with the rounds' spread as a ratio of
-/// extremes so that a difference smaller than the noise reads as such.
+/// (medians over the rounds), and the ratio of this tree's to the other's taken round by round —
+/// both ran in the same round, seconds apart, so the machine's drift between rounds cancels —
+/// as its median and range: a range that spans 1 is a difference smaller than the noise.
 fn compare(samples: &BTreeMap<(usize, usize), Vec<Cost>>, conditions: &[Condition]) -> Value {
     let (a, b) = (&conditions[BINDTRACE].name, &conditions[AGAINST].name);
-    println!("\n{a} against {b} (medians over the same rounds; ratio < 1: {a} is cheaper):");
+    println!(
+        "\n{a} against {b} (medians; ratio per round, median (min-max); < 1: {a} is cheaper):"
+    );
     let mut out = serde_json::Map::new();
     for (w, (name, _)) in WORKLOADS.iter().enumerate() {
         let mut cells = Vec::new();
@@ -391,17 +394,17 @@ fn compare(samples: &BTreeMap<(usize, usize), Vec<Cost>>, conditions: &[Conditio
             ("BPF", (|c: &Cost| c.bpf) as fn(&Cost) -> f64),
             ("thread CPU", |c| c.cpu),
         ] {
-            let get = |c: usize| spread(&samples[&(w, c)].iter().map(f).collect::<Vec<_>>());
-            let ((ma, la, ha), (mb, lb, hb)) = (get(BINDTRACE), get(AGAINST));
+            let values = |c: usize| samples[&(w, c)].iter().map(f).collect::<Vec<_>>();
+            let (this, other) = (values(BINDTRACE), values(AGAINST));
+            let ratios: Vec<f64> = this.iter().zip(&other).map(|(x, y)| x / y).collect();
+            let ((ma, ..), (mb, ..), (r, lo, hi)) =
+                (spread(&this), spread(&other), spread(&ratios));
             cells.push(format!(
-                "{vname} {ma:.0} vs {mb:.0} ns = {:.2}x ({:.2}-{:.2})",
-                ma / mb,
-                la / hb,
-                ha / lb
+                "{vname} {ma:.0} vs {mb:.0} ns, {r:.2}x ({lo:.2}-{hi:.2})"
             ));
             row.insert(
                 vname.to_string(),
-                json!({"this": ma, "against": mb, "ratio": ma / mb, "ratio_min": la / hb, "ratio_max": ha / lb}),
+                json!({"this": ma, "against": mb, "ratio": r, "ratio_min": lo, "ratio_max": hi}),
             );
         }
         println!("  {name:<26} {}", cells.join("   "));
