@@ -408,8 +408,38 @@ fn compare(samples: &BTreeMap<(usize, usize), Vec<Cost>>, conditions: &[Conditio
             );
         }
         println!("  {name:<26} {}", cells.join("   "));
+        let programs = compare_programs(&samples[&(w, BINDTRACE)], &samples[&(w, AGAINST)]);
+        row.insert("programs".to_string(), programs);
         out.insert((*name).to_string(), Value::Object(row));
     }
+    Value::Object(out)
+}
+
+/// The same per-round ratio for each BPF program both builds ran (ns per operation): where a
+/// change to one program shows, when the whole operation's figure moves less than its noise.
+fn compare_programs(this: &[Cost], other: &[Cost]) -> Value {
+    let names: std::collections::BTreeSet<&String> =
+        this.iter().flat_map(|r| r.programs.keys()).collect();
+    let mut cells = Vec::new();
+    let mut out = serde_json::Map::new();
+    for p in names {
+        let ratios: Vec<f64> = this
+            .iter()
+            .zip(other)
+            .filter_map(|(a, b)| Some(a.programs.get(p)?.0 / b.programs.get(p)?.0))
+            .filter(|r| r.is_finite())
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        let (r, lo, hi) = spread(&ratios);
+        cells.push(format!("{p} {r:.2}x ({lo:.2}-{hi:.2})"));
+        out.insert(
+            p.clone(),
+            json!({"ratio": r, "ratio_min": lo, "ratio_max": hi}),
+        );
+    }
+    println!("  {:<26} by program: {}", "", cells.join(", "));
     Value::Object(out)
 }
 
