@@ -283,6 +283,12 @@ pub fn monotonic_now() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
+/// How far CLOCK_BOOTTIME (which counts suspended time: /proc's process start times) is ahead of
+/// CLOCK_MONOTONIC (which does not: the kernel programs' stamps), in nanoseconds.
+pub fn suspended_ns() -> u64 {
+    (clock_ns(libc::CLOCK_BOOTTIME) - clock_ns(libc::CLOCK_MONOTONIC)).max(0) as u64
+}
+
 /// Converts a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) stamp to wall-clock nanoseconds, using the
 /// offset between the two clocks now (so NTP steps during a long run are followed).
 pub fn monotonic_to_wall(mono_ns: u64) -> i128 {

@@ -165,7 +165,7 @@ impl Investigator {
                 Remembered {
                     role,
                     age_ms: now.saturating_sub(owner.ts_ns) / 1_000_000,
-                    alive: procfs::alive_as(owner.pid, &comm),
+                    alive: procfs::alive_since(owner.pid, owner.ts_ns),
                     comm,
                     owner,
                 }

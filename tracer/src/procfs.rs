@@ -178,9 +178,30 @@ pub fn process(pid: u32) -> Option<Process> {
     })
 }
 
-/// Whether `pid` still runs as `comm` (a recycled pid runs something else).
-pub fn alive_as(pid: u32, comm: &str) -> bool {
-    process(pid).is_some_and(|p| p.comm == comm)
+/// Whether the process that had `pid` at `at_ns` (CLOCK_MONOTONIC, the kernel programs' clock)
+/// still runs: a process with that pid exists and had started by then. A pid recycled since
+/// belongs to a process that started later. Not a comparison of names: the kernel programs record
+/// the calling *thread's* name, and a JVM's "http-nio-8080-exec-1" that made a connection must
+/// still find "java" alive (an exec does not make the process another one either).
+pub fn alive_since(pid: u32, at_ns: u64) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the command (which may contain spaces) start after the last ')'; starttime,
+    // field 22, is the 20th of them: clock ticks since boot.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let Some(ticks) = rest
+        .split_whitespace()
+        .nth(19)
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    // Ticks are truncated, so this is at or before the real start.
+    let started = ticks.saturating_mul(1_000_000_000 / hz);
+    started <= at_ns.saturating_add(crate::event::suspended_ns())
 }
 
 /// A socket's reuse options.
@@ -251,6 +272,17 @@ mod tests {
     use std::{net::TcpListener, os::fd::AsRawFd as _, os::unix::fs::MetadataExt as _};
 
     use super::*;
+
+    #[test]
+    fn a_process_is_alive_since_it_started_and_not_before() {
+        let me = std::process::id();
+        assert!(alive_since(me, crate::event::monotonic_now()));
+        assert!(
+            !alive_since(me, 0),
+            "a record from before this process started was made by another with the same pid"
+        );
+        assert!(!alive_since(u32::MAX, crate::event::monotonic_now()));
+    }
 
     #[test]
     fn finds_this_process_behind_its_own_socket() {

@@ -279,4 +279,8 @@ fn io_uring_connect_owner_is_named_from_history() {
         "the owner is the connecting thread: {ev:#}"
     );
     assert_eq!(h["remote"], "127.0.0.1:8386", "{ev:#}");
+    assert_eq!(
+        h["owner_alive"], true,
+        "this process still runs, though the thread that connected has a name of its own: {ev:#}"
+    );
 }
