@@ -446,7 +446,10 @@ pub mod counter {
     /// Failures seen (whether or not they reached userspace).
     pub const FAILURES_SEEN: u32 = 2;
     /// Calls that could not be tracked: their thread's slot was held by another call and the
-    /// overflow table refused an entry. A failure of such a call is never seen.
+    /// overflow table (`PENDING`) refused an entry. A failure of such a call is never seen. That
+    /// table is an LRU hash: when full it evicts its least recently used entry rather than
+    /// refuse, so this counts refusals only; an evicted call in flight would need more threads
+    /// than it has entries (4 096, or 256 per CPU) colliding in their slots at once.
     pub const UNTRACKED: u32 = 3;
     pub const COUNT: u32 = 4;
 }

@@ -109,8 +109,8 @@ impl Collector {
         let untracked = self.kernel_counter(counter::UNTRACKED);
         if untracked > 0 && self.stats.untracked == 0 {
             log::warn!(
-                "{untracked} call(s) could not be tracked: the table of calls in flight was full \
-                 (their failures, if any, are not reported)"
+                "{untracked} call(s) could not be tracked: the kernel refused them an entry in \
+                 the table of calls in flight (their failures, if any, are not reported)"
             );
         }
         self.stats.untracked = untracked;

@@ -311,7 +311,7 @@ impl Investigator {
                 conflicts: false,
             };
             if let Some(list) = owners.get(&s.inode).filter(|l| !l.is_empty()) {
-                let (pid, fd) = list[0];
+                let (pid, _) = list[0];
                 if let Some(p) = procfs::process(pid) {
                     h.comm = Some(p.comm);
                     h.uid = Some(p.uid);
@@ -320,7 +320,7 @@ impl Investigator {
                 h.source = Source::Live;
                 h.shared_with = list.iter().map(|&(p, _)| p).filter(|&p| p != pid).collect();
                 h.shared_with.dedup();
-                live_options(&mut h, remembered, (pid, fd), s, state);
+                live_options(&mut h, remembered, list, s, state);
             } else if let Some(r) = history_owner(remembered, s, state) {
                 r.apply(&mut h);
             }
@@ -389,18 +389,25 @@ fn history_owner<'a>(
         .or_else(|| remembered.iter().find(|r| r.role == Role::Listening))
 }
 
-/// Fills in the options of the live socket `s`, open in process `pid` as descriptor `fd`: as the
-/// kernel programs saw them when it took the port; only for a socket they never saw (bound before
-/// bindtrace started) from the socket itself; failing that (no ptrace access), from what the
-/// history says of the process.
+/// Fills in the options of the live socket `s`, open in the processes and descriptors `open_in`
+/// (a socket shared by a master and its workers is open in each, in no particular order): as the
+/// kernel programs saw them when it took the port, whichever of those processes did; only for a
+/// socket they never saw (bound before bindtrace started) from the socket itself; failing that (no
+/// ptrace access), from what the history says of the process.
 fn live_options(
     h: &mut Holder,
     remembered: &[Remembered],
-    (pid, fd): (u32, u32),
+    open_in: &[(u32, u32)],
     s: &DiagSocket,
     state: State,
 ) {
-    if let Some(r) = remembered_socket(remembered, pid, s, state) {
+    let Some(&(pid, fd)) = open_in.first() else {
+        return;
+    };
+    if let Some(r) = open_in
+        .iter()
+        .find_map(|&(pid, _)| remembered_socket(remembered, pid, s, state))
+    {
         (h.reuseaddr, h.reuseport) = r.port_flags();
     } else if let Some(o) = procfs::socket_options(pid, fd, s.inode) {
         h.reuseaddr = Some(o.reuseaddr);
@@ -416,7 +423,10 @@ fn live_options(
 /// socket's own; a connection's by its peer, or the listener it was accepted from, whose options
 /// it inherits). Reading the options from here rather than from the socket matters: a duplicate
 /// of the owner's descriptor (`procfs::socket_options`) keeps the socket alive if its owner closes
-/// it meanwhile, and a re-bind of the port in that instant would fail because of bindtrace.
+/// it meanwhile, and a re-bind of the port in that instant would fail because of bindtrace. The
+/// price: should the live socket have taken the port unseen (an io_uring bind or listen under the
+/// tracepoint backend) after an earlier socket of the same process did on the same address, or
+/// changed its options after taking it, the options reported are the earlier ones.
 fn remembered_socket<'a>(
     remembered: &'a [Remembered],
     pid: u32,

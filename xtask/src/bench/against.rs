@@ -42,9 +42,11 @@ pub fn build(rev: &str) -> Result<Against> {
     }
     let src = dir.join(format!("src-{hash}"));
     step(&format!("build bindtrace at {hash} (release)"), || {
-        if !src.join("Cargo.toml").exists() {
-            let _ = std::fs::remove_dir_all(&src);
-            std::fs::create_dir_all(&src)?;
+        if !src.exists() {
+            // Exported beside it and renamed once whole: an interrupted export is redone.
+            let part = dir.join(format!("src-{hash}.part"));
+            let _ = std::fs::remove_dir_all(&part);
+            std::fs::create_dir_all(&part)?;
             let mut archive = Command::new("git")
                 .current_dir(&root)
                 .args(["archive", "--format=tar", &hash])
@@ -54,13 +56,14 @@ pub fn build(rev: &str) -> Result<Against> {
             let tar = Command::new("tar")
                 .arg("-x")
                 .arg("-C")
-                .arg(&src)
+                .arg(&part)
                 .stdin(archive.stdout.take().context("git archive's stdout")?)
                 .status()
                 .context("tar")?;
             if !archive.wait()?.success() || !tar.success() {
-                bail!("could not export {hash} into {}", src.display());
+                bail!("could not export {hash} into {}", part.display());
             }
+            std::fs::rename(&part, &src)?;
         }
         let target = dir.join("target");
         util::run(

@@ -396,7 +396,12 @@ fn compare(samples: &BTreeMap<(usize, usize), Vec<Cost>>, conditions: &[Conditio
         ] {
             let values = |c: usize| samples[&(w, c)].iter().map(f).collect::<Vec<_>>();
             let (this, other) = (values(BINDTRACE), values(AGAINST));
-            let ratios: Vec<f64> = this.iter().zip(&other).map(|(x, y)| x / y).collect();
+            let ratios: Vec<f64> = this
+                .iter()
+                .zip(&other)
+                .map(|(x, y)| x / y)
+                .filter(|r| r.is_finite())
+                .collect();
             let ((ma, ..), (mb, ..), (r, lo, hi)) =
                 (spread(&this), spread(&other), spread(&ratios));
             cells.push(format!(
