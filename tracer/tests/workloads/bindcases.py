@@ -10,6 +10,7 @@ Cases follow ../../../shared/docs/seed-digest.md (numbers are the seed's).
 """
 
 import errno
+import gc
 import json
 import os
 import socket
@@ -52,12 +53,22 @@ def server(port, family=socket.AF_INET, host=HOST):
 TCP_TIME_WAIT = 6
 
 
+class SetupFailed(Exception):
+    """The kernel did not produce the situation a case needs (see `wait_for_tcp_state`); the case
+    is run again (`__main__`)."""
+
+
+SETUP_ATTEMPTS = 3
+
+
 def wait_for_tcp_state(port, state, timeout=30.0, count=1):
     """Waits until `count` TCP sockets of this namespace bound to `port` are in `state` (the
     kernel's number, as /proc/net/tcp shows it). The peer's FIN is processed in softirq: without
     this a busy machine may still show the closing side in FIN_WAIT2 when the next step runs.
-    (Twice, in VMs under software emulation with two VMs sharing the host, 10 s were not enough;
-    the states seen are printed if it gives up, to tell a slow machine from a stuck socket.)"""
+    In the VM tier (software emulation, two VMs sharing the host) a helper's connection, closed
+    first, has at times left no socket at all on its port: states seen [] after 30 s, in about
+    one run of the whole tier in three, in a different case each time (tracepoint and kprobe).
+    That is a setup failure, not bindtrace's: the case is run again, saying so on stderr."""
     deadline = time.monotonic() + timeout
     while True:
         with open("/proc/net/tcp") as f:
@@ -66,8 +77,8 @@ def wait_for_tcp_state(port, state, timeout=30.0, count=1):
         if states.count(state) >= count:
             return
         if time.monotonic() >= deadline:
-            raise SystemExit(f"no {count} socket(s) on port {port} reached TCP state {state} in "
-                             f"{timeout} s; states seen there: {states}")
+            raise SetupFailed(f"no {count} socket(s) on port {port} reached TCP state {state} in "
+                              f"{timeout} s; states seen there: {states}")
         time.sleep(0.005)
 
 
@@ -622,8 +633,7 @@ def case_gated(port, comm=""):
     report(case="gated", stage="done", errno=err, port=port, addr=HOST, reuseaddr=False, reuseport=False)
 
 
-if __name__ == "__main__":
-    name, *args = sys.argv[1:]
+def run(name, args):
     fn = globals()[name]
     if name.startswith("helper_"):
         fn(*args)
@@ -635,3 +645,18 @@ if __name__ == "__main__":
         fn(int(args[0]), args[1])
     else:
         fn(*map(int, args))
+
+
+if __name__ == "__main__":
+    name, *args = sys.argv[1:]
+    for tries in range(1, SETUP_ATTEMPTS + 1):
+        try:
+            run(name, args)
+            break
+        except SetupFailed as e:
+            if tries == SETUP_ATTEMPTS:
+                raise SystemExit(f"{name}: setup failed {tries} times; the last: {e}")
+            print(f"bindcases: {name}: setup failed ({e}); running it again", file=sys.stderr,
+                  flush=True)
+        # The failed attempt's sockets close once nothing refers to its frames any more.
+        gc.collect()
