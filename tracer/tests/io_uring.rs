@@ -10,10 +10,11 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::{net::SocketAddr, os::fd::AsRawFd};
 
 use common::{Netns, Tracer, can_run};
 use io_uring::{IoUring, opcode, types};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 /// Runs `f` on a thread named `name` inside `netns` and returns its result.
 fn in_netns<T: Send + 'static>(
@@ -38,23 +39,12 @@ fn in_netns<T: Send + 'static>(
         .unwrap()
 }
 
-fn tcp_socket() -> OwnedFd {
-    // SAFETY: a fresh socket, owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: as above.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+fn tcp_socket() -> Socket {
+    Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket")
 }
 
-fn sockaddr_in(addr: [u8; 4], port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr),
-        },
-        sin_zero: [0; 8],
-    }
+fn addr(ip: [u8; 4], port: u16) -> SockAddr {
+    SocketAddr::from((ip, port)).into()
 }
 
 /// Submits `sqe` on a fresh ring and waits for its result (0 or -errno); None if io_uring is
@@ -72,14 +62,9 @@ fn uring_call(sqe: &io_uring::squeue::Entry) -> Option<i32> {
 fn uring_bind(netns: &str, port: u16) -> Option<i32> {
     in_netns(netns, "uring-bind", move || {
         let sock = tcp_socket();
-        let sa = sockaddr_in([0; 4], port);
+        let sa = addr([0; 4], port);
         uring_call(
-            &opcode::Bind::new(
-                types::Fd(sock.as_raw_fd()),
-                (&raw const sa).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-            .build(),
+            &opcode::Bind::new(types::Fd(sock.as_raw_fd()), sa.as_ptr().cast(), sa.len()).build(),
         )
     })
 }
@@ -117,29 +102,18 @@ fn uring_connect_then_bind_over_time_wait(netns: &str, server: u16) -> Option<Ur
     in_netns(netns, "uring-connect", move || {
         let listener = std::net::TcpListener::bind(("127.0.0.1", server)).unwrap();
         let client = tcp_socket();
-        let sa = sockaddr_in([127, 0, 0, 1], server);
+        let sa = addr([127, 0, 0, 1], server);
         let res = uring_call(
-            &opcode::Connect::new(
-                types::Fd(client.as_raw_fd()),
-                (&raw const sa).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-            .build(),
+            &opcode::Connect::new(types::Fd(client.as_raw_fd()), sa.as_ptr().cast(), sa.len())
+                .build(),
         )?;
         assert_eq!(res, 0, "the io_uring connect failed");
-        let port = std::net::TcpStream::from(client.try_clone().unwrap())
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = client.local_addr().unwrap().as_socket().unwrap().port();
         let (accepted, _) = listener.accept().unwrap();
         // The FIN goes now: a plain close would not send it while the ring, whose teardown runs
         // later in a kernel worker, may still hold a reference to the socket's file — the server
         // would close first, and the TIME-WAIT be on its side.
-        // SAFETY: shutdown(2) on a socket we own.
-        assert_eq!(
-            unsafe { libc::shutdown(client.as_raw_fd(), libc::SHUT_WR) },
-            0
-        );
+        client.shutdown(std::net::Shutdown::Write).unwrap();
         drop(accepted);
         drop(client);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -151,32 +125,12 @@ fn uring_connect_then_bind_over_time_wait(netns: &str, server: u16) -> Option<Ur
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let sock = std::net::TcpListener::from(tcp_socket());
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads an int from the pointer we pass.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                (&raw const one).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        let sa = sockaddr_in([0; 4], port);
-        // SAFETY: bind reads the address we pass.
-        let ret = unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&raw const sa).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        let bind_errno = if ret == 0 {
-            0
-        } else {
-            std::io::Error::last_os_error().raw_os_error().unwrap()
-        };
+        let sock = tcp_socket();
+        sock.set_reuse_address(true).unwrap();
+        let bind_errno = sock
+            .bind(&addr([0; 4], port))
+            .err()
+            .map_or(0, |e| e.raw_os_error().unwrap());
         Some(UringConnect { port, bind_errno })
     })
 }
