@@ -9,7 +9,10 @@
 //! conflict only if either is unbound or both are the same. The kernel's verdict is the fact — when
 //! these rules find no culprit among the sockets present, the closest one is still named.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -181,6 +184,10 @@ pub struct Holder {
     /// The remembered owner's cgroup id (0: unknown), for its context once it has exited.
     #[serde(skip)]
     pub owner_cgroup: u64,
+    /// The socket was gone when bindtrace looked (its owner closed it or exited just after the
+    /// failure): it is known from bindtrace's history as the last socket seen to take the port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub socket_closed: bool,
     /// Whether the kernel's rules say this socket blocks the request.
     pub conflicts: bool,
 }
@@ -264,6 +271,9 @@ pub struct Request {
     pub pid: u32,
     pub bound_dev_if: u32,
     pub remote: Option<SocketAddr>,
+    /// When the call failed (the kernel's CLOCK_MONOTONIC), for matching bindtrace's history;
+    /// None for a call not yet made (`check-port`).
+    pub at_ns: Option<u64>,
 }
 
 impl Request {
@@ -285,6 +295,7 @@ impl Request {
             pid: 0,
             bound_dev_if: 0,
             remote: None,
+            at_ns: None,
         }
     }
 
@@ -312,6 +323,7 @@ impl Request {
                 .as_deref()
                 .and_then(|a| a.parse().ok())
                 .map(|ip| SocketAddr::new(ip, ev.remote_port.unwrap_or(0))),
+            at_ns: (ev.ts_ns != 0).then_some(ev.ts_ns),
         }
     }
 }
@@ -622,7 +634,15 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     };
     let same_process =
         primary.is_some_and(|h| h.pid == Some(req.pid) || h.shared_with.contains(&req.pid));
-    let hint = hint(cause, req, primary, same_process, ctx);
+    let mut hint = hint(cause, req, primary, same_process, ctx);
+    if let Some(h) = primary.filter(|h| h.socket_closed) {
+        let _ = write!(
+            hint,
+            " (bindtrace saw that socket take the port{}; it had closed by the time bindtrace \
+             looked)",
+            age(h)
+        );
+    }
     let holders = if fixed.is_some() && cause != Cause::EphemeralExhausted {
         Vec::new()
     } else {
@@ -670,6 +690,7 @@ mod tests {
             pid: 100,
             bound_dev_if: 0,
             remote: None,
+            at_ns: None,
         }
     }
 
@@ -693,6 +714,7 @@ mod tests {
             inode: 1,
             container: crate::container::Context::default(),
             owner_cgroup: 0,
+            socket_closed: false,
             conflicts: false,
         }
     }

@@ -152,6 +152,9 @@ pub struct Event {
     /// Container and Kubernetes context of the caller (keys absent when unknown).
     #[serde(flatten, default)]
     pub container: crate::container::Context,
+    /// When it happened, on the kernel's CLOCK_MONOTONIC (0: unknown, as in a read-back log).
+    #[serde(skip)]
+    pub ts_ns: u64,
     /// Who held the port and why (failures only; see `diagnose::Diagnosis`).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<crate::diagnose::Diagnosis>,
@@ -163,6 +166,7 @@ impl Event {
         let known = |bit| raw.flags & bit != 0;
         Self {
             time: rfc3339(wall_ns(raw.ts_ns)),
+            ts_ns: raw.ts_ns,
             event: match kind {
                 EventKind::Failure => EventName::BindFailure,
                 EventKind::Success => EventName::BindSuccess,
@@ -358,7 +362,9 @@ mod tests {
         assert_eq!(json["bound_dev_if"], 0);
         assert_eq!(json["backend"], "tracepoint");
         assert!(json.get("remote_addr").is_none());
-        let back: Event = serde_json::from_value(json).unwrap();
+        let mut back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back.ts_ns, 0, "the kernel's clock stays out of the JSON");
+        back.ts_ns = ev.ts_ns;
         assert_eq!(back, ev, "JSON reads back into the same event");
     }
 

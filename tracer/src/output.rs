@@ -127,7 +127,12 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
                 Some(true) => ", running",
                 None => "",
             };
-            format!("history{}{alive}", diagnose::age(h))
+            let closed = if h.socket_closed {
+                ", socket closed before lookup"
+            } else {
+                ""
+            };
+            format!("history{}{alive}{closed}", diagnose::age(h))
         }
         diagnose::Source::Unknown => "owner unknown".to_string(),
     };
@@ -289,6 +294,7 @@ pub(crate) mod tests {
             bound_dev_if: 0,
             backend: BackendName::Tracepoint,
             container: crate::container::Context::default(),
+            ts_ns: 0,
             diagnosis: None,
         }
     }

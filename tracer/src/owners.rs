@@ -99,6 +99,44 @@ impl Remembered {
         )
     }
 
+    /// The socket this bind or listen entry describes, on `req`'s port; `closed`: gone when
+    /// looked up.
+    fn holder(&self, req: &Request, closed: bool) -> Holder {
+        let known = |bit| self.owner.flags & bit != 0;
+        let v6 = self.owner.family == tracer_common::AF_INET6;
+        let mut h = Holder {
+            state: if self.role == Role::Listening {
+                State::Listen
+            } else {
+                State::Bound
+            },
+            protocol: if req.udp { "udp" } else { "tcp" }.to_string(),
+            local: SocketAddr::new(
+                event::ip(self.owner.family, &self.owner.local_addr),
+                req.port,
+            ),
+            remote: None,
+            pid: None,
+            comm: None,
+            uid: None,
+            source: Source::History,
+            reuseaddr: None,
+            reuseport: None,
+            v6only: (v6 && known(flags::V6ONLY_KNOWN)).then(|| known(flags::V6ONLY)),
+            bound_dev_if: 0,
+            age_ms: None,
+            owner_alive: None,
+            shared_with: Vec::new(),
+            inode: 0,
+            container: crate::container::Context::default(),
+            owner_cgroup: 0,
+            socket_closed: closed,
+            conflicts: false,
+        };
+        self.apply(&mut h);
+        h
+    }
+
     /// Fills `h`'s owner from this entry.
     fn apply(&self, h: &mut Holder) {
         h.pid = Some(self.owner.pid);
@@ -277,7 +315,7 @@ impl Investigator {
         remembered: &[Remembered],
         req: &Request,
     ) -> Vec<Holder> {
-        let (udp, port) = (req.udp, req.port);
+        let udp = req.udp;
         let inodes: Vec<u64> = socks.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
         let candidates: Vec<u32> = remembered
             .iter()
@@ -308,6 +346,7 @@ impl Investigator {
                 inode: s.inode,
                 container: crate::container::Context::default(),
                 owner_cgroup: 0,
+                socket_closed: false,
                 conflicts: false,
             };
             if let Some(list) = owners.get(&s.inode).filter(|l| !l.is_empty()) {
@@ -326,51 +365,59 @@ impl Investigator {
             }
             holders.push(h);
         }
-        // Before 6.8 the kernel lists no bound-only socket: a live process that bound the port
-        // and still runs is the best explanation left.
-        if socks.is_empty() && !self.lists_bound_sockets {
-            for r in remembered
-                .iter()
-                .filter(|r| r.role == Role::Bound && r.alive)
-            {
-                let ip = event::ip(r.owner.family, &r.owner.local_addr);
-                let mut h = Holder {
-                    state: State::Bound,
-                    protocol: if udp { "udp" } else { "tcp" }.to_string(),
-                    local: SocketAddr::new(ip, port),
-                    remote: None,
-                    pid: None,
-                    comm: None,
-                    uid: None,
-                    source: Source::History,
-                    reuseaddr: None,
-                    reuseport: None,
-                    v6only: None,
-                    bound_dev_if: 0,
-                    age_ms: None,
-                    owner_alive: None,
-                    shared_with: Vec::new(),
-                    inode: 0,
-                    container: crate::container::Context::default(),
-                    owner_cgroup: 0,
-                    conflicts: false,
-                };
-                r.apply(&mut h);
-                holders.push(h);
-            }
+        if socks.is_empty() {
+            holders.extend(self.unlisted(remembered, req));
         }
         // A failed listen() leaves its socket bound: it is the caller, not a holder.
         if req.syscall == SyscallName::Listen
-            && let Some(i) = holders.iter().position(|h| {
-                h.state == State::Bound
-                    && h.pid == Some(req.pid)
-                    && h.local == SocketAddr::new(req.addr, req.port)
-            })
+            && let Some(i) = holders.iter().position(|h| is_callers_socket(h, req))
         {
             holders.remove(i);
         }
         holders
     }
+
+    /// Holders known from history alone, when the kernel lists no socket on the port.
+    fn unlisted(&self, remembered: &[Remembered], req: &Request) -> Vec<Holder> {
+        // Before 6.8 the kernel lists no bound-only socket: a live process that bound the port
+        // and still runs is the best explanation left.
+        if !self.lists_bound_sockets {
+            let bound: Vec<Holder> = remembered
+                .iter()
+                .filter(|r| r.role == Role::Bound && r.alive)
+                .map(|r| r.holder(req, false))
+                .collect();
+            if !bound.is_empty() {
+                return bound;
+            }
+        }
+        // Otherwise the socket that refused the call was gone by the time it was looked up: its
+        // owner closed it or exited in the few milliseconds between (a script that fails and
+        // exits, a crash-looping service). The last socket seen to take the port before the
+        // failure that would block the call is named, marked as closed.
+        let Some(at) = req.at_ns else {
+            return Vec::new();
+        };
+        let mut seen: Vec<&Remembered> = remembered
+            .iter()
+            .filter(|r| r.role != Role::Connected && r.owner.ts_ns <= at)
+            .collect();
+        seen.sort_by_key(|r| std::cmp::Reverse(r.owner.ts_ns));
+        seen.into_iter()
+            .map(|r| r.holder(req, true))
+            // A failed listen() leaves its own socket bound: it is the caller, not a holder.
+            .filter(|h| !(req.syscall == SyscallName::Listen && is_callers_socket(h, req)))
+            .find(|h| diagnose::conflicts(req, h))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Whether `h` is the bound socket a failed listen() of `req` leaves behind.
+fn is_callers_socket(h: &Holder, req: &Request) -> bool {
+    h.state == State::Bound
+        && h.pid == Some(req.pid)
+        && h.local == SocketAddr::new(req.addr, req.port)
 }
 
 /// The remembered owner of a socket no process has open: the connection's creator (matched by
@@ -587,6 +634,52 @@ mod tests {
             bound_dev_if: 0,
             v6only: None,
         }
+    }
+
+    /// With no socket left on the port, the last one seen to take it before the failure that
+    /// would have refused the call is named, as closed: not one taken after the failure, not a
+    /// failed listen()'s own socket, and none for a call not made yet (`check-port`).
+    #[test]
+    fn a_holder_gone_before_the_lookup_is_the_last_seen_before_the_failure() {
+        let mut inv = Investigator::new(None);
+        inv.lists_bound_sockets = true;
+        let stamped = |ts, mut r: Remembered| {
+            r.owner.ts_ns = ts;
+            r
+        };
+        let known = flags::SOCKOPTS_KNOWN;
+        let list = [
+            stamped(100, remembered(7, Role::Listening, [0; 4], known)),
+            stamped(
+                200,
+                remembered(8, Role::Bound, [0; 4], known | flags::REUSEADDR),
+            ),
+            stamped(400, remembered(9, Role::Listening, [0; 4], known)),
+        ];
+        let mut req = Request::bind(IpAddr::from([0, 0, 0, 0]), 8080, false, false, false);
+        req.pid = 1;
+        req.at_ns = Some(300);
+        let pids = |inv: &Investigator, req: &Request| -> Vec<(Option<u32>, State, bool)> {
+            inv.unlisted(&list, req)
+                .iter()
+                .map(|h| (h.pid, h.state, h.socket_closed))
+                .collect()
+        };
+        assert_eq!(pids(&inv, &req), [(Some(8), State::Bound, true)]);
+
+        req.reuseaddr = true;
+        assert_eq!(
+            pids(&inv, &req),
+            [(Some(7), State::Listen, true)],
+            "both set SO_REUSEADDR: the bound socket let it through, the listener did not"
+        );
+
+        req.syscall = SyscallName::Listen;
+        req.pid = 8;
+        assert_eq!(pids(&inv, &req), [(Some(7), State::Listen, true)]);
+
+        req.at_ns = None;
+        assert!(pids(&inv, &req).is_empty());
     }
 
     /// A live holder's options come from the history when it describes that very socket, so

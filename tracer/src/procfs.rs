@@ -179,7 +179,8 @@ pub fn process(pid: u32) -> Option<Process> {
 }
 
 /// Whether the process that had `pid` at `at_ns` (CLOCK_MONOTONIC, the kernel programs' clock)
-/// still runs: a process with that pid exists and had started by then. A pid recycled since
+/// still runs: a process with that pid exists, has not exited (a zombie, not yet reaped, has
+/// closed its sockets already) and had started by then. A pid recycled since
 /// belongs to a process that started later. Not a comparison of names: the kernel programs record
 /// the calling *thread's* name, and a JVM's "http-nio-8080-exec-1" that made a connection must
 /// still find "java" alive (an exec does not make the process another one either).
@@ -190,11 +191,11 @@ pub fn alive_since(pid: u32, at_ns: u64) -> bool {
     // Fields after the command (which may contain spaces) start after the last ')'; starttime,
     // field 22, is the 20th of them: clock ticks since boot.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let Some(ticks) = rest
-        .split_whitespace()
-        .nth(19)
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X") | None) {
+        return false;
+    }
+    let Some(ticks) = fields.nth(18).and_then(|v| v.parse::<u64>().ok()) else {
         return false;
     };
     // SAFETY: sysconf has no preconditions.
@@ -282,6 +283,27 @@ mod tests {
             "a record from before this process started was made by another with the same pid"
         );
         assert!(!alive_since(u32::MAX, crate::event::monotonic_now()));
+    }
+
+    #[test]
+    fn an_exited_process_not_yet_reaped_is_not_alive() {
+        let at = crate::event::monotonic_now();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let stat = format!("/proc/{}/stat", child.id());
+        // Until it is waited for, the child stays in /proc as a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !fs::read_to_string(&stat).unwrap().contains(") Z ") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            !alive_since(child.id(), at),
+            "a zombie has closed its sockets: its records are an exited owner's"
+        );
+        child.wait().unwrap();
     }
 
     #[test]

@@ -312,6 +312,46 @@ fn listen_failure_names_the_listener() {
     run.release();
 }
 
+/// A holder that goes in the instant between the failure and bindtrace's look (a script that
+/// fails and exits, a service that crashes and restarts) is named from bindtrace's history, marked
+/// as closed, rather than "unknown". The tracer is stopped meanwhile, so that the look comes after.
+#[test]
+fn holders_gone_before_the_lookup_are_named_from_history() {
+    if !can_run("holders_gone") {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let ns = Netns::new();
+    tracer.pause();
+    let truth = ns.run_case("case_holders_gone", &["8230"]);
+    tracer.resume();
+    let pid = truth["pid"].as_u64().unwrap();
+    let tcp = tracer.failure(pid, 8230);
+    assert_eq!(tcp["cause"], "listener_conflict", "{tcp:#}");
+    assert_eq!(tcp["same_process"], false, "{tcp:#}");
+    let h = holder(&tcp);
+    assert_eq!(h["state"], "LISTEN", "{tcp:#}");
+    assert_eq!(h["source"], "history", "{tcp:#}");
+    assert_eq!(h["pid"], truth["holder_pid"], "{tcp:#}");
+    assert_eq!(h["comm"], truth["holder_comm"], "{tcp:#}");
+    assert_eq!(h["socket_closed"], true, "{tcp:#}");
+    assert_eq!(h["owner_alive"], false, "{tcp:#}");
+    assert_eq!(h["reuseaddr"], false, "{tcp:#}");
+    assert!(
+        tcp["hint"].as_str().unwrap().contains("had closed"),
+        "{tcp:#}"
+    );
+
+    let udp = tracer.failure(pid, 8231);
+    assert_eq!(udp["cause"], "udp_conflict", "{udp:#}");
+    let h = holder(&udp);
+    assert_eq!(h["protocol"], "udp", "{udp:#}");
+    assert_eq!(h["state"], "BOUND", "{udp:#}");
+    assert_eq!(h["pid"], truth["pid"], "{udp:#}");
+    assert_eq!(h["socket_closed"], true, "{udp:#}");
+    tracer.stop();
+}
+
 #[test]
 fn udp_conflict() {
     if !can_run("udp") {

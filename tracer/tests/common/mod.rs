@@ -381,6 +381,22 @@ impl Tracer {
         })
     }
 
+    /// Stops the tracer (SIGSTOP) until `resume`: meanwhile its kernel programs go on recording
+    /// into its maps and ring buffer, and nothing is looked up.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let child = self.child.lock().unwrap();
+        // SAFETY: kill(2) on our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    }
+
     /// Kills the tracer with SIGKILL (no clean-up of its own).
     pub fn kill(&self) {
         let mut child = self.child.lock().unwrap();

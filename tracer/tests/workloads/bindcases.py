@@ -333,6 +333,22 @@ def case_udp(port):
     finish(case="udp", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
 
 
+def case_holders_gone(port):
+    """The holders go before bindtrace looks (the test has it stopped meanwhile): another
+    process's listener on P refuses a bind, then that process exits; a UDP socket here on P+1
+    refuses another's bind, then is closed."""
+    p, info = spawn("helper_listen", port, "0")
+    err = attempt(lambda: sock().bind((HOST, port)))
+    p.stdin.close()
+    p.wait()
+    u = sock(kind=socket.SOCK_DGRAM)
+    u.bind((HOST, port + 1))
+    udp_err = attempt(lambda: sock(kind=socket.SOCK_DGRAM).bind((HOST, port + 1)))
+    u.close()
+    finish(case="holders_gone", errno=err, udp_errno=udp_err, port=port, addr=HOST,
+           holder_pid=info["pid"], holder_comm=info["comm"], reuseaddr=False, reuseport=False)
+
+
 def case_listen(port):
     """A and B both SO_REUSEADDR, both bind P (allowed); A listens; B's listen() fails."""
     a = sock(reuseaddr=True)
