@@ -39,7 +39,8 @@ pub enum Cause {
     UdpConflict,
     /// Both sides set SO_REUSEPORT but belong to different users.
     ReuseportMismatch,
-    /// An IPv6 wildcard socket covers IPv4 (or the reverse).
+    /// An IPv6 wildcard covers a listening or bound IPv4 socket (or the reverse). Against a
+    /// connection or a TIME-WAIT that cause is given instead, the overlap in its hint.
     DualStackConflict,
     /// No free port in `ip_local_port_range` (connect EADDRNOTAVAIL, bind(0) EADDRINUSE).
     EphemeralExhausted,
@@ -615,7 +616,11 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
         let other_user = h.uid.is_some_and(|u| u != req.uid);
         let cause = if both_reuseport && other_user && h.state != State::TimeWait {
             Cause::ReuseportMismatch
-        } else if cross_family(req.addr, h.local.ip()) {
+        } else if cross_family(req.addr, h.local.ip())
+            && matches!(h.state, State::Listen | State::Bound)
+        {
+            // A connection's or a TIME-WAIT's port is the matter even when an IPv6 wildcard
+            // bind meets it over IPv4 (a JVM's, by default): the hint says how they overlap.
             Cause::DualStackConflict
         } else if req.udp || h.protocol == "udp" {
             Cause::UdpConflict
@@ -635,6 +640,20 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     let same_process =
         primary.is_some_and(|h| h.pid == Some(req.pid) || h.shared_with.contains(&req.pid));
     let mut hint = hint(cause, req, primary, same_process, ctx);
+    if let Some(h) = primary.filter(|h| cross_family(req.addr, h.local.ip()))
+        && cause != Cause::DualStackConflict
+    {
+        let wildcard = if h.local.is_ipv6() {
+            h.local.ip()
+        } else {
+            req.addr
+        };
+        let _ = write!(
+            hint,
+            " ([{wildcard}] without IPV6_V6ONLY covers IPv4 port {} too)",
+            req.port
+        );
+    }
     if let Some(h) = primary.filter(|h| h.socket_closed) {
         let _ = write!(
             hint,
@@ -872,6 +891,27 @@ mod tests {
         let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
         assert_eq!(d.cause, Cause::DualStackConflict);
         assert!(d.hint.contains("IPV6_V6ONLY"));
+
+        // The seed's JVM: its [::] bind meets an IPv4 connection's port. The connection is the
+        // matter; the hint says how the two overlap.
+        let mut jvm = req("::", 8080);
+        jvm.reuseaddr = true;
+        jvm.v6only = Some(false);
+        for (state, cause) in [
+            (State::TimeWait, Cause::TimeWaitConflict),
+            (State::Established, Cause::OutgoingConnectionConflict),
+        ] {
+            let mut h = holder(state, "127.0.0.1:8080");
+            h.remote = Some("127.0.0.1:6379".parse().unwrap());
+            let d = verdict(&jvm, vec![h], &ctx());
+            assert_eq!(d.cause, cause);
+            assert!(
+                d.hint
+                    .ends_with("([::] without IPV6_V6ONLY covers IPv4 port 8080 too)"),
+                "{}",
+                d.hint
+            );
+        }
     }
 
     #[test]

@@ -221,6 +221,39 @@ fn seed_1b_established_connection_of_another_process() {
     run.release();
 }
 
+/// The seed as a JVM meets it: the listener binds IPv6's wildcard (no IPV6_V6ONLY, the JVM's
+/// default) over another process's IPv4 connection, ESTABLISHED or in TIME-WAIT. The connection
+/// is the cause, not the dual stack.
+#[test]
+fn seed_1a_1b_ipv6_wildcard_listener_over_an_ipv4_connection() {
+    if !can_run("seed_1a_1b_ipv6") {
+        return;
+    }
+    let tracer = Tracer::shared();
+    for (case, port, cause) in [
+        ("case_1b", 8233, "outgoing_connection_conflict"),
+        ("case_1a", 8235, "time_wait_conflict"),
+    ] {
+        let ns = Netns::new();
+        let run = ns.hold_case(case, &[&port.to_string(), "1"]);
+        let ev = tracer.failure(run.pid(), port);
+        assert_eq!(ev["addr"], "::", "{ev:#}");
+        assert_eq!(ev["v6only"], false, "{ev:#}");
+        assert_eq!(ev["cause"], cause, "{ev:#}");
+        let h = holder(&ev);
+        assert_eq!(h["pid"], run.report["holder_pid"], "{ev:#}");
+        assert_eq!(h["local"], format!("127.0.0.1:{port}"), "{ev:#}");
+        assert!(
+            ev["hint"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("[::] without IPV6_V6ONLY covers IPv4 port {port}")),
+            "{ev:#}"
+        );
+        run.release();
+    }
+}
+
 #[test]
 fn seed_3_1_listener_of_another_process() {
     if !can_run("seed_3_1") {

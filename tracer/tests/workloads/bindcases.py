@@ -360,9 +360,20 @@ def case_listen(port):
     finish(case="listen", errno=err, port=port, addr=HOST, reuseaddr=True, reuseport=False)
 
 
-def case_1a(port):
+def wildcard_listener(v6):
+    """A SO_REUSEADDR socket about to bind the wildcard address: IPv4's, or with `v6` IPv6's
+    without IPV6_V6ONLY, as a JVM binds by default. Returns (socket, address)."""
+    if v6:
+        s = sock(family=socket.AF_INET6, reuseaddr=True)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        return s, "::"
+    return sock(reuseaddr=True), "0.0.0.0"
+
+
+def case_1a(port, v6=0):
     """Another process connected from P without SO_REUSEADDR, closed first and exited: its
-    TIME-WAIT (no owner left in the kernel) blocks a SO_REUSEADDR listener on P."""
+    TIME-WAIT (no owner left in the kernel) blocks a SO_REUSEADDR listener on P (IPv6's wildcard
+    with `v6`)."""
     srv = server(port + 1)
     c, info = spawn("helper_connect_and_leave", port, port + 1)
     conn, _ = srv.accept()
@@ -370,9 +381,9 @@ def case_1a(port):
     conn.close()  # now the client side moves to TIME-WAIT
     c.wait()
     wait_for_tcp_state(port, TCP_TIME_WAIT)
-    s = sock(reuseaddr=True)
-    err = attempt(lambda: s.bind(("0.0.0.0", port)))
-    finish(case="1a", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False,
+    s, addr = wildcard_listener(v6)
+    err = attempt(lambda: s.bind((addr, port)))
+    finish(case="1a", errno=err, port=port, addr=addr, reuseaddr=True, reuseport=False,
            holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port + 1)
 
 
@@ -477,14 +488,14 @@ def case_1a_gated(port):
     case_1a(port)
 
 
-def case_1b(port):
+def case_1b(port, v6=0):
     """Another process holds an ESTABLISHED connection from P (no SO_REUSEADDR); a SO_REUSEADDR
-    listener on P fails."""
+    listener on P (IPv6's wildcard with `v6`) fails."""
     srv = server(port + 1)
     b, info = spawn("helper_connect_from", port, port + 1, 0)
-    s = sock(reuseaddr=True)
-    err = attempt(lambda: s.bind(("0.0.0.0", port)))
-    finish(case="1b", errno=err, port=port, addr="0.0.0.0", reuseaddr=True, reuseport=False,
+    s, addr = wildcard_listener(v6)
+    err = attempt(lambda: s.bind((addr, port)))
+    finish(case="1b", errno=err, port=port, addr=addr, reuseaddr=True, reuseport=False,
            holder_pid=info["pid"], remote_port=port + 1)
     b.kill()
 
