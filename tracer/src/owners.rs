@@ -379,6 +379,9 @@ impl Investigator {
 
     /// Holders known from history alone, when the kernel lists no socket on the port.
     fn unlisted(&self, remembered: &[Remembered], req: &Request) -> Vec<Holder> {
+        // A failed listen() leaves its own socket bound: it is the caller, not a holder.
+        let not_callers =
+            |h: &Holder| !(req.syscall == SyscallName::Listen && is_callers_socket(h, req));
         // Before 6.8 the kernel lists no bound-only socket: a live process that bound the port
         // and still runs is the best explanation left.
         if !self.lists_bound_sockets {
@@ -386,6 +389,7 @@ impl Investigator {
                 .iter()
                 .filter(|r| r.role == Role::Bound && r.alive)
                 .map(|r| r.holder(req, false))
+                .filter(not_callers)
                 .collect();
             if !bound.is_empty() {
                 return bound;
@@ -405,8 +409,7 @@ impl Investigator {
         seen.sort_by_key(|r| std::cmp::Reverse(r.owner.ts_ns));
         seen.into_iter()
             .map(|r| r.holder(req, true))
-            // A failed listen() leaves its own socket bound: it is the caller, not a holder.
-            .filter(|h| !(req.syscall == SyscallName::Listen && is_callers_socket(h, req)))
+            .filter(not_callers)
             .find(|h| diagnose::conflicts(req, h))
             .into_iter()
             .collect()

@@ -60,7 +60,8 @@ fn hostile_process_names_cannot_forge_text_output() {
         !text.contains('\x1b'),
         "no raw escape byte reaches the terminal: {text:?}"
     );
-    let event_lines: Vec<&String> = lines.iter().filter(|l| l.contains("by ")).collect();
+    // An event's own further lines are indented; a forged event would start a line.
+    let event_lines: Vec<&String> = lines.iter().filter(|l| !l.starts_with(' ')).collect();
     assert_eq!(
         event_lines.len(),
         1,
