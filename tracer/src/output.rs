@@ -114,7 +114,7 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
     let _ = match (&h.comm, h.pid) {
         (Some(c), Some(p)) => write!(s, " {c}[{p}]"),
         (None, Some(p)) => write!(s, " pid {p}"),
-        _ => write!(s, " (no owner)"),
+        _ => Ok(()),
     };
     if let Some(u) = h.uid {
         let _ = write!(s, " uid={u}");
@@ -134,7 +134,12 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
             };
             format!("history{}{alive}{closed}", diagnose::age(h))
         }
-        diagnose::Source::Unknown => "owner unknown".to_string(),
+        // No process has a TIME-WAIT (or an orphaned connection) open: its owner is known only
+        // if bindtrace saw the connection made.
+        diagnose::Source::Unknown if h.inode == 0 => {
+            "owner unknown: not in bindtrace's history, made before it started?".to_string()
+        }
+        diagnose::Source::Unknown => "owner unknown: no process found with it open".to_string(),
     };
     let _ = write!(s, " ({src})");
     let opts: Vec<&str> = [
@@ -297,6 +302,35 @@ pub(crate) mod tests {
             ts_ns: 0,
             diagnosis: None,
         }
+    }
+
+    #[test]
+    fn a_holder_line_says_where_its_owner_came_from() {
+        let holder = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "state": "TIME_WAIT", "protocol": "tcp", "local": "127.0.0.1:8080",
+                "remote": "127.0.0.1:6379", "source": "unknown", "bound_dev_if": 0,
+                "inode": 0, "conflicts": true,
+            });
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            holder_text(&serde_json::from_value(v).unwrap())
+        };
+        assert_eq!(
+            holder(serde_json::json!({})),
+            "TIME_WAIT tcp 127.0.0.1:8080 -> 127.0.0.1:6379 (owner unknown: not in bindtrace's \
+             history, made before it started?) options unknown"
+        );
+        assert_eq!(
+            holder(serde_json::json!({
+                "state": "BOUND", "remote": null, "pid": 7, "comm": "python3", "uid": 0,
+                "source": "history", "age_ms": 3, "owner_alive": false, "socket_closed": true,
+                "reuseaddr": false, "reuseport": false,
+            })),
+            "BOUND tcp 127.0.0.1:8080 python3[7] uid=0 (history 3 ms ago, exited, socket closed \
+             before lookup) no SO_REUSEADDR/SO_REUSEPORT"
+        );
     }
 
     #[test]
