@@ -137,7 +137,8 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
         // No process has a TIME-WAIT (or an orphaned connection) open: its owner is known only
         // if bindtrace saw the connection made.
         diagnose::Source::Unknown if h.inode == 0 => {
-            "owner unknown: not in bindtrace's history, made before it started?".to_string()
+            "owner unknown: no process has it; `watch` knows it if it saw the connection made"
+                .to_string()
         }
         diagnose::Source::Unknown => "owner unknown: no process found with it open".to_string(),
     };
@@ -319,8 +320,8 @@ pub(crate) mod tests {
         };
         assert_eq!(
             holder(serde_json::json!({})),
-            "TIME_WAIT tcp 127.0.0.1:8080 -> 127.0.0.1:6379 (owner unknown: not in bindtrace's \
-             history, made before it started?) options unknown"
+            "TIME_WAIT tcp 127.0.0.1:8080 -> 127.0.0.1:6379 (owner unknown: no process has it; \
+             `watch` knows it if it saw the connection made) options unknown"
         );
         assert_eq!(
             holder(serde_json::json!({
