@@ -44,6 +44,9 @@ pub enum Cause {
     DualStackConflict,
     /// No free port in `ip_local_port_range` (connect EADDRNOTAVAIL, bind(0) EADDRINUSE).
     EphemeralExhausted,
+    /// connect() from a bound port (EADDRNOTAVAIL): a connection with the same source and
+    /// destination address and port exists.
+    FourTupleInUse,
     /// EACCES: a port below `ip_unprivileged_port_start` without CAP_NET_BIND_SERVICE.
     PrivilegedPort,
     /// EADDRNOTAVAIL on bind: the address is not on any interface of the namespace.
@@ -65,6 +68,7 @@ impl Cause {
             Self::ReuseportMismatch => "reuseport_mismatch",
             Self::DualStackConflict => "dual_stack_conflict",
             Self::EphemeralExhausted => "ephemeral_exhausted",
+            Self::FourTupleInUse => "four_tuple_in_use",
             Self::PrivilegedPort => "privileged_port",
             Self::AddressNotLocal => "address_not_local",
             Self::AlreadyBound => "already_bound",
@@ -359,6 +363,14 @@ fn cross_family(a: IpAddr, b: IpAddr) -> bool {
 
 /// Whether `h` blocks `req` by the kernel's rules (unknown options count as "not shared").
 pub fn conflicts(req: &Request, h: &Holder) -> bool {
+    if req.syscall == SyscallName::Connect {
+        // A connect() from a bound port meets only a connection to the same destination from
+        // the same address (`__inet_check_established()`).
+        return h.remote.is_some()
+            && h.remote.map(|r| (canonical(r.ip()), r.port()))
+                == req.remote.map(|r| (canonical(r.ip()), r.port()))
+            && (req.addr.is_unspecified() || canonical(req.addr) == canonical(h.local.ip()));
+    }
     if req.bound_dev_if != 0 && h.bound_dev_if != 0 && req.bound_dev_if != h.bound_dev_if {
         return false;
     }
@@ -483,6 +495,13 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
                  appears",
             req.addr
         ),
+        Cause::FourTupleInUse => format!(
+            "a connection from {}:{port} to {} already exists (it was gone when bindtrace \
+             looked); {TUPLE_FIX}",
+            req.addr,
+            req.remote
+                .map_or_else(|| "?".to_string(), |r| r.to_string())
+        ),
         Cause::AlreadyBound => "the socket is already bound (bind() may be called once per \
                                     socket) or the address length is wrong"
             .to_string(),
@@ -587,9 +606,28 @@ fn hint_for_holder(
                 )
             }
         }
+        Cause::FourTupleInUse => {
+            let who = if same { "this process".to_string() } else { w };
+            let lasts = if h.state == State::TimeWait {
+                ", which lasts up to 60 s"
+            } else {
+                ""
+            };
+            format!(
+                "{who} already has a connection from {local} to {} ({}{lasts}); {TUPLE_FIX}",
+                h.remote.map_or_else(|| "?".to_string(), |r| r.to_string()),
+                h.state.as_str()
+            )
+        }
         _ => format!("{w} holds {local}"),
     }
 }
+
+/// What to do when a connect() from a bound port meets a connection to the same destination.
+const TUPLE_FIX: &str = "two connections cannot have the same source and destination address \
+                         and port: let the kernel choose the source port (do not bind() before \
+                         connect(), or set IP_BIND_ADDRESS_NO_PORT), or connect from another \
+                         port";
 
 /// Decides the cause from the failing request, the sockets found on the port and the namespace's
 /// port settings.
@@ -601,6 +639,8 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     holders.sort_by_key(|h| (!h.conflicts, h.state.rank(), h.source != Source::Live));
     let in_range = ctx.in_ephemeral_range(req.port);
     let fixed = match req.errno {
+        // From a bound port: the connection it meets is looked for among the holders.
+        EADDRNOTAVAIL if req.syscall == SyscallName::Connect && req.port != 0 => None,
         EADDRNOTAVAIL if req.syscall == SyscallName::Connect => Some(Cause::EphemeralExhausted),
         EADDRINUSE if req.port == 0 => Some(Cause::EphemeralExhausted),
         EACCES => Some(Cause::PrivilegedPort),
@@ -611,6 +651,11 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     };
     let (cause, primary) = if let Some(c) = fixed {
         (c, None)
+    } else if req.syscall == SyscallName::Connect {
+        (
+            Cause::FourTupleInUse,
+            holders.first().filter(|h| h.conflicts),
+        )
     } else if let Some(h) = holders.first() {
         let both_reuseport = req.reuseport && h.reuseport == Some(true);
         let other_user = h.uid.is_some_and(|u| u != req.uid);
@@ -857,6 +902,34 @@ mod tests {
         assert_eq!(d.cause, Cause::ListenerConflict);
         assert_eq!(d.holders[0].state, State::Listen);
         assert!(!d.holders[1].conflicts);
+    }
+
+    /// connect() from a bound port, refused with EADDRNOTAVAIL: the connection to the same
+    /// destination from that address and port is named; one to another destination is not.
+    #[test]
+    fn four_tuple_in_use() {
+        let mut r = req("127.0.0.1", 44000);
+        r.syscall = SyscallName::Connect;
+        r.errno = EADDRNOTAVAIL;
+        r.remote = Some("127.0.0.1:6379".parse().unwrap());
+        let mut other = holder(State::Established, "127.0.0.1:44000");
+        other.remote = Some("127.0.0.1:5432".parse().unwrap());
+        let mut tw = holder(State::TimeWait, "127.0.0.1:44000");
+        tw.remote = r.remote;
+        let d = verdict(&r, vec![other, tw], &ctx());
+        assert_eq!(d.cause, Cause::FourTupleInUse);
+        assert_eq!(d.holders[0].state, State::TimeWait);
+        assert!(d.holders[0].conflicts && !d.holders[1].conflicts);
+        assert!(d.hint.starts_with("redis-cli (pid 200) already has a connection from 127.0.0.1:44000 to 127.0.0.1:6379 (TIME_WAIT, which lasts up to 60 s)"), "{}", d.hint);
+
+        // From an ephemeral port it is the range, as before.
+        r.port = 0;
+        assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::EphemeralExhausted);
+        // Nothing left that matches: still the four-tuple, said without a holder.
+        r.port = 44000;
+        let d = verdict(&r, vec![], &ctx());
+        assert_eq!(d.cause, Cause::FourTupleInUse);
+        assert!(d.hint.contains("already exists"), "{}", d.hint);
     }
 
     #[test]

@@ -220,9 +220,12 @@ impl Investigator {
     pub fn investigate(&mut self, req: &Request, netns: u32, ns: Option<&Netns>) -> Diagnosis {
         let started = std::time::Instant::now();
         let protocol = if req.udp { IPPROTO_UDP } else { IPPROTO_TCP } as u8;
-        let exhaustion = (req.syscall == SyscallName::Connect && req.errno == EADDRNOTAVAIL)
-            || (req.errno == EADDRINUSE && req.port == 0);
-        let port_conflict = req.errno == EADDRINUSE && !exhaustion;
+        let connect_refused = req.syscall == SyscallName::Connect && req.errno == EADDRNOTAVAIL;
+        let exhaustion = req.port == 0 && (connect_refused || req.errno == EADDRINUSE);
+        // A connect() from a bound port is refused the same way when a connection from that
+        // port to the same destination exists: the port's sockets are looked up as for a bind.
+        let port_conflict =
+            (req.errno == EADDRINUSE && !exhaustion) || (connect_refused && req.port != 0);
         let key = (netns, req.port, protocol);
         if port_conflict
             && let Some((at, holders, ctx)) = self.recent.get(&key)
@@ -368,10 +371,9 @@ impl Investigator {
         if socks.is_empty() {
             holders.extend(self.unlisted(remembered, req));
         }
-        // A failed listen() leaves its socket bound: it is the caller, not a holder.
-        if req.syscall == SyscallName::Listen
-            && let Some(i) = holders.iter().position(|h| is_callers_socket(h, req))
-        {
+        // A failed listen() leaves its socket bound, a connect() refused from a bound port too:
+        // it is the caller, not a holder.
+        if let Some(i) = holders.iter().position(|h| is_callers_socket(h, req)) {
             holders.remove(i);
         }
         holders
@@ -379,9 +381,7 @@ impl Investigator {
 
     /// Holders known from history alone, when the kernel lists no socket on the port.
     fn unlisted(&self, remembered: &[Remembered], req: &Request) -> Vec<Holder> {
-        // A failed listen() leaves its own socket bound: it is the caller, not a holder.
-        let not_callers =
-            |h: &Holder| !(req.syscall == SyscallName::Listen && is_callers_socket(h, req));
+        let not_callers = |h: &Holder| !is_callers_socket(h, req);
         // Before 6.8 the kernel lists no bound-only socket: a live process that bound the port
         // and still runs is the best explanation left.
         if !self.lists_bound_sockets {
@@ -416,11 +416,15 @@ impl Investigator {
     }
 }
 
-/// Whether `h` is the bound socket a failed listen() of `req` leaves behind.
+/// Whether `h` is the bound socket a failed listen() or connect() of `req` leaves behind: the
+/// caller's own, not a holder. (A refused connect() may have reported the source address it was
+/// given, which the kernel takes back from a socket bound to the wildcard.)
 fn is_callers_socket(h: &Holder, req: &Request) -> bool {
-    h.state == State::Bound
+    matches!(req.syscall, SyscallName::Listen | SyscallName::Connect)
+        && h.state == State::Bound
         && h.pid == Some(req.pid)
-        && h.local == SocketAddr::new(req.addr, req.port)
+        && h.local.port() == req.port
+        && (h.local.ip() == req.addr || h.local.ip().is_unspecified())
 }
 
 /// The remembered owner of a socket no process has open: the connection's creator (matched by

@@ -446,6 +446,36 @@ fn connect_without_a_free_ephemeral_port() {
     run.release();
 }
 
+/// A connect() from a bound port to a destination that port already has a connection to is
+/// refused with the same EADDRNOTAVAIL as an exhausted range: the verdict names the connection,
+/// not the range.
+#[test]
+fn connect_from_a_bound_port_meets_a_connection_to_the_same_destination() {
+    if !can_run("connect_tuple") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_connect_tuple", 7010);
+    assert_eq!(truth["errno"], 99, "{truth}");
+    assert_eq!(ev["syscall"], "connect");
+    assert_eq!(ev["port"], 7010, "{ev:#}");
+    assert_eq!(ev["remote_port"], 7011, "{ev:#}");
+    assert_eq!(ev["cause"], "four_tuple_in_use", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "ESTABLISHED", "{ev:#}");
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["remote"], "127.0.0.1:7011", "{ev:#}");
+    assert_eq!(ev["same_process"], false, "{ev:#}");
+    assert!(
+        ev["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["pid"] != truth["pid"]),
+        "the caller's own bound socket is not a holder: {ev:#}"
+    );
+    run.release();
+}
+
 #[test]
 fn failure_in_the_hosts_own_namespace() {
     if !can_run("host_netns") {

@@ -217,6 +217,25 @@ fn seed_3_2(ctx: &mut Ctx, b_reuse: bool, a_reuse: bool) -> Result<Outcome> {
         .keep(srv))
 }
 
+/// 3.2b, then A connects to B's destination too (`curl --local-port` twice): the bind is allowed,
+/// the connect() is refused, as the four-tuple is taken.
+fn seed_3_2b_connect(ctx: &mut Ctx) -> Result<Outcome> {
+    let p = ctx.port();
+    let srv = server(p + 1)?;
+    let mut helper_args = args!["connect", p, p + 1];
+    helper_args.extend(flag(true, "reuseaddr"));
+    let h = ctx.helper(helper_args)?;
+    let (mut e, s) = try_bind(&v4(Ipv4Addr::UNSPECIFIED, p), true, false)?;
+    if e == 0 {
+        e = errno(s.connect(&v4(Ipv4Addr::LOCALHOST, p + 1)));
+    }
+    Ok(Outcome::new(e, p)
+        .held_by(h.pid())
+        .keep(s)
+        .keep(h)
+        .keep(srv))
+}
+
 fn seed_3_3(ctx: &mut Ctx, reuse: bool) -> Result<Outcome> {
     let p = ctx.port();
     let srv = server(p + 1)?;
@@ -401,8 +420,8 @@ const fn fails(cause: Cause) -> Expect {
 )]
 pub fn all() -> Vec<Case> {
     use Cause::{
-        DualStackConflict, EphemeralExhausted, ListenerConflict, OutgoingConnectionConflict,
-        ReuseportMismatch, TimeWaitConflict, UdpConflict,
+        DualStackConflict, EphemeralExhausted, FourTupleInUse, ListenerConflict,
+        OutgoingConnectionConflict, ReuseportMismatch, TimeWaitConflict, UdpConflict,
     };
     vec![
         Case {
@@ -458,6 +477,12 @@ pub fn all() -> Vec<Case> {
             setup: "B connected from P with SO_REUSEADDR; A binds *:P with SO_REUSEADDR",
             expect: Expect::Ok,
             run: |c| seed_3_2(c, true, true),
+        },
+        Case {
+            id: "3.2b-connect",
+            setup: "3.2b, then A connects to B's destination as well",
+            expect: Expect::Fails(EADDRNOTAVAIL, FourTupleInUse),
+            run: seed_3_2b_connect,
         },
         Case {
             id: "3.2b-noreuse",

@@ -539,6 +539,20 @@ def case_connect_exhaust(port):
            reuseaddr=False, reuseport=False)
 
 
+def case_connect_tuple(port):
+    """Another process connected from P to a server, both with SO_REUSEADDR, so this one can bind
+    P too (what `curl --local-port` does); its connect() to the same server is refused with
+    EADDRNOTAVAIL: the four-tuple is taken, with every other port of the range free."""
+    srv = server(port + 1)
+    helper, info = spawn("helper_connect_from", port, port + 1, "1")
+    s = sock(reuseaddr=True)
+    s.bind((HOST, port))
+    err = attempt(lambda: s.connect((HOST, port + 1)))
+    finish(case="connect_tuple", errno=err, port=port, addr=HOST, remote_port=port + 1,
+           reuseaddr=True, reuseport=False, holder_pid=info["pid"])
+    helper.kill()
+
+
 def case_successes(port, count=50):
     """`count` binds that all succeed, then one marker failure (bind of an address not on
     this host): once the marker is reported, every earlier event of this process has been."""
