@@ -304,11 +304,6 @@ impl Request {
         }
     }
 
-    /// A placeholder request (listing listeners, no call to judge).
-    pub fn any(udp: bool) -> Self {
-        Self::bind(IpAddr::from([0, 0, 0, 0]), 0, udp, false, false)
-    }
-
     pub fn from_event(ev: &Event) -> Self {
         let addr = ev.addr.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         Self {
@@ -359,6 +354,21 @@ pub fn addresses_overlap(
 
 fn cross_family(a: IpAddr, b: IpAddr) -> bool {
     canonical(a).is_ipv4() != canonical(b).is_ipv4()
+}
+
+/// The IPv6 wildcard through which `req` and `h` of different families overlap: whichever of
+/// them is `[::]` without IPV6_V6ONLY.
+fn dual_stack_wildcard(req: &Request, h: &Holder) -> Option<IpAddr> {
+    if !cross_family(req.addr, h.local.ip()) {
+        return None;
+    }
+    [(req.addr, req.v6only), (h.local.ip(), h.v6only)]
+        .into_iter()
+        .find(|&(ip, v6only)| {
+            let ip = canonical(ip);
+            ip.is_ipv6() && ip.is_unspecified() && v6only != Some(true)
+        })
+        .map(|(ip, _)| ip)
 }
 
 /// Whether `h` blocks `req` by the kernel's rules (unknown options count as "not shared").
@@ -496,8 +506,8 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
             req.addr
         ),
         Cause::FourTupleInUse => format!(
-            "a connection from {}:{port} to {} already exists (it was gone when bindtrace \
-             looked); {TUPLE_FIX}",
+            "a connection from {}:{port} to {} already exists (bindtrace found none when it \
+             looked: it may have closed since); {TUPLE_FIX}",
             req.addr,
             req.remote
                 .map_or_else(|| "?".to_string(), |r| r.to_string())
@@ -685,14 +695,10 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     let same_process =
         primary.is_some_and(|h| h.pid == Some(req.pid) || h.shared_with.contains(&req.pid));
     let mut hint = hint(cause, req, primary, same_process, ctx);
-    if let Some(h) = primary.filter(|h| cross_family(req.addr, h.local.ip()))
+    if let Some(h) = primary.filter(|h| h.conflicts)
         && cause != Cause::DualStackConflict
+        && let Some(wildcard) = dual_stack_wildcard(req, h)
     {
-        let wildcard = if h.local.is_ipv6() {
-            h.local.ip()
-        } else {
-            req.addr
-        };
         let _ = write!(
             hint,
             " ([{wildcard}] without IPV6_V6ONLY covers IPv4 port {} too)",
@@ -970,11 +976,16 @@ mod tests {
         let mut jvm = req("::", 8080);
         jvm.reuseaddr = true;
         jvm.v6only = Some(false);
-        for (state, cause) in [
-            (State::TimeWait, Cause::TimeWaitConflict),
-            (State::Established, Cause::OutgoingConnectionConflict),
+        for (state, cause, local) in [
+            (State::TimeWait, Cause::TimeWaitConflict, "127.0.0.1:8080"),
+            // A JVM's own connections are IPv6 sockets with IPv4-mapped addresses.
+            (
+                State::Established,
+                Cause::OutgoingConnectionConflict,
+                "[::ffff:127.0.0.1]:8080",
+            ),
         ] {
-            let mut h = holder(state, "127.0.0.1:8080");
+            let mut h = holder(state, local);
             h.remote = Some("127.0.0.1:6379".parse().unwrap());
             let d = verdict(&jvm, vec![h], &ctx());
             assert_eq!(d.cause, cause);
@@ -985,6 +996,21 @@ mod tests {
                 d.hint
             );
         }
+        // No wildcard in between, or one with IPV6_V6ONLY: no such note.
+        let mut h = holder(State::Established, "[2001:db8::1]:8080");
+        h.remote = Some("[2001:db8::2]:6379".parse().unwrap());
+        let mut specific = req("0.0.0.0", 8080);
+        specific.reuseaddr = true;
+        assert!(dual_stack_wildcard(&specific, &h).is_none());
+        let mut v6only = jvm.clone();
+        v6only.v6only = Some(true);
+        let tw = holder(State::TimeWait, "127.0.0.1:8080");
+        assert!(dual_stack_wildcard(&v6only, &tw).is_none());
+        assert!(
+            !verdict(&v6only, vec![tw], &ctx())
+                .hint
+                .contains("IPV6_V6ONLY covers")
+        );
     }
 
     #[test]

@@ -99,23 +99,23 @@ impl Remembered {
         )
     }
 
-    /// The socket this bind or listen entry describes, on `req`'s port; `closed`: gone when
-    /// looked up.
+    /// The socket this entry describes, on `req`'s port, as it was when it took the port (a
+    /// connection as ESTABLISHED); `closed`: gone when looked up.
     fn holder(&self, req: &Request, closed: bool) -> Holder {
         let known = |bit| self.owner.flags & bit != 0;
         let v6 = self.owner.family == tracer_common::AF_INET6;
         let mut h = Holder {
-            state: if self.role == Role::Listening {
-                State::Listen
-            } else {
-                State::Bound
+            state: match self.role {
+                Role::Listening => State::Listen,
+                Role::Bound => State::Bound,
+                Role::Connected => State::Established,
             },
             protocol: if req.udp { "udp" } else { "tcp" }.to_string(),
             local: SocketAddr::new(
                 event::ip(self.owner.family, &self.owner.local_addr),
                 req.port,
             ),
-            remote: None,
+            remote: (self.role == Role::Connected).then(|| self.remote()),
             pid: None,
             comm: None,
             uid: None,
@@ -151,6 +151,11 @@ impl Remembered {
         h.reuseport = h.reuseport.or(p);
     }
 }
+
+/// How long before a failure a socket whose process has exited since may have taken the port and
+/// still be named as its closed holder (`Investigator::unlisted`): TIME-WAIT's length, the
+/// longest a port commonly stays held once its owner is gone.
+const CLOSED_HOLDER_MAX_AGE_NS: u64 = 60_000_000_000;
 
 /// How long a port's holders, once looked up, answer for further failures on the same port: in a
 /// failure storm (a service retrying in a tight loop) one lookup serves them all. Short, so that
@@ -228,10 +233,12 @@ impl Investigator {
             (req.errno == EADDRINUSE && !exhaustion) || (connect_refused && req.port != 0);
         let key = (netns, req.port, protocol);
         if port_conflict
-            && let Some((at, holders, ctx)) = self.recent.get(&key)
+            && let Some((at, listed, ctx)) = self.recent.get(&key)
             && at.elapsed() < LOOKUP_REUSE
         {
-            return diagnose::verdict(req, holders.clone(), ctx);
+            let (listed, ctx) = (listed.clone(), ctx.clone());
+            let holders = self.settle(listed, netns, protocol, req);
+            return diagnose::verdict(req, holders, &ctx);
         }
 
         let looked = ns.and_then(|ns| {
@@ -265,17 +272,8 @@ impl Investigator {
             return diagnose::verdict(req, Vec::new(), &ctx);
         }
         let remembered = self.remembered(netns, req.port, protocol);
-        let mut holders = self.holders(&socks, &remembered, req);
-        for h in &mut holders {
-            // An owner that has exited is known by its remembered cgroup only: its pid may name
-            // another process by now.
-            let pid = h.pid.filter(|_| h.owner_alive != Some(false));
-            if pid.is_some() || h.owner_cgroup != 0 {
-                h.container = self
-                    .containers
-                    .resolve(pid.unwrap_or(0), h.owner_cgroup, netns);
-            }
-        }
+        let mut listed_holders = self.holders(&socks, &remembered, req.udp);
+        self.resolve_containers(&mut listed_holders, netns);
         log::debug!(
             "lookup for pid {} port {}: {} socket(s) listed in {listed:?}, owners found in {:?}",
             req.pid,
@@ -287,11 +285,52 @@ impl Investigator {
             self.recent
                 .retain(|_, (at, ..)| at.elapsed() < LOOKUP_REUSE);
         }
+        // What the kernel listed is kept for reuse; what this call makes of it is not.
         self.recent.insert(
             key,
-            (std::time::Instant::now(), holders.clone(), ctx.clone()),
+            (
+                std::time::Instant::now(),
+                listed_holders.clone(),
+                ctx.clone(),
+            ),
         );
+        let holders = self.settle(listed_holders, netns, protocol, req);
         diagnose::verdict(req, holders, &ctx)
+    }
+
+    /// The holders for `req` among those listed on its port: without the caller's own socket,
+    /// and, when none of them would have refused the call, with the socket history names
+    /// (`unlisted`).
+    fn settle(
+        &mut self,
+        mut holders: Vec<Holder>,
+        netns: u32,
+        protocol: u8,
+        req: &Request,
+    ) -> Vec<Holder> {
+        // A failed listen() leaves its socket bound, a connect() refused from a bound port too:
+        // it is the caller, not a holder.
+        holders.retain(|h| !is_callers_socket(h, req));
+        if !holders.iter().any(|h| diagnose::conflicts(req, h)) {
+            let remembered = self.remembered(netns, req.port, protocol);
+            let mut more = self.unlisted(&remembered, req);
+            self.resolve_containers(&mut more, netns);
+            holders.extend(more);
+        }
+        holders
+    }
+
+    fn resolve_containers(&mut self, holders: &mut [Holder], netns: u32) {
+        for h in holders {
+            // An owner that has exited is known by its remembered cgroup only: its pid may name
+            // another process by now.
+            let pid = h.pid.filter(|_| h.owner_alive != Some(false));
+            if pid.is_some() || h.owner_cgroup != 0 {
+                h.container = self
+                    .containers
+                    .resolve(pid.unwrap_or(0), h.owner_cgroup, netns);
+            }
+        }
     }
 
     /// Every socket of `protocol` listening (TCP) or bound (UDP) in `ns`, with its owner, and the
@@ -308,17 +347,17 @@ impl Investigator {
                 state == State::Listen || (udp && state == State::Bound)
             })
             .collect();
-        let req = Request::any(udp);
-        (self.holders(&waiting, &[], &req), ctx)
+        (self.holders(&waiting, &[], udp), ctx)
     }
 
+    /// The sockets the kernel listed, each with its owner: the process that has it open, else
+    /// the one history remembers.
     fn holders(
         &mut self,
         socks: &[DiagSocket],
         remembered: &[Remembered],
-        req: &Request,
+        udp: bool,
     ) -> Vec<Holder> {
-        let udp = req.udp;
         let inodes: Vec<u64> = socks.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
         let candidates: Vec<u32> = remembered
             .iter()
@@ -368,14 +407,6 @@ impl Investigator {
             }
             holders.push(h);
         }
-        if socks.is_empty() {
-            holders.extend(self.unlisted(remembered, req));
-        }
-        // A failed listen() leaves its socket bound, a connect() refused from a bound port too:
-        // it is the caller, not a holder.
-        if let Some(i) = holders.iter().position(|h| is_callers_socket(h, req)) {
-            holders.remove(i);
-        }
         holders
     }
 
@@ -397,14 +428,17 @@ impl Investigator {
         }
         // Otherwise the socket that refused the call was gone by the time it was looked up: its
         // owner closed it or exited in the few milliseconds between (a script that fails and
-        // exits, a crash-looping service). The last socket seen to take the port before the
-        // failure that would block the call is named, marked as closed.
+        // exits, a crash-looping service, a connection reset). The last socket seen to take the
+        // port before the failure that would block the call is named, marked as closed. Not one
+        // whose process has exited and that took the port long before: it most likely closed
+        // long before too, and the real holder went unseen.
         let Some(at) = req.at_ns else {
             return Vec::new();
         };
         let mut seen: Vec<&Remembered> = remembered
             .iter()
-            .filter(|r| r.role != Role::Connected && r.owner.ts_ns <= at)
+            .filter(|r| r.owner.ts_ns <= at)
+            .filter(|r| r.alive || at - r.owner.ts_ns <= CLOSED_HOLDER_MAX_AGE_NS)
             .collect();
         seen.sort_by_key(|r| std::cmp::Reverse(r.owner.ts_ns));
         seen.into_iter()
@@ -687,6 +721,36 @@ mod tests {
 
         req.at_ns = None;
         assert!(pids(&inv, &req).is_empty());
+
+        // A connection (reset, so no TIME-WAIT is left) is named as it was made; an entry whose
+        // process has exited is not trusted a minute after it took the port.
+        let minute = CLOSED_HOLDER_MAX_AGE_NS;
+        let mut gone = stamped(100, remembered(7, Role::Listening, [0; 4], known));
+        gone.alive = false;
+        let list = [
+            gone,
+            stamped(200, remembered(9, Role::Connected, [127, 0, 0, 1], known)),
+        ];
+        let mut req = Request::bind(IpAddr::from([0, 0, 0, 0]), 8080, false, false, false);
+        req.pid = 1;
+        req.at_ns = Some(300);
+        let found = inv.unlisted(&list, &req);
+        assert_eq!(found[0].state, State::Established);
+        assert_eq!(found[0].remote, Some("127.0.0.1:6379".parse().unwrap()));
+        assert_eq!(found[0].pid, Some(9));
+        req.at_ns = Some(100 + minute);
+        let pids = |req: &Request| -> Vec<Option<u32>> {
+            inv.unlisted(&list[..1], req)
+                .iter()
+                .map(|h| h.pid)
+                .collect()
+        };
+        assert_eq!(pids(&req), [Some(7)], "within the minute");
+        req.at_ns = Some(101 + minute);
+        assert!(
+            pids(&req).is_empty(),
+            "exited, and took the port over a minute before"
+        );
     }
 
     /// A live holder's options come from the history when it describes that very socket, so

@@ -192,8 +192,12 @@ pub fn alive_since(pid: u32, at_ns: u64) -> bool {
     // field 22, is the 20th of them: clock ticks since boot.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let mut fields = rest.split_whitespace();
-    if matches!(fields.next(), Some("Z" | "X") | None) {
-        return false;
+    match fields.next() {
+        // A zombie leader whose other threads still run (its main thread called pthread_exit)
+        // is a live process.
+        Some("Z") if threads(pid) > 1 => {}
+        Some("Z" | "X") | None => return false,
+        _ => {}
     }
     let Some(ticks) = fields.nth(18).and_then(|v| v.parse::<u64>().ok()) else {
         return false;
@@ -203,6 +207,18 @@ pub fn alive_since(pid: u32, at_ns: u64) -> bool {
     // Ticks are truncated, so this is at or before the real start.
     let started = ticks.saturating_mul(1_000_000_000 / hz);
     started <= at_ns.saturating_add(crate::event::suspended_ns())
+}
+
+/// `Threads:` of /proc/PID/status (0 if unreadable).
+fn threads(pid: u32) -> u32 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A socket's reuse options.
@@ -287,7 +303,6 @@ mod tests {
 
     #[test]
     fn an_exited_process_not_yet_reaped_is_not_alive() {
-        let at = crate::event::monotonic_now();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let stat = format!("/proc/{}/stat", child.id());
         // Until it is waited for, the child stays in /proc as a zombie.
@@ -299,6 +314,8 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        // A time after it started: only its state can say it has exited.
+        let at = crate::event::monotonic_now();
         assert!(
             !alive_since(child.id(), at),
             "a zombie has closed its sockets: its records are an exited owner's"

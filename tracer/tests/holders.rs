@@ -382,6 +382,26 @@ fn holders_gone_before_the_lookup_are_named_from_history() {
     assert_eq!(h["state"], "BOUND", "{udp:#}");
     assert_eq!(h["pid"], truth["pid"], "{udp:#}");
     assert_eq!(h["socket_closed"], true, "{udp:#}");
+
+    // The failed listen()'s own socket is still listed (6.8 on): it is not what refused it.
+    assert_eq!(truth["listen_errno"], 98, "{truth}");
+    let listen = tracer.failure(pid, 8232);
+    assert_eq!(listen["syscall"], "listen", "{listen:#}");
+    assert_eq!(listen["cause"], "listener_conflict", "{listen:#}");
+    let h = holder(&listen);
+    assert_eq!(h["state"], "LISTEN", "{listen:#}");
+    assert_eq!(h["socket_closed"], true, "{listen:#}");
+    assert_eq!(listen["same_process"], true, "{listen:#}");
+
+    // A connection reset leaves no TIME-WAIT: named from its connect().
+    assert_eq!(truth["conn_errno"], 98, "{truth}");
+    let conn = tracer.failure(pid, 8233);
+    assert_eq!(conn["cause"], "outgoing_connection_conflict", "{conn:#}");
+    let h = holder(&conn);
+    assert_eq!(h["state"], "ESTABLISHED", "{conn:#}");
+    assert_eq!(h["remote"], "127.0.0.1:8234", "{conn:#}");
+    assert_eq!(h["pid"], truth["pid"], "{conn:#}");
+    assert_eq!(h["socket_closed"], true, "{conn:#}");
     tracer.stop();
 }
 

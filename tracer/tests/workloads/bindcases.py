@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -336,7 +337,9 @@ def case_udp(port):
 def case_holders_gone(port):
     """The holders go before bindtrace looks (the test has it stopped meanwhile): another
     process's listener on P refuses a bind, then that process exits; a UDP socket here on P+1
-    refuses another's bind, then is closed."""
+    refuses another's bind, then is closed; a listener here on P+2 refuses a second socket's
+    listen(), then is closed; a connection from P+3 refuses a bind, then is reset (no
+    TIME-WAIT left)."""
     p, info = spawn("helper_listen", port, "0")
     err = attempt(lambda: sock().bind((HOST, port)))
     p.stdin.close()
@@ -345,7 +348,22 @@ def case_holders_gone(port):
     u.bind((HOST, port + 1))
     udp_err = attempt(lambda: sock(kind=socket.SOCK_DGRAM).bind((HOST, port + 1)))
     u.close()
-    finish(case="holders_gone", errno=err, udp_errno=udp_err, port=port, addr=HOST,
+    a, b = sock(reuseaddr=True), sock(reuseaddr=True)
+    a.bind((HOST, port + 2))
+    b.bind((HOST, port + 2))
+    a.listen(16)
+    listen_err = attempt(lambda: b.listen(16))
+    a.close()
+    srv = server(port + 4)
+    c = sock()
+    c.bind((HOST, port + 3))
+    c.connect((HOST, port + 4))
+    conn_err = attempt(lambda: sock().bind((HOST, port + 3)))
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    srv.close()
+    finish(case="holders_gone", errno=err, udp_errno=udp_err, listen_errno=listen_err,
+           conn_errno=conn_err, port=port, addr=HOST,
            holder_pid=info["pid"], holder_comm=info["comm"], reuseaddr=False, reuseport=False)
 
 
