@@ -19,6 +19,10 @@ pub trait Sink {
     fn event(&mut self, ev: Event) -> Result<()>;
     /// `lost` records were dropped in the kernel since the last call (`lost_total` since start).
     fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> Result<()>;
+    /// `new` more calls could not be tracked in the kernel (`counter::UNTRACKED`).
+    fn untracked(&mut self, _new: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a run saw, for the summary at exit.
@@ -107,13 +111,16 @@ impl Collector {
         let total = self.kernel_counter(counter::RINGBUF_FULL);
         self.stats.failures_seen = self.kernel_counter(counter::FAILURES_SEEN);
         let untracked = self.kernel_counter(counter::UNTRACKED);
-        if untracked > 0 && self.stats.untracked == 0 {
-            log::warn!(
-                "{untracked} call(s) could not be tracked: the kernel refused them an entry in \
-                 the table of calls in flight (their failures, if any, are not reported)"
-            );
+        if untracked > self.stats.untracked {
+            if self.stats.untracked == 0 {
+                log::warn!(
+                    "{untracked} call(s) could not be tracked: the kernel refused them an entry \
+                     in the table of calls in flight (their failures, if any, are not reported)"
+                );
+            }
+            sink.untracked(untracked - self.stats.untracked)?;
+            self.stats.untracked = untracked;
         }
-        self.stats.untracked = untracked;
         if total > self.stats.lost {
             let new = total - self.stats.lost;
             self.stats.lost = total;

@@ -69,6 +69,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     events: Counter,
     lost: Counter,
+    untracked: Counter,
     log_unwritten: Gauge,
     log_unwritten_src: Option<Arc<AtomicU64>>,
     series: HashSet<FailureLabels>,
@@ -96,6 +97,13 @@ impl Metrics {
             "Events the kernel dropped because the ring buffer was full",
             lost.clone(),
         );
+        let untracked = Counter::default();
+        registry.register(
+            "calls_untracked",
+            "Calls the kernel programs could not track (no room in their table of calls in \
+             flight): failures among them are not reported",
+            untracked.clone(),
+        );
         let log_unwritten = Gauge::default();
         registry.register(
             "log_lines_unwritten",
@@ -113,6 +121,7 @@ impl Metrics {
                 failures,
                 events,
                 lost,
+                untracked,
                 log_unwritten,
                 log_unwritten_src: unwritten_src,
                 series: HashSet::new(),
@@ -165,6 +174,11 @@ impl Writer for Metrics {
 
     fn lost(&mut self, _time: &str, lost: u64, _total: u64) -> std::io::Result<()> {
         self.lost.inc_by(lost);
+        Ok(())
+    }
+
+    fn untracked(&mut self, new: u64) -> std::io::Result<()> {
+        self.untracked.inc_by(new);
         Ok(())
     }
 }
@@ -248,10 +262,13 @@ mod tests {
             m.event(&ev).unwrap();
         }
         m.lost("t", 7, 7).unwrap();
+        m.untracked(2).unwrap();
+        m.untracked(1).unwrap();
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         assert!(text.contains("bindtrace_events_total 550"), "{text}");
         assert!(text.contains("bindtrace_events_lost_total 7"));
+        assert!(text.contains("bindtrace_calls_untracked_total 3"), "{text}");
         assert!(text.contains(r#"bindtrace_backend{backend="tracepoint"} 1"#));
         assert!(text.contains(
             r#"bindtrace_failures_total{port="other",cause="unknown",errno="EADDRINUSE",container="other"} 50"#

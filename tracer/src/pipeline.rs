@@ -21,6 +21,10 @@ use crate::{
 pub trait Writer: Send + 'static {
     fn event(&mut self, ev: &Event) -> std::io::Result<()>;
     fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> std::io::Result<()>;
+    /// `new` more calls could not be tracked in the kernel.
+    fn untracked(&mut self, _new: u64) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Every event to each of several writers (terminal, log file, metrics).
@@ -35,11 +39,15 @@ impl Writer for Fanout {
             .iter_mut()
             .try_for_each(|w| w.lost(time, lost, lost_total))
     }
+    fn untracked(&mut self, new: u64) -> std::io::Result<()> {
+        self.0.iter_mut().try_for_each(|w| w.untracked(new))
+    }
 }
 
 enum Msg {
     Event(Box<Event>, Option<Netns>),
     Lost { time: String, lost: u64, total: u64 },
+    Untracked(u64),
 }
 
 /// Events waiting for the diagnosis thread. When it falls this far behind, the collector waits,
@@ -76,6 +84,7 @@ impl Pipeline {
                             renderer.event(&ev)?;
                         }
                         Msg::Lost { time, lost, total } => renderer.lost(&time, lost, total)?,
+                        Msg::Untracked(new) => renderer.untracked(new)?,
                     }
                 }
                 Ok(())
@@ -128,5 +137,9 @@ impl Sink for Pipeline {
             lost,
             total: lost_total,
         })
+    }
+
+    fn untracked(&mut self, new: u64) -> Result<()> {
+        self.send(Msg::Untracked(new))
     }
 }
