@@ -204,6 +204,8 @@ pub struct PortContext {
     pub reserved: Vec<(u16, u16)>,
     /// For exhaustion: sockets using a port of the range (towards the destination, for connect).
     pub ports_in_use: Option<u32>,
+    /// The name of the device the call's socket is bound to (SO_BINDTODEVICE) in its namespace.
+    pub device: Option<String>,
 }
 
 /// `"32768\t60999\n"` → (32768, 60999).
@@ -256,6 +258,9 @@ pub struct Diagnosis {
     /// For `ephemeral_exhausted`: how many sockets held a port of the range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports_in_use: Option<u32>,
+    /// The interface name of `bound_dev_if`, looked up in the failing namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// The sockets on the port, the one that explains the failure first.
     pub holders: Vec<Holder>,
     pub hint: String,
@@ -737,6 +742,7 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
                 .join(",")
         }),
         ports_in_use: ctx.ports_in_use,
+        device: ctx.device.clone(),
         holders,
         hint,
     }
@@ -794,6 +800,7 @@ mod tests {
             range: Some((5000, 65535)),
             reserved: vec![],
             ports_in_use: None,
+            device: None,
         }
     }
 
@@ -1041,6 +1048,7 @@ mod tests {
             range: Some((40000, 40009)),
             reserved: vec![],
             ports_in_use: Some(10),
+            device: None,
         };
         let d = verdict(&r, vec![], &c);
         assert_eq!(d.cause, Cause::EphemeralExhausted);
@@ -1085,6 +1093,7 @@ mod tests {
             range: Some((5000, 65535)),
             reserved: parse_reserved("8080"),
             ports_in_use: None,
+            device: None,
         };
         assert!(
             !c.in_ephemeral_range(8080),

@@ -223,7 +223,11 @@ pub fn text_line(ev: &Event) -> String {
         ev.netns,
     );
     if ev.bound_dev_if != 0 {
-        let _ = write!(line, " dev={}", ev.bound_dev_if);
+        match ev.diagnosis.as_ref().and_then(|d| d.device.as_deref()) {
+            Some(name) => write!(line, " dev={}", sanitize(name)),
+            None => write!(line, " dev={}", ev.bound_dev_if),
+        }
+        .ok();
     }
     let c = &ev.container;
     match (&c.pod_namespace, &c.pod_name, &c.container_id) {

@@ -173,6 +173,8 @@ pub struct Investigator {
     containers: crate::container::Resolver,
     sockets: procfs::SocketTable,
     history: Option<History>,
+    /// Interface names by (netns, index), for a lookup reused from `recent`.
+    devices: std::collections::HashMap<(u32, u32), String>,
     /// Kernels before 6.8 do not list bound-only sockets (TCP_BOUND_INACTIVE).
     lists_bound_sockets: bool,
 }
@@ -186,6 +188,7 @@ impl Investigator {
             containers: crate::container::Resolver::default(),
             sockets: procfs::SocketTable::prefilled(),
             history,
+            devices: std::collections::HashMap::new(),
             lists_bound_sockets,
         }
     }
@@ -236,7 +239,9 @@ impl Investigator {
             && let Some((at, listed, ctx)) = self.recent.get(&key)
             && at.elapsed() < LOOKUP_REUSE
         {
-            let (listed, ctx) = (listed.clone(), ctx.clone());
+            let (listed, mut ctx) = (listed.clone(), ctx.clone());
+            // The reused lookup was another call's: this one's device may differ.
+            ctx.device = self.devices.get(&(netns, req.bound_dev_if)).cloned();
             let holders = self.settle(listed, netns, protocol, req);
             return diagnose::verdict(req, holders, &ctx);
         }
@@ -244,6 +249,9 @@ impl Investigator {
         let looked = ns.and_then(|ns| {
             ns.run_in(|| {
                 let mut ctx = port_context();
+                if req.bound_dev_if != 0 {
+                    ctx.device = if_name(req.bound_dev_if);
+                }
                 let (lo, hi) = if exhaustion {
                     ctx.range.unwrap_or((32768, 60999))
                 } else {
@@ -267,6 +275,12 @@ impl Investigator {
             .ok()
         });
         let (socks, ctx) = looked.unwrap_or_default();
+        if let Some(name) = &ctx.device {
+            if self.devices.len() > 4096 {
+                self.devices.clear();
+            }
+            self.devices.insert((netns, req.bound_dev_if), name.clone());
+        }
         let listed = started.elapsed();
         if !port_conflict {
             return diagnose::verdict(req, Vec::new(), &ctx);
@@ -550,7 +564,21 @@ fn port_context() -> PortContext {
             .map(|s| diagnose::parse_reserved(&s))
             .unwrap_or_default(),
         ports_in_use: None,
+        device: None,
     }
+}
+
+/// The name of interface `index` in the calling thread's namespace.
+fn if_name(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the name is NUL-terminated within `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Sockets of `protocol` on ports `lo..=hi` in the calling thread's namespace, both families.

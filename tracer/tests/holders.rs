@@ -496,6 +496,25 @@ fn connect_from_a_bound_port_meets_a_connection_to_the_same_destination() {
     run.release();
 }
 
+/// A call on a socket bound to a device (SO_BINDTODEVICE) says which, by name, as the failing
+/// namespace calls it; so does its holder, by index.
+#[test]
+fn a_device_bound_call_names_its_device() {
+    if !can_run("device") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_device", 7020);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(
+        ev["bound_dev_if"], 1,
+        "lo is interface 1 of every namespace: {ev:#}"
+    );
+    assert_eq!(ev["device"], "lo", "{ev:#}");
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    assert_eq!(holder(&ev)["bound_dev_if"], 1, "{ev:#}");
+    run.release();
+}
+
 #[test]
 fn failure_in_the_hosts_own_namespace() {
     if !can_run("host_netns") {

@@ -571,6 +571,19 @@ def case_connect_tuple(port):
     helper.kill()
 
 
+def case_device(port):
+    """A listener bound to `lo` (SO_BINDTODEVICE) on P; a second socket bound to `lo` fails to
+    bind P."""
+    a = sock()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+    a.bind(("0.0.0.0", port))
+    a.listen(16)
+    s = sock()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="device", errno=err, port=port, addr="0.0.0.0", reuseaddr=False, reuseport=False)
+
+
 def case_successes(port, count=50):
     """`count` binds that all succeed, then one marker failure (bind of an address not on
     this host): once the marker is reported, every earlier event of this process has been."""
