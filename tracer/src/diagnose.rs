@@ -197,6 +197,34 @@ pub struct Holder {
     pub conflicts: bool,
 }
 
+impl Holder {
+    /// A socket in `state` on `local`, nothing else known yet.
+    pub fn new(state: State, udp: bool, local: SocketAddr, source: Source) -> Self {
+        Self {
+            state,
+            protocol: if udp { "udp" } else { "tcp" }.to_string(),
+            local,
+            remote: None,
+            pid: None,
+            comm: None,
+            uid: None,
+            source,
+            reuseaddr: None,
+            reuseport: None,
+            v6only: None,
+            bound_dev_if: 0,
+            age_ms: None,
+            owner_alive: None,
+            shared_with: Vec::new(),
+            inode: 0,
+            container: crate::container::Context::default(),
+            owner_cgroup: 0,
+            socket_closed: false,
+            conflicts: false,
+        }
+    }
+}
+
 /// The `ip_local_port_range` / `ip_local_reserved_ports` of the failing namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortContext {
@@ -357,6 +385,11 @@ pub fn addresses_overlap(
     }
 }
 
+/// The same address and port, IPv4-mapped addresses counting as IPv4.
+pub fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && canonical(a.ip()) == canonical(b.ip())
+}
+
 fn cross_family(a: IpAddr, b: IpAddr) -> bool {
     canonical(a).is_ipv4() != canonical(b).is_ipv4()
 }
@@ -381,9 +414,10 @@ pub fn conflicts(req: &Request, h: &Holder) -> bool {
     if req.syscall == SyscallName::Connect {
         // A connect() from a bound port meets only a connection to the same destination from
         // the same address (`__inet_check_established()`).
-        return h.remote.is_some()
-            && h.remote.map(|r| (canonical(r.ip()), r.port()))
-                == req.remote.map(|r| (canonical(r.ip()), r.port()))
+        return h
+            .remote
+            .zip(req.remote)
+            .is_some_and(|(a, b)| same_endpoint(a, b))
             && (req.addr.is_unspecified() || canonical(req.addr) == canonical(h.local.ip()));
     }
     if req.bound_dev_if != 0 && h.bound_dev_if != 0 && req.bound_dev_if != h.bound_dev_if {

@@ -104,35 +104,19 @@ impl Remembered {
     fn holder(&self, req: &Request, closed: bool) -> Holder {
         let known = |bit| self.owner.flags & bit != 0;
         let v6 = self.owner.family == tracer_common::AF_INET6;
-        let mut h = Holder {
-            state: match self.role {
-                Role::Listening => State::Listen,
-                Role::Bound => State::Bound,
-                Role::Connected => State::Established,
-            },
-            protocol: if req.udp { "udp" } else { "tcp" }.to_string(),
-            local: SocketAddr::new(
-                event::ip(self.owner.family, &self.owner.local_addr),
-                req.port,
-            ),
-            remote: (self.role == Role::Connected).then(|| self.remote()),
-            pid: None,
-            comm: None,
-            uid: None,
-            source: Source::History,
-            reuseaddr: None,
-            reuseport: None,
-            v6only: (v6 && known(flags::V6ONLY_KNOWN)).then(|| known(flags::V6ONLY)),
-            bound_dev_if: 0,
-            age_ms: None,
-            owner_alive: None,
-            shared_with: Vec::new(),
-            inode: 0,
-            container: crate::container::Context::default(),
-            owner_cgroup: 0,
-            socket_closed: closed,
-            conflicts: false,
+        let state = match self.role {
+            Role::Listening => State::Listen,
+            Role::Bound => State::Bound,
+            Role::Connected => State::Established,
         };
+        let local = SocketAddr::new(
+            event::ip(self.owner.family, &self.owner.local_addr),
+            req.port,
+        );
+        let mut h = Holder::new(state, req.udp, local, Source::History);
+        h.remote = (self.role == Role::Connected).then(|| self.remote());
+        h.v6only = (v6 && known(flags::V6ONLY_KNOWN)).then(|| known(flags::V6ONLY));
+        h.socket_closed = closed;
         self.apply(&mut h);
         h
     }
@@ -242,7 +226,7 @@ impl Investigator {
             let (listed, mut ctx) = (listed.clone(), ctx.clone());
             // The reused lookup was another call's: this one's device may differ.
             ctx.device = self.devices.get(&(netns, req.bound_dev_if)).cloned();
-            let holders = self.settle(listed, netns, protocol, req);
+            let holders = self.settle(listed, None, netns, protocol, req);
             return diagnose::verdict(req, holders, &ctx);
         }
 
@@ -308,16 +292,17 @@ impl Investigator {
                 ctx.clone(),
             ),
         );
-        let holders = self.settle(listed_holders, netns, protocol, req);
+        let holders = self.settle(listed_holders, Some(remembered), netns, protocol, req);
         diagnose::verdict(req, holders, &ctx)
     }
 
     /// The holders for `req` among those listed on its port: without the caller's own socket,
     /// and, when none of them would have refused the call, with the socket history names
-    /// (`unlisted`).
+    /// (`unlisted`). `remembered`: the port's history, if already read for this call.
     fn settle(
         &mut self,
         mut holders: Vec<Holder>,
+        remembered: Option<Vec<Remembered>>,
         netns: u32,
         protocol: u8,
         req: &Request,
@@ -326,7 +311,8 @@ impl Investigator {
         // it is the caller, not a holder.
         holders.retain(|h| !is_callers_socket(h, req));
         if !holders.iter().any(|h| diagnose::conflicts(req, h)) {
-            let remembered = self.remembered(netns, req.port, protocol);
+            let remembered =
+                remembered.unwrap_or_else(|| self.remembered(netns, req.port, protocol));
             let mut more = self.unlisted(&remembered, req);
             self.resolve_containers(&mut more, netns);
             holders.extend(more);
@@ -383,28 +369,12 @@ impl Investigator {
         for s in socks {
             let state = State::from_kernel(s.state, udp);
             let connected = !matches!(state, State::Listen | State::Bound);
-            let mut h = Holder {
-                state,
-                protocol: if udp { "udp" } else { "tcp" }.to_string(),
-                local: s.local,
-                remote: (connected && !s.remote.ip().is_unspecified()).then_some(s.remote),
-                pid: None,
-                comm: None,
-                uid: (s.inode != 0).then_some(s.uid),
-                source: Source::Unknown,
-                reuseaddr: None,
-                reuseport: None,
-                v6only: s.v6only,
-                bound_dev_if: s.bound_dev_if,
-                age_ms: None,
-                owner_alive: None,
-                shared_with: Vec::new(),
-                inode: s.inode,
-                container: crate::container::Context::default(),
-                owner_cgroup: 0,
-                socket_closed: false,
-                conflicts: false,
-            };
+            let mut h = Holder::new(state, udp, s.local, Source::Unknown);
+            h.remote = (connected && !s.remote.ip().is_unspecified()).then_some(s.remote);
+            h.uid = (s.inode != 0).then_some(s.uid);
+            h.v6only = s.v6only;
+            h.bound_dev_if = s.bound_dev_if;
+            h.inode = s.inode;
             if let Some(list) = owners.get(&s.inode).filter(|l| !l.is_empty()) {
                 let (pid, _) = list[0];
                 if let Some(p) = procfs::process(pid) {
@@ -424,7 +394,8 @@ impl Investigator {
         holders
     }
 
-    /// Holders known from history alone, when the kernel lists no socket on the port.
+    /// Holders known from history alone, when the kernel lists no socket on the port that would
+    /// have refused the call.
     fn unlisted(&self, remembered: &[Remembered], req: &Request) -> Vec<Holder> {
         let not_callers = |h: &Holder| !is_callers_socket(h, req);
         // Before 6.8 the kernel lists no bound-only socket: a live process that bound the port
@@ -487,7 +458,7 @@ fn history_owner<'a>(
     }
     remembered
         .iter()
-        .find(|r| r.role == Role::Connected && same_endpoint(r.remote(), s.remote))
+        .find(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote))
         .or_else(|| remembered.iter().find(|r| r.role == Role::Listening))
 }
 
@@ -546,13 +517,9 @@ fn remembered_socket<'a>(
         State::Listen => candidates().find(|r| r.role == Role::Listening),
         State::Bound => candidates().find(|r| r.role == Role::Bound),
         _ => candidates()
-            .find(|r| r.role == Role::Connected && same_endpoint(r.remote(), s.remote))
+            .find(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote))
             .or_else(|| candidates().find(|r| r.role == Role::Listening)),
     }
-}
-
-fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port() && diagnose::canonical(a.ip()) == diagnose::canonical(b.ip())
 }
 
 /// `ip_local_port_range` and `ip_local_reserved_ports` of the calling thread's namespace.
