@@ -189,7 +189,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         }
         owners::Investigator::new(history)
     });
-    let mut writers: Vec<Box<dyn pipeline::Writer>> = vec![Box::new(Renderer::stdout(args.output))];
+    let mut writers: Vec<Box<dyn pipeline::Writer>> = Vec::new();
     let unwritten = log.as_ref().map(|l| std::sync::Arc::clone(&l.unwritten));
     if let Some(log) = log {
         writers.push(Box::new(log));
@@ -199,6 +199,9 @@ async fn watch(args: WatchArgs) -> Result<()> {
         metrics::serve(listener, registry);
         writers.push(Box::new(m));
     }
+    // The terminal last: once an event is shown there, the log file and the metrics have it too
+    // (what a watcher that reads the output and then scrapes or reads the log relies on).
+    writers.push(Box::new(Renderer::stdout(args.output)));
     if let Some(path) = &args.ready_file {
         write_atomically(path, &format!("{}\n", tracer.backend.as_str()))?;
     }
