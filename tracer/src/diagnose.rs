@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, SyscallName};
 
+const EPERM: i32 = 1;
+const EAFNOSUPPORT: i32 = 97;
+const ENODEV: i32 = 19;
 const EACCES: i32 = 13;
 const EINVAL: i32 = 22;
 const EADDRINUSE: i32 = 98;
@@ -33,6 +36,8 @@ pub enum Cause {
     TimeWaitConflict,
     /// A connection (ESTABLISHED, SYN-SENT, ...) uses the port as its local port.
     OutgoingConnectionConflict,
+    /// A connection accepted on the port (by a listener since closed) is still open.
+    AcceptedConnectionConflict,
     /// A socket is bound to the port but neither listens nor connects.
     BoundSocketConflict,
     /// A UDP socket holds the port.
@@ -51,8 +56,22 @@ pub enum Cause {
     PrivilegedPort,
     /// EADDRNOTAVAIL on bind: the address is not on any interface of the namespace.
     AddressNotLocal,
-    /// EINVAL: the socket is already bound (or the address is malformed).
+    /// EINVAL: the socket is already bound, connected or listening.
     AlreadyBound,
+    /// EINVAL: an IPv6 link-local address (or link-scope multicast) with no interface: neither a
+    /// scope id nor SO_BINDTODEVICE.
+    LinkLocalWithoutInterface,
+    /// EINVAL: an IPv4-mapped address on an IPv6 socket with IPV6_V6ONLY.
+    #[serde(rename = "mapped_address_on_v6only")]
+    MappedAddressOnV6Only,
+    /// EINVAL: a TCP socket asked for a multicast address.
+    MulticastAddress,
+    /// EAFNOSUPPORT: an address of another family than the socket's (on an AF_INET socket).
+    WrongFamily,
+    /// EPERM: a cgroup BPF program refused the bind (nothing else in the bind path says EPERM).
+    RefusedByBpf,
+    /// ENODEV: the interface named by the scope id or SO_BINDTODEVICE is not in the namespace.
+    NoSuchDevice,
     /// Nothing found that explains it.
     Unknown,
 }
@@ -63,6 +82,7 @@ impl Cause {
             Self::ListenerConflict => "listener_conflict",
             Self::TimeWaitConflict => "time_wait_conflict",
             Self::OutgoingConnectionConflict => "outgoing_connection_conflict",
+            Self::AcceptedConnectionConflict => "accepted_connection_conflict",
             Self::BoundSocketConflict => "bound_socket_conflict",
             Self::UdpConflict => "udp_conflict",
             Self::ReuseportMismatch => "reuseport_mismatch",
@@ -72,6 +92,12 @@ impl Cause {
             Self::PrivilegedPort => "privileged_port",
             Self::AddressNotLocal => "address_not_local",
             Self::AlreadyBound => "already_bound",
+            Self::LinkLocalWithoutInterface => "link_local_without_interface",
+            Self::MappedAddressOnV6Only => "mapped_address_on_v6only",
+            Self::MulticastAddress => "multicast_address",
+            Self::NoSuchDevice => "no_such_device",
+            Self::RefusedByBpf => "refused_by_bpf",
+            Self::WrongFamily => "wrong_family",
             Self::Unknown => "unknown",
         }
     }
@@ -193,6 +219,10 @@ pub struct Holder {
     /// failure): it is known from bindtrace's history as the last socket seen to take the port.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub socket_closed: bool,
+    /// A connection on the port accepted by a listener there (a server's side of it, not one it
+    /// opened): its owner is that listener's, as bindtrace's history saw it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accepted: bool,
     /// Whether the kernel's rules say this socket blocks the request.
     pub conflicts: bool,
 }
@@ -220,6 +250,7 @@ impl Holder {
             container: crate::container::Context::default(),
             owner_cgroup: 0,
             socket_closed: false,
+            accepted: false,
             conflicts: false,
         }
     }
@@ -234,6 +265,21 @@ pub struct PortContext {
     pub ports_in_use: Option<u32>,
     /// The name of the device the call's socket is bound to (SO_BINDTODEVICE) in its namespace.
     pub device: Option<String>,
+    /// For a bind() refused its address (EADDRNOTAVAIL): what the namespace has of it now.
+    pub address: Option<AddressNow>,
+}
+
+/// What a namespace has of an address, looked up after a bind() was refused it (EADDRNOTAVAIL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressNow {
+    /// No interface has it.
+    Absent,
+    /// On this interface, usable: it came after the call.
+    Present(String),
+    /// On this interface, IPv6 duplicate address detection not finished (IFA_F_TENTATIVE).
+    Tentative(String),
+    /// On this interface, duplicate address detection failed (IFA_F_DADFAILED).
+    DadFailed(String),
 }
 
 /// `"32768\t60999\n"` → (32768, 60999).
@@ -390,6 +436,37 @@ pub fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && canonical(a.ip()) == canonical(b.ip())
 }
 
+/// Why a bind() got EINVAL, by the address checks `__inet6_bind()` makes (checked on 6.1, 6.12,
+/// 6.18): a multicast address on a TCP socket; then the socket's state (already bound, connected
+/// or listening: the only EINVAL an IPv4 bind() reports, an address too short never reaching the
+/// programs); then an IPv4-mapped address on an IPV6_V6ONLY socket, and an address that needs a
+/// scope (link-local) with no interface. The state is not in the event: an address that fails a
+/// later check names that check, so a socket both bound already and asking for such an address
+/// is misnamed — two mistakes in one call.
+fn invalid_address(req: &Request) -> Cause {
+    let IpAddr::V6(a) = req.addr else {
+        return Cause::AlreadyBound;
+    };
+    if a.is_multicast() && !req.udp {
+        Cause::MulticastAddress
+    } else if a.to_ipv4_mapped().is_some() && req.v6only == Some(true) {
+        Cause::MappedAddressOnV6Only
+    } else if needs_scope(a) && req.bound_dev_if == 0 {
+        Cause::LinkLocalWithoutInterface
+    } else {
+        Cause::AlreadyBound
+    }
+}
+
+/// `__ipv6_addr_needs_scope_id()`: link-local unicast (fe80::/10), and interface- or link-local
+/// multicast (ff01::/16, ff02::/16 and their flag variants).
+fn needs_scope(a: std::net::Ipv6Addr) -> bool {
+    let first = a.segments()[0];
+    let link_local = first & 0xffc0 == 0xfe80;
+    let scoped_multicast = a.is_multicast() && matches!(first & 0x000f, 1 | 2);
+    link_local || scoped_multicast
+}
+
 fn cross_family(a: IpAddr, b: IpAddr) -> bool {
     canonical(a).is_ipv4() != canonical(b).is_ipv4()
 }
@@ -472,10 +549,15 @@ fn reserve_fix(port: u16, ctx: &PortContext) -> String {
     )
 }
 
+/// What lets a new server bind over its predecessor's connections (TIME-WAIT or still open):
+/// `inet_bind_conflict()` lets them be only if both sockets set SO_REUSEADDR, and an accepted
+/// connection has its listener's setting.
+const SERVER_FIX: &str = "set SO_REUSEADDR on the listening socket before bind() (on the \
+                          previous server's too: its connections keep its setting)";
+
 /// A TIME-WAIT holder: who left it (from history) and, if the port is ephemeral, how to reserve it.
 fn time_wait_hint(h: &Holder, w: &str, port: u16, ctx: &PortContext) -> String {
     let local = h.local;
-    let ephemeral = ctx.in_ephemeral_range(port);
     let remote = h.remote.map(|r| format!(" to {r}")).unwrap_or_default();
     let owner = if h.source == Source::History {
         let gone = if h.owner_alive == Some(false) {
@@ -483,7 +565,11 @@ fn time_wait_hint(h: &Holder, w: &str, port: u16, ctx: &PortContext) -> String {
         } else {
             ""
         };
-        format!(", opened{} by {w}{gone}", age(h))
+        if h.accepted {
+            format!(", accepted by the listener {w} opened{}{gone}", age(h))
+        } else {
+            format!(", opened{} by {w}{gone}", age(h))
+        }
     } else {
         String::new()
     };
@@ -492,7 +578,11 @@ fn time_wait_hint(h: &Holder, w: &str, port: u16, ctx: &PortContext) -> String {
     } else {
         ""
     };
-    let fix = if ephemeral {
+    let fix = if h.accepted {
+        // The server side closed first: the port is the server's own, the range is beside the
+        // point.
+        format!("{SERVER_FIX}, or wait for TIME-WAIT to end (60 s)")
+    } else if ctx.in_ephemeral_range(port) {
         reserve_fix(port, ctx)
     } else {
         "set SO_REUSEADDR on both sockets, or wait for TIME-WAIT to end (60 s)".to_string()
@@ -538,12 +628,7 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
             "port {port} is below net.ipv4.ip_unprivileged_port_start: run with \
                  CAP_NET_BIND_SERVICE, or use a port of 1024 or more"
         ),
-        Cause::AddressNotLocal => format!(
-            "{} is not an address of this network namespace: bind to an address it has (or \
-                 0.0.0.0), or set IP_FREEBIND / net.ipv4.ip_nonlocal_bind=1 to bind before it \
-                 appears",
-            req.addr
-        ),
+        Cause::AddressNotLocal => address_hint(req.addr, ctx.address.as_ref()),
         Cause::FourTupleInUse => format!(
             "a connection from {}:{port} to {} already exists (bindtrace found none when it \
              looked: it may have closed since); {TUPLE_FIX}",
@@ -551,9 +636,57 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
             req.remote
                 .map_or_else(|| "?".to_string(), |r| r.to_string())
         ),
-        Cause::AlreadyBound => "the socket is already bound (bind() may be called once per \
-                                    socket) or the address length is wrong"
+        Cause::AlreadyBound => "the socket is already bound, connected or listening: bind() is \
+                                called once per socket, before connect() or listen(); use a new \
+                                socket for another address"
             .to_string(),
+        Cause::LinkLocalWithoutInterface => format!(
+            "{} is link-local: it exists once per interface, so the call must name one: give a \
+             scope id ({}%eth0 in most tools, sin6_scope_id in the sockaddr) or bind the socket \
+             to a device first (SO_BINDTODEVICE)",
+            req.addr, req.addr
+        ),
+        Cause::MappedAddressOnV6Only => format!(
+            "{} is an IPv4-mapped address, and this socket has IPV6_V6ONLY, so it cannot carry \
+             IPv4: bind an AF_INET socket to {}, or clear IPV6_V6ONLY (net.ipv6.bindv6only sets \
+             its default)",
+            req.addr,
+            canonical(req.addr)
+        ),
+        Cause::MulticastAddress => format!(
+            "{} is a multicast address, which a TCP socket cannot bind: bind a unicast address \
+             (or [::]); multicast is received on UDP sockets",
+            req.addr
+        ),
+        Cause::WrongFamily => "the address given is not of the socket's family (an IPv6 \
+                               sockaddr on an AF_INET socket, or a family field left unset): \
+                               create the socket with the address's family"
+            .to_string(),
+        Cause::RefusedByBpf => "a cgroup BPF program on the caller's cgroup or one above it \
+                                refused this bind (in bind() only they return EPERM; the port \
+                                rules were not the matter): list them with `bpftool cgroup \
+                                tree` — Cilium's socket load balancer, for one, refuses binds \
+                                to its hostPort and NodePort ports this way"
+            .to_string(),
+        Cause::NoSuchDevice => {
+            let which = if req.bound_dev_if != 0 {
+                format!("interface index {}", req.bound_dev_if)
+            } else {
+                "the interface".to_string()
+            };
+            format!(
+                "{which} named by the address's scope id (%IFNAME, sin6_scope_id) or by \
+                 SO_BINDTODEVICE does not exist in this network namespace: it was removed, is \
+                 not up yet, or lives in another namespace; name an interface `ip link` shows \
+                 there"
+            )
+        }
+        _ if req.errno != EADDRINUSE => format!(
+            "{} from {}() is not a port conflict: bindtrace has no rule for it; see the \
+             call's manual page",
+            crate::errno::name(req.errno),
+            req.syscall.as_str()
+        ),
         _ => format!(
             "no socket holding port {port} was found in the failing process's network namespace \
              when it was looked up (it may have closed already); {}",
@@ -566,6 +699,53 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
     }
 }
 
+/// EADDRNOTAVAIL on bind(): what the namespace has of the address now tells why it had not
+/// then.
+fn address_hint(addr: IpAddr, now: Option<&AddressNow>) -> String {
+    let v6 = canonical(addr).is_ipv6();
+    let (wildcard, freebind, sysctl) = if v6 {
+        ("[::]", "IPV6_FREEBIND", "net.ipv6.ip_nonlocal_bind=1")
+    } else {
+        ("0.0.0.0", "IP_FREEBIND", "net.ipv4.ip_nonlocal_bind=1")
+    };
+    let early = format!("or set {freebind} / {sysctl} to bind before it is usable");
+    match now {
+        Some(AddressNow::Present(dev)) => format!(
+            "{addr} is on {dev} now, but was not usable when bind() ran: the service started \
+             before its address was up{}; start it once the address is configured (systemd: \
+             After=network-online.target, or after whatever adds it: DHCP, keepalived), {early}",
+            if needs_scope_addr(addr) {
+                format!(" (or the call named another interface than {dev})")
+            } else {
+                String::new()
+            }
+        ),
+        Some(AddressNow::Tentative(dev)) => format!(
+            "{addr} is on {dev} but still tentative: IPv6 duplicate address detection has not \
+             finished (it waits for the link to come up), and bind() refuses a tentative \
+             address; start the service after it (systemd: After=network-online.target), \
+             {early}, or turn detection off (net.ipv6.conf.{dev}.accept_dad=0)"
+        ),
+        Some(AddressNow::DadFailed(dev)) => format!(
+            "{addr} on {dev} failed duplicate address detection: another node on the link uses \
+             it, and the kernel will not use it: remove the duplicate, then re-add the address"
+        ),
+        Some(AddressNow::Absent) | None => format!(
+            "{addr} is not an address of this network namespace{}: bind to an address it has \
+             (or {wildcard}), {early}",
+            if now.is_some() {
+                " (none of its interfaces has it now either)"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+fn needs_scope_addr(addr: IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(a) if needs_scope(a))
+}
+
 fn hint_for_holder(
     cause: Cause,
     req: &Request,
@@ -575,7 +755,11 @@ fn hint_for_holder(
 ) -> String {
     let port = req.port;
     let ephemeral = ctx.in_ephemeral_range(port);
-    let w = who(h);
+    let w = if same {
+        "this process".to_string()
+    } else {
+        who(h)
+    };
     let local = h.local;
     match cause {
         Cause::ListenerConflict if same && req.syscall == SyscallName::Listen => format!(
@@ -616,6 +800,13 @@ fn hint_for_holder(
                 h.state.as_str()
             )
         }
+        Cause::AcceptedConnectionConflict => format!(
+            "{w} still has a connection it accepted on {local} (from {}, {}), though no socket \
+             listens there now: a server being replaced still serving its clients; {SERVER_FIX}, \
+             or wait for those connections to end",
+            h.remote.map_or_else(|| "?".to_string(), |r| r.to_string()),
+            h.state.as_str()
+        ),
         Cause::BoundSocketConflict => format!(
             "{w} has a socket bound to {local} that neither listens nor connects{}: close it, or \
              set SO_REUSEADDR on both sockets",
@@ -635,40 +826,43 @@ fn hint_for_holder(
             req.uid,
             h.uid.map_or_else(|| "?".to_string(), |u| u.to_string())
         ),
-        Cause::DualStackConflict => {
-            let what = if h.state == State::Listen {
-                "is listening on"
-            } else {
-                "holds"
-            };
-            if h.local.is_ipv6() {
-                format!(
-                    "{w} {what} {local}, an IPv6 wildcard without IPV6_V6ONLY that also covers \
-                     IPv4 port {port}: stop it, choose another port, or set IPV6_V6ONLY on that \
-                     socket"
-                )
-            } else {
-                format!(
-                    "{w} {what} {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also \
-                     covers IPv4 port {port}: stop it, choose another port, or set IPV6_V6ONLY \
-                     on this socket (Java: -Djava.net.preferIPv4Stack=true binds IPv4 only)"
-                )
-            }
-        }
+        Cause::DualStackConflict => dual_stack_hint(h, &w, port),
         Cause::FourTupleInUse => {
-            let who = if same { "this process".to_string() } else { w };
             let lasts = if h.state == State::TimeWait {
                 ", which lasts up to 60 s"
             } else {
                 ""
             };
             format!(
-                "{who} already has a connection from {local} to {} ({}{lasts}); {TUPLE_FIX}",
+                "{w} already has a connection from {local} to {} ({}{lasts}); {TUPLE_FIX}",
                 h.remote.map_or_else(|| "?".to_string(), |r| r.to_string()),
                 h.state.as_str()
             )
         }
         _ => format!("{w} holds {local}"),
+    }
+}
+
+/// A listening or bound socket `h` of `w` and the request overlap through an IPv6 wildcard
+/// without IPV6_V6ONLY: whichever side it is gets the fix.
+fn dual_stack_hint(h: &Holder, w: &str, port: u16) -> String {
+    let local = h.local;
+    let what = if h.state == State::Listen {
+        "is listening on"
+    } else {
+        "holds"
+    };
+    if h.local.is_ipv6() {
+        format!(
+            "{w} {what} {local}, an IPv6 wildcard without IPV6_V6ONLY that also covers IPv4 port \
+             {port}: stop it, choose another port, or set IPV6_V6ONLY on that socket"
+        )
+    } else {
+        format!(
+            "{w} {what} {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also covers \
+             IPv4 port {port}: stop it, choose another port, or set IPV6_V6ONLY on this socket \
+             (Java: -Djava.net.preferIPv4Stack=true binds IPv4 only)"
+        )
     }
 }
 
@@ -694,7 +888,10 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
         EADDRINUSE if req.port == 0 => Some(Cause::EphemeralExhausted),
         EACCES => Some(Cause::PrivilegedPort),
         EADDRNOTAVAIL => Some(Cause::AddressNotLocal),
-        EINVAL => Some(Cause::AlreadyBound),
+        EINVAL => Some(invalid_address(req)),
+        ENODEV => Some(Cause::NoSuchDevice),
+        EAFNOSUPPORT if req.syscall == SyscallName::Bind => Some(Cause::WrongFamily),
+        EPERM if req.syscall == SyscallName::Bind => Some(Cause::RefusedByBpf),
         EADDRINUSE => None,
         _ => Some(Cause::Unknown),
     };
@@ -723,6 +920,7 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
                 State::Listen => Cause::ListenerConflict,
                 State::TimeWait => Cause::TimeWaitConflict,
                 State::Bound => Cause::BoundSocketConflict,
+                s if s.is_connection() && h.accepted => Cause::AcceptedConnectionConflict,
                 s if s.is_connection() => Cause::OutgoingConnectionConflict,
                 _ => Cause::Unknown,
             }
@@ -825,6 +1023,7 @@ mod tests {
             container: crate::container::Context::default(),
             owner_cgroup: 0,
             socket_closed: false,
+            accepted: false,
             conflicts: false,
         }
     }
@@ -835,6 +1034,7 @@ mod tests {
             reserved: vec![],
             ports_in_use: None,
             device: None,
+            address: None,
         }
     }
 
@@ -1083,6 +1283,7 @@ mod tests {
             reserved: vec![],
             ports_in_use: Some(10),
             device: None,
+            address: None,
         };
         let d = verdict(&r, vec![], &c);
         assert_eq!(d.cause, Cause::EphemeralExhausted);
@@ -1100,6 +1301,162 @@ mod tests {
         assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::AddressNotLocal);
         r.errno = EINVAL;
         assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::AlreadyBound);
+    }
+
+    #[test]
+    fn einval_names_the_address_check_that_refused() {
+        let cause = |addr: &str, udp: bool, v6only: Option<bool>, dev: u32| {
+            let mut r = req(addr, 9000);
+            r.errno = EINVAL;
+            r.udp = udp;
+            r.v6only = v6only;
+            r.bound_dev_if = dev;
+            let d = verdict(&r, vec![], &ctx());
+            assert!(!d.hint.is_empty());
+            d.cause
+        };
+        assert_eq!(cause("127.0.0.1", false, None, 0), Cause::AlreadyBound);
+        assert_eq!(cause("::1", false, Some(false), 0), Cause::AlreadyBound);
+        assert_eq!(
+            cause("fe80::1", false, Some(false), 0),
+            Cause::LinkLocalWithoutInterface
+        );
+        assert_eq!(
+            cause("ff02::1", true, Some(false), 0),
+            Cause::LinkLocalWithoutInterface
+        );
+        // With an interface the link-local address passes: the socket's state refused it.
+        assert_eq!(cause("fe80::1", false, Some(false), 2), Cause::AlreadyBound);
+        assert_eq!(cause("ff05::1", false, None, 0), Cause::MulticastAddress);
+        assert_eq!(cause("ff05::1", true, None, 0), Cause::AlreadyBound);
+        assert_eq!(
+            cause("::ffff:127.0.0.1", false, Some(true), 0),
+            Cause::MappedAddressOnV6Only
+        );
+        assert_eq!(
+            cause("::ffff:127.0.0.1", false, Some(false), 0),
+            Cause::AlreadyBound
+        );
+    }
+
+    #[test]
+    fn other_errnos_have_their_own_causes() {
+        let d = |errno: i32| {
+            let mut r = req("10.1.2.3", 9000);
+            r.errno = errno;
+            verdict(&r, vec![], &ctx())
+        };
+        assert_eq!(d(ENODEV).cause, Cause::NoSuchDevice);
+        assert_eq!(d(EPERM).cause, Cause::RefusedByBpf);
+        assert_eq!(d(EAFNOSUPPORT).cause, Cause::WrongFamily);
+        let other = d(105);
+        assert_eq!(other.cause, Cause::Unknown);
+        assert!(
+            other
+                .hint
+                .contains("E105 from bind() is not a port conflict"),
+            "{}",
+            other.hint
+        );
+    }
+
+    #[test]
+    fn a_refused_address_is_judged_by_what_the_namespace_has_now() {
+        let hint = |addr: &str, now: Option<AddressNow>| {
+            let mut r = req(addr, 9000);
+            r.errno = EADDRNOTAVAIL;
+            let mut c = ctx();
+            c.address = now;
+            let d = verdict(&r, vec![], &c);
+            assert_eq!(d.cause, Cause::AddressNotLocal);
+            d.hint
+        };
+        let h = hint("2001:db8::7", Some(AddressNow::Tentative("eth0".into())));
+        assert!(h.contains("tentative"), "{h}");
+        assert!(h.contains("net.ipv6.conf.eth0.accept_dad=0"), "{h}");
+        assert!(h.contains("net.ipv6.ip_nonlocal_bind=1"), "{h}");
+        let h = hint("2001:db8::7", Some(AddressNow::DadFailed("eth0".into())));
+        assert!(h.contains("failed duplicate address detection"), "{h}");
+        let h = hint("192.0.2.5", Some(AddressNow::Present("eth0".into())));
+        assert!(h.contains("is on eth0 now"), "{h}");
+        assert!(
+            h.contains("IP_FREEBIND / net.ipv4.ip_nonlocal_bind=1"),
+            "{h}"
+        );
+        let h = hint("192.0.2.5", Some(AddressNow::Absent));
+        assert!(
+            h.contains("none of its interfaces has it now either"),
+            "{h}"
+        );
+        assert!(h.contains("(or 0.0.0.0)"), "{h}");
+        let h = hint("2001:db8::9", None);
+        assert!(h.contains("(or [::])"), "{h}");
+        assert!(!h.contains("now either"), "{h}");
+    }
+
+    #[test]
+    fn a_servers_own_connections_are_named_as_accepted() {
+        let mut tw = holder(State::TimeWait, "127.0.0.1:8080");
+        tw.remote = Some("127.0.0.1:40001".parse().unwrap());
+        tw.source = Source::History;
+        tw.accepted = true;
+        tw.age_ms = Some(5000);
+        tw.owner_alive = Some(false);
+        let d = verdict(&req("0.0.0.0", 40000), vec![tw.clone()], &ctx());
+        assert_eq!(d.cause, Cause::TimeWaitConflict);
+        assert!(
+            d.hint
+                .contains("accepted by the listener redis-cli (pid 200)"),
+            "{}",
+            d.hint
+        );
+        assert!(
+            d.hint.contains("SO_REUSEADDR on the listening socket"),
+            "{}",
+            d.hint
+        );
+        assert!(
+            !d.hint.contains("ip_local_reserved_ports"),
+            "a server's own port needs no reservation: {}",
+            d.hint
+        );
+        let mut est = tw;
+        est.state = State::Established;
+        est.source = Source::Live;
+        let d = verdict(&req("0.0.0.0", 8080), vec![est.clone()], &ctx());
+        assert_eq!(d.cause, Cause::AcceptedConnectionConflict);
+        est.accepted = false;
+        let d = verdict(&req("0.0.0.0", 8080), vec![est], &ctx());
+        assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+    }
+
+    #[test]
+    fn causes_read_the_same_in_json_and_text() {
+        use Cause::*;
+        for c in [
+            ListenerConflict,
+            TimeWaitConflict,
+            OutgoingConnectionConflict,
+            AcceptedConnectionConflict,
+            BoundSocketConflict,
+            UdpConflict,
+            ReuseportMismatch,
+            DualStackConflict,
+            EphemeralExhausted,
+            FourTupleInUse,
+            PrivilegedPort,
+            AddressNotLocal,
+            AlreadyBound,
+            LinkLocalWithoutInterface,
+            MappedAddressOnV6Only,
+            MulticastAddress,
+            WrongFamily,
+            RefusedByBpf,
+            NoSuchDevice,
+            Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
     }
 
     #[test]
@@ -1128,6 +1485,7 @@ mod tests {
             reserved: parse_reserved("8080"),
             ports_in_use: None,
             device: None,
+            address: None,
         };
         assert!(
             !c.in_ephemeral_range(8080),

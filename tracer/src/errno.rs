@@ -9,6 +9,7 @@ const TABLE: &[(i32, &str, &str)] = &[
     (12, "ENOMEM", "Cannot allocate memory"),
     (13, "EACCES", "Permission denied"),
     (14, "EFAULT", "Bad address"),
+    (19, "ENODEV", "No such device"),
     (22, "EINVAL", "Invalid argument"),
     (24, "EMFILE", "Too many open files"),
     (88, "ENOTSOCK", "Socket operation on non-socket"),
@@ -70,6 +71,7 @@ mod tests {
         for (n, name, _) in TABLE {
             let expected = match *name {
                 "EPERM" => libc::EPERM,
+                "ENODEV" => libc::ENODEV,
                 "EACCES" => libc::EACCES,
                 "EINVAL" => libc::EINVAL,
                 "EADDRINUSE" => libc::EADDRINUSE,

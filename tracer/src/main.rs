@@ -1,6 +1,7 @@
 //! bindtrace: catches bind()/listen() failures as they happen and says who failed, on what, who
 //! held the port and why.
 
+mod addresses;
 mod backend;
 mod btf;
 mod checkport;

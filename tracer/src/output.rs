@@ -111,6 +111,9 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
     if let Some(r) = h.remote {
         let _ = write!(s, " -> {r}");
     }
+    if h.accepted {
+        s.push_str(" accepted by");
+    }
     let _ = match (&h.comm, h.pid) {
         (Some(c), Some(p)) => write!(s, " {c}[{p}]"),
         (None, Some(p)) => write!(s, " pid {p}"),

@@ -236,6 +236,9 @@ impl Investigator {
                 if req.bound_dev_if != 0 {
                     ctx.device = if_name(req.bound_dev_if);
                 }
+                if req.errno == EADDRNOTAVAIL && req.syscall == SyscallName::Bind {
+                    ctx.address = crate::addresses::state_of(req.addr);
+                }
                 let (lo, hi) = if exhaustion {
                     ctx.range.unwrap_or((32768, 60999))
                 } else {
@@ -375,6 +378,7 @@ impl Investigator {
             h.v6only = s.v6only;
             h.bound_dev_if = s.bound_dev_if;
             h.inode = s.inode;
+            h.accepted = connected && accepted(remembered, s);
             if let Some(list) = owners.get(&s.inode).filter(|l| !l.is_empty()) {
                 let (pid, _) = list[0];
                 if let Some(p) = procfs::process(pid) {
@@ -462,6 +466,21 @@ fn history_owner<'a>(
         .or_else(|| remembered.iter().find(|r| r.role == Role::Listening))
 }
 
+/// Whether the connection `s` is a server's side, accepted on its port: no connection from the
+/// port to its peer was seen made, and a listener was seen on the port's address. A connection
+/// made before bindtrace started on a port that was also listened on since counts as accepted.
+fn accepted(remembered: &[Remembered], s: &DiagSocket) -> bool {
+    let made_here = remembered
+        .iter()
+        .any(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote));
+    let listened = remembered.iter().any(|r| {
+        let ip = event::ip(r.owner.family, &r.owner.local_addr);
+        r.role == Role::Listening
+            && (ip.is_unspecified() || diagnose::canonical(ip) == diagnose::canonical(s.local.ip()))
+    });
+    !made_here && listened
+}
+
 /// Fills in the options of the live socket `s`, open in the processes and descriptors `open_in`
 /// (a socket shared by a master and its workers is open in each, in no particular order): as the
 /// kernel programs saw them when it took the port, whichever of those processes did; only for a
@@ -532,6 +551,7 @@ fn port_context() -> PortContext {
             .unwrap_or_default(),
         ports_in_use: None,
         device: None,
+        address: None,
     }
 }
 

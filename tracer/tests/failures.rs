@@ -311,3 +311,53 @@ fn comm_filter_keeps_only_that_command() {
         .collect();
     assert!(others.is_empty(), "--comm let python3 through: {others:#?}");
 }
+
+/// A bind() refused its address before any port rule applies is told which check refused it:
+/// the event carries the requested address, and the cause names the check (the kernel's order in
+/// `__inet6_bind()`), and for a tentative IPv6 address, that duplicate address detection is
+/// still running — found by looking at the namespace's addresses after the failure.
+#[test]
+fn address_checks_name_what_refused_the_address() {
+    if !can_run("address_checks") {
+        return;
+    }
+    let (tracer, _ns, truth) = case("case_address_checks", 7040);
+    let pid = truth["pid"].as_u64().unwrap();
+    let mut cases = vec![
+        (
+            "link_local",
+            7040,
+            "fe80::1",
+            22,
+            "link_local_without_interface",
+        ),
+        (
+            "mapped",
+            7041,
+            "::ffff:127.0.0.1",
+            22,
+            "mapped_address_on_v6only",
+        ),
+        ("multicast", 7042, "ff05::1", 22, "multicast_address"),
+        ("no_device", 7043, "fe80::1", 19, "no_such_device"),
+    ];
+    if let Some(why) = truth["tentative_setup"].as_str() {
+        println!("SKIP part of address_checks: no veth for a tentative address: {why}");
+    } else {
+        cases.push(("tentative", 7044, "2001:db8::7", 99, "address_not_local"));
+    }
+    for (what, port, addr, errno, cause) in cases {
+        assert_eq!(truth[what], errno, "{what}: the kernel's answer: {truth}");
+        let ev = tracer.failure(pid, port);
+        assert_eq!(
+            (&ev["addr"], &ev["errno"]),
+            (&addr.into(), &errno.into()),
+            "{ev:#}"
+        );
+        assert_eq!(ev["cause"], cause, "{what}: {ev:#}");
+        if what == "tentative" {
+            let hint = ev["hint"].as_str().unwrap();
+            assert!(hint.contains("is on bt0 but still tentative"), "{ev:#}");
+        }
+    }
+}

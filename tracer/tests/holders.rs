@@ -531,3 +531,53 @@ fn failure_in_the_hosts_own_namespace() {
     assert_eq!(holder(&ev)["pid"], pid);
     run.release();
 }
+
+/// The most common EADDRINUSE of all: a server restarted without SO_REUSEADDR. The previous
+/// server closed its connection first, so its side of it, on the listen port, is in TIME-WAIT;
+/// or it still serves the connection after closing its listener. Either is named as a connection
+/// the previous server accepted, with the fix a server needs (SO_REUSEADDR on the listener), not
+/// as a client's outgoing connection.
+#[test]
+fn a_restarted_servers_own_connections_are_named_as_accepted() {
+    if !can_run("server_restart") {
+        return;
+    }
+    let tracer = Tracer::shared();
+    for (port, draining, cause, state, source) in [
+        (7030, "0", "time_wait_conflict", "TIME_WAIT", "history"),
+        (
+            7032,
+            "1",
+            "accepted_connection_conflict",
+            "ESTABLISHED",
+            "live",
+        ),
+    ] {
+        let ns = Netns::new();
+        let run = ns.hold_case("case_server_restart", &[&port.to_string(), draining]);
+        let truth = run.report.clone();
+        assert_eq!(truth["errno"], 98, "{truth}");
+        let pid = run.pid();
+        let ev = tracer.wait_for(&format!("the failure on {port}"), |v| {
+            v["pid"] == pid && v["event"] == "bind_failure"
+        });
+        assert_eq!(ev["cause"], cause, "{ev:#}");
+        let h = holder(&ev);
+        assert_eq!(h["state"], state, "{ev:#}");
+        assert_eq!(h["accepted"], true, "{ev:#}");
+        assert_eq!(h["source"], source, "{ev:#}");
+        assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+        assert_eq!(h["local"], format!("127.0.0.1:{port}"), "{ev:#}");
+        assert_eq!(
+            h["remote"],
+            format!("127.0.0.1:{}", truth["remote_port"]),
+            "{ev:#}"
+        );
+        let hint = ev["hint"].as_str().unwrap();
+        assert!(
+            hint.contains("SO_REUSEADDR on the listening socket"),
+            "{ev:#}"
+        );
+        run.release();
+    }
+}

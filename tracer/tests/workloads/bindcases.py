@@ -263,6 +263,29 @@ def helper_slow_connect_sharing_slot(server_port, hold_port, slots):
     c.close()
 
 
+def helper_serve_one(port, close_first):
+    """A server on P without SO_REUSEADDR with one connection, from a client of its own: with
+    `close_first` it closes that connection first (its side goes to TIME-WAIT), closes the
+    listener and exits; otherwise it closes only the listener and keeps serving the connection
+    until stdin closes — a server being replaced while it drains its clients."""
+    lst = sock()
+    lst.bind((HOST, int(port)))
+    lst.listen(4)
+    client = socket.create_connection((HOST, int(port)))
+    client_port = client.getsockname()[1]
+    conn, _ = lst.accept()
+    lst.close()
+    if close_first == "1":
+        conn.close()
+        client.recv(1)  # the server's FIN
+        client.close()
+        report(client_port=client_port)
+        return
+    report(client_port=client_port)
+    sys.stdin.readline()
+
+
+
 def helper_connect_from(port, server_port, reuseaddr):
     """Connects to server_port from local port `port`, holds the connection until stdin closes."""
     s = sock(reuseaddr=reuseaddr == "1")
@@ -582,6 +605,51 @@ def case_device(port):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
     err = attempt(lambda: s.bind(("0.0.0.0", port)))
     finish(case="device", errno=err, port=port, addr="0.0.0.0", reuseaddr=False, reuseport=False)
+
+
+def case_server_restart(port, draining):
+    """A server on P without SO_REUSEADDR is replaced: the previous one closed its connection
+    first and exited (its side of it is in TIME-WAIT on P, owned by no process), or with
+    `draining` closed only its listener and still serves the connection. The new server binds P
+    without SO_REUSEADDR."""
+    helper, info = spawn("helper_serve_one", port, 0 if draining else 1)
+    if not draining:
+        helper.wait()
+        wait_for_tcp_state(port, TCP_TIME_WAIT)
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    finish(case="server_restart", errno=err, port=port, addr=HOST, reuseaddr=False,
+           reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"],
+           remote_port=info["client_port"])
+
+
+def case_address_checks(port):
+    """bind() refused its address before any port rule, one way per port from P: an IPv6
+    link-local address with no interface (EINVAL), an IPv4-mapped address on an IPV6_V6ONLY
+    socket (EINVAL), a multicast address on TCP (EINVAL), a scope id naming no interface
+    (ENODEV), and an address still tentative — on a veth whose peer is down, IPv6 duplicate
+    address detection waits for carrier (EADDRNOTAVAIL)."""
+    def v6(v6only=None):
+        s = sock(family=socket.AF_INET6)
+        if v6only is not None:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        return s
+    errs = {
+        "link_local": attempt(lambda: v6(0).bind(("fe80::1", port))),
+        "mapped": attempt(lambda: v6(1).bind(("::ffff:127.0.0.1", port + 1))),
+        "multicast": attempt(lambda: v6().bind(("ff05::1", port + 2))),
+        "no_device": attempt(lambda: v6().bind(("fe80::1", port + 3, 0, 9999))),
+    }
+    try:
+        for args in (["link", "add", "bt0", "type", "veth", "peer", "name", "bt1"],
+                     ["link", "set", "bt0", "up"],
+                     ["-6", "addr", "add", "2001:db8::7/64", "dev", "bt0"]):
+            subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+        errs["tentative"] = attempt(lambda: v6().bind(("2001:db8::7", port + 4)))
+    except (OSError, subprocess.CalledProcessError) as e:
+        errs["tentative_setup"] = f"{e} {getattr(e, 'stderr', '')}".strip()
+    report(case="address_checks", port=port, **errs)
+
 
 
 def case_successes(port, count=50):
