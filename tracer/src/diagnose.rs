@@ -607,23 +607,38 @@ fn hint(
     }
 }
 
+/// No ephemeral port was free for `req`: the fix depends on what asked for one.
+fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
+    let dest = req
+        .remote
+        .map(|r| format!(" towards {r}"))
+        .unwrap_or_default();
+    let fix = match req.syscall {
+        SyscallName::Listen => {
+            "listen() on a socket never bound takes an ephemeral port: bind() the port \
+             the service should listen on first, or widen the range"
+        }
+        SyscallName::Bind => {
+            "bind() to port 0 takes an ephemeral port: widen the range, or reuse \
+             connections (pooling, keep-alive) so that fewer ports stay taken"
+        }
+        _ => {
+            "widen the range, reuse connections (pooling, keep-alive), or spread them \
+             over more source addresses"
+        }
+    };
+    format!(
+        "no free local port in ip_local_port_range {}{dest} ({} in use): {fix}",
+        ctx.range_text(),
+        ctx.ports_in_use
+            .map_or_else(|| "?".to_string(), |n| n.to_string())
+    )
+}
+
 fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String {
     let port = req.port;
     match cause {
-        Cause::EphemeralExhausted => {
-            let dest = req
-                .remote
-                .map(|r| format!(" towards {r}"))
-                .unwrap_or_default();
-            format!(
-                "no free local port in ip_local_port_range {}{dest} ({} in use): widen the \
-                     range, reuse connections (pooling, keep-alive), or spread them over more \
-                     source addresses",
-                ctx.range_text(),
-                ctx.ports_in_use
-                    .map_or_else(|| "?".to_string(), |n| n.to_string())
-            )
-        }
+        Cause::EphemeralExhausted => exhausted_hint(req, ctx),
         Cause::PrivilegedPort => format!(
             "port {port} is below net.ipv4.ip_unprivileged_port_start: run with \
                  CAP_NET_BIND_SERVICE, or use a port of 1024 or more"
@@ -1457,6 +1472,19 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
+    }
+
+    #[test]
+    fn exhaustion_hints_fit_the_call_that_wanted_a_port() {
+        let hint = |syscall: SyscallName| {
+            let mut r = req("0.0.0.0", 0);
+            r.syscall = syscall;
+            let d = verdict(&r, vec![], &ctx());
+            assert_eq!(d.cause, Cause::EphemeralExhausted);
+            d.hint
+        };
+        assert!(hint(SyscallName::Listen).contains("bind() the port"));
+        assert!(hint(SyscallName::Bind).contains("bind() to port 0"));
     }
 
     #[test]

@@ -211,6 +211,8 @@ pub fn text_line(ev: &Event) -> String {
             ),
             ev.local()
         ),
+        // Port 0 is what was asked: any port (bind(0), listen() without bind()).
+        s if ev.port == 0 => format!("{} {} {} (any port)", s.as_str(), ev.protocol, ev.local()),
         s => format!("{} {} {}", s.as_str(), ev.protocol, ev.local()),
     };
     let mut line = format!(

@@ -182,6 +182,21 @@ fn wait_for_time_wait(p: u16) -> Result<()> {
     }
 }
 
+/// A server restarted: the previous one (`old_reuse`: with SO_REUSEADDR) closed its connection
+/// first and exited, its side in TIME-WAIT on P; the new one binds P with SO_REUSEADDR, which is
+/// enough only if the previous one had it too (the connection keeps its listener's setting).
+fn restart(ctx: &mut Ctx, old_reuse: bool) -> Result<Outcome> {
+    let p = ctx.port();
+    let mut helper_args = args!["serve-leave", p];
+    helper_args.extend(flag(old_reuse, "reuseaddr"));
+    let h = ctx.helper(helper_args)?;
+    let pid = h.pid();
+    h.finish();
+    wait_for_time_wait(p)?;
+    let (e, s) = try_bind(&v4(Ipv4Addr::UNSPECIFIED, p), true, false)?;
+    Ok(Outcome::new(e, p).held_by(pid).keep(s))
+}
+
 fn seed_1b(ctx: &mut Ctx, reuse: bool) -> Result<Outcome> {
     let p = ctx.port();
     let srv = server(p + 1)?;
@@ -435,6 +450,18 @@ pub fn all() -> Vec<Case> {
             setup: "as 1a; bind P with SO_REUSEADDR",
             expect: fails(TimeWaitConflict),
             run: |c| seed_1a(c, true),
+        },
+        Case {
+            id: "restart",
+            setup: "a server on P without SO_REUSEADDR closed its connection first and exited (its side in TIME-WAIT); a new server binds P with SO_REUSEADDR",
+            expect: fails(TimeWaitConflict),
+            run: |c| restart(c, false),
+        },
+        Case {
+            id: "restart+reuse",
+            setup: "as restart, the previous server with SO_REUSEADDR too",
+            expect: Expect::Ok,
+            run: |c| restart(c, true),
         },
         Case {
             id: "1b",

@@ -1,6 +1,7 @@
 //! `bindtrace __lab-helper`: the "other process" of the lab's experiments. It sets up one socket
 //! as asked, prints `{"pid":..,"errno":..}` and holds the socket until a line (or EOF) arrives on
-//! stdin — except `connect-leave`, which closes first and exits, leaving a TIME-WAIT behind.
+//! stdin — except `connect-leave` and `serve-leave`, which close first and exit, leaving a
+//! TIME-WAIT behind.
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -47,6 +48,13 @@ enum Action {
     },
     /// Connect from FROM to TO without SO_REUSEADDR, close first and exit (seed 1a).
     ConnectLeave { from: u16, to: u16 },
+    /// A server on PORT that accepts one connection (from a client of its own), closes it first
+    /// and exits: its side, on PORT, is left in TIME-WAIT (a restarted server's case).
+    ServeLeave {
+        port: u16,
+        #[arg(long)]
+        reuseaddr: bool,
+    },
 }
 
 fn report(errno: i32) {
@@ -103,6 +111,19 @@ fn listen(
     Ok(s)
 }
 
+/// One connection to a listener on `port`, accepted; the server's side is closed first, then the
+/// client's once the server's FIN has arrived.
+fn serve_and_close_first(port: u16, reuseaddr: bool) -> std::io::Result<()> {
+    let lst = listen(port, (reuseaddr, false), (false, false, false))?;
+    let client = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    client.connect(&local(port))?;
+    let (conn, _) = lst.accept()?;
+    drop(lst);
+    drop(conn);
+    let _ = std::io::Read::read(&mut &client, &mut [0u8; 1]);
+    Ok(())
+}
+
 fn connect(from: u16, to: u16, reuseaddr: bool, reuseport: bool) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(reuseaddr)?;
@@ -149,6 +170,9 @@ pub fn run(args: &HelperArgs) {
             }
             Err(e) => report(errno(&e)),
         },
+        Action::ServeLeave { port, reuseaddr } => {
+            report(serve_and_close_first(port, reuseaddr).map_or_else(|e| errno(&e), |()| 0));
+        }
         Action::ConnectLeave { from, to } => match connect(from, to, false, false) {
             Ok(s) => {
                 // Close first: this side goes FIN-WAIT, then TIME-WAIT once the peer closes.
