@@ -207,6 +207,10 @@ pub struct Holder {
     /// Other processes sharing the same socket.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_with: Vec<u32>,
+    /// For a live listening or bound socket none of whose holders bindtrace saw take the port:
+    /// the process it saw take it, which the holders inherited the socket from (fork/exec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_by: Option<Opener>,
     /// Socket inode (0: TIME-WAIT or orphaned).
     pub inode: u64,
     /// Container and Kubernetes context of the owner (keys absent when unknown).
@@ -246,6 +250,7 @@ impl Holder {
             age_ms: None,
             owner_alive: None,
             shared_with: Vec::new(),
+            opened_by: None,
             inode: 0,
             container: crate::container::Context::default(),
             owner_cgroup: 0,
@@ -253,6 +258,22 @@ impl Holder {
             accepted: false,
             conflicts: false,
         }
+    }
+}
+
+/// The process that took the port with a socket others hold now (JSON `holders[].opened_by`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opener {
+    pub pid: u32,
+    pub comm: String,
+    /// Whether it still runs.
+    pub alive: bool,
+}
+
+impl Opener {
+    fn text(&self) -> String {
+        let gone = if self.alive { "" } else { ", since exited" };
+        format!("{} (pid {}{gone})", self.comm, self.pid)
     }
 }
 
@@ -786,6 +807,11 @@ fn hint_for_holder(
              listener never shares it by SO_REUSEADDR); reuse the listening socket, or let the \
              kernel choose a source port (bind to port 0)"
         ),
+        Cause::ListenerConflict | Cause::UdpConflict | Cause::BoundSocketConflict
+            if h.opened_by.is_some() && !same =>
+        {
+            inherited_hint(h, &w, req.pid)
+        }
         Cause::ListenerConflict => {
             let reuseport = if req.reuseport && h.reuseport == Some(false) {
                 " (SO_REUSEPORT must be set on both sockets to share it)"
@@ -855,6 +881,45 @@ fn hint_for_holder(
             )
         }
         _ => format!("{w} holds {local}"),
+    }
+}
+
+/// `h`, held by `w`, was opened by another process (`h.opened_by`) and inherited: by fork()
+/// alone (a worker: same command), or across exec (a program it started: another command).
+fn inherited_hint(h: &Holder, w: &str, caller: u32) -> String {
+    let Some(o) = &h.opened_by else {
+        return format!("{w} holds {}", h.local);
+    };
+    let opener = if o.pid == caller {
+        "this process".to_string()
+    } else {
+        o.text()
+    };
+    let what = if h.state == State::Listen {
+        "the listening socket"
+    } else {
+        "the socket"
+    };
+    let all = if h.shared_with.is_empty() {
+        w.to_string()
+    } else {
+        let others: Vec<String> = h.shared_with.iter().map(u32::to_string).collect();
+        format!("{w} and pids {}", others.join(", "))
+    };
+    if h.comm.as_deref() == Some(o.comm.as_str()) {
+        format!(
+            "{w} holds {what} on {}, which {opener} opened and passed on by fork(): the port \
+             stays taken until every process holding it has closed it or exited; stop {all}",
+            h.local
+        )
+    } else {
+        format!(
+            "{w} holds {what} on {}, which {opener} opened: {w} inherited it across exec (a \
+             program started without closing the server's descriptors) and keeps the port while \
+             it runs; stop {all}, and have the server open its sockets close-on-exec \
+             (SOCK_CLOEXEC / FD_CLOEXEC; close_fds when it starts programs)",
+            h.local
+        )
     }
 }
 
@@ -1034,6 +1099,7 @@ mod tests {
             age_ms: None,
             owner_alive: None,
             shared_with: vec![],
+            opened_by: None,
             inode: 1,
             container: crate::container::Context::default(),
             owner_cgroup: 0,
@@ -1485,6 +1551,40 @@ mod tests {
         };
         assert!(hint(SyscallName::Listen).contains("bind() the port"));
         assert!(hint(SyscallName::Bind).contains("bind() to port 0"));
+    }
+
+    #[test]
+    fn an_inherited_socket_names_who_opened_it() {
+        let mut h = holder(State::Listen, "0.0.0.0:8080");
+        h.comm = Some("sleep".into());
+        h.opened_by = Some(Opener {
+            pid: 300,
+            comm: "server".into(),
+            alive: false,
+        });
+        let d = verdict(&req("0.0.0.0", 8080), vec![h.clone()], &ctx());
+        assert_eq!(d.cause, Cause::ListenerConflict);
+        assert!(
+            d.hint
+                .contains("which server (pid 300, since exited) opened"),
+            "{}",
+            d.hint
+        );
+        assert!(d.hint.contains("inherited it across exec"), "{}", d.hint);
+        h.comm = Some("server".into());
+        h.shared_with = vec![201, 202];
+        let mut r = req("0.0.0.0", 8080);
+        r.pid = 300;
+        let d = verdict(&r, vec![h], &ctx());
+        assert!(d.hint.contains("which this process opened"), "{}", d.hint);
+        assert!(d.hint.contains("passed on by fork()"), "{}", d.hint);
+        assert!(
+            d.hint
+                .contains("stop redis-cli (pid 200) and pids 201, 202")
+                || d.hint.contains("stop server (pid 200) and pids 201, 202"),
+            "{}",
+            d.hint
+        );
     }
 
     #[test]

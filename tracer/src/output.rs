@@ -166,6 +166,15 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
     if !h.shared_with.is_empty() {
         let _ = write!(s, " shared with pids {:?}", h.shared_with);
     }
+    if let Some(o) = &h.opened_by {
+        let gone = if o.alive { "" } else { ", exited" };
+        let _ = write!(
+            s,
+            " (inherited from {}[{}]{gone})",
+            sanitize(&o.comm),
+            o.pid
+        );
+    }
     s
 }
 

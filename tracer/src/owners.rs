@@ -390,6 +390,7 @@ impl Investigator {
                 h.shared_with = list.iter().map(|&(p, _)| p).filter(|&p| p != pid).collect();
                 h.shared_with.dedup();
                 live_options(&mut h, remembered, list, s, state);
+                h.opened_by = opener(remembered, list, s, state);
             } else if let Some(r) = history_owner(remembered, s, state) {
                 r.apply(&mut h);
             }
@@ -464,6 +465,45 @@ fn history_owner<'a>(
         .iter()
         .find(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote))
         .or_else(|| remembered.iter().find(|r| r.role == Role::Listening))
+}
+
+/// The process bindtrace saw take the port with the live listening or bound socket `s`, when
+/// none of the processes that hold it now (`open_in`) is seen to have: they inherited it (a child
+/// started without closing the server's descriptors keeps its port after the server exits). The
+/// newest such entry on the socket's address; none if a holder took the port itself, or if the
+/// history has nothing on it (taken before bindtrace started).
+fn opener(
+    remembered: &[Remembered],
+    open_in: &[(u32, u32)],
+    s: &DiagSocket,
+    state: State,
+) -> Option<diagnose::Opener> {
+    let role = match state {
+        State::Listen => Role::Listening,
+        State::Bound => Role::Bound,
+        _ => return None,
+    };
+    let fits = |r: &&Remembered| {
+        r.role == role
+            && diagnose::canonical(event::ip(r.owner.family, &r.owner.local_addr))
+                == diagnose::canonical(s.local.ip())
+    };
+    if remembered
+        .iter()
+        .filter(fits)
+        .any(|r| open_in.iter().any(|&(pid, _)| pid == r.owner.pid))
+    {
+        return None;
+    }
+    let r = remembered
+        .iter()
+        .filter(fits)
+        .max_by_key(|r| r.owner.ts_ns)?;
+    Some(diagnose::Opener {
+        pid: r.owner.pid,
+        comm: r.comm.clone(),
+        alive: r.alive,
+    })
 }
 
 /// Whether the connection `s` is a server's side, accepted on its port: no connection from the

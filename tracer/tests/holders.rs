@@ -581,3 +581,32 @@ fn a_restarted_servers_own_connections_are_named_as_accepted() {
         run.release();
     }
 }
+
+/// A port kept by a program a server started without closing its descriptors, after the server
+/// exited: the holder is that program, and the report names the server that opened the socket
+/// (from history), so that "sleep holds port P" makes sense to whoever reads it.
+#[test]
+fn an_inherited_listener_names_the_process_that_opened_it() {
+    if !can_run("inherited") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_inherited", 7050);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["comm"], "sleep", "{ev:#}");
+    assert_eq!(h["source"], "live", "{ev:#}");
+    let o = &h["opened_by"];
+    assert_eq!(o["pid"], truth["opener_pid"], "{ev:#}");
+    assert_eq!(o["comm"], truth["opener_comm"], "{ev:#}");
+    assert_eq!(o["alive"], false, "{ev:#}");
+    assert!(
+        ev["hint"]
+            .as_str()
+            .unwrap()
+            .contains("inherited it across exec"),
+        "{ev:#}"
+    );
+    run.release();
+}

@@ -286,6 +286,16 @@ def helper_serve_one(port, close_first):
 
 
 
+def helper_listen_and_leak(port):
+    """Listens on P, starts `sleep` with the listener passed on (as a program started without
+    closing its descriptors would), reports sleep's pid and exits."""
+    lst = sock()
+    lst.bind((HOST, int(port)))
+    lst.listen(4)
+    child = subprocess.Popen(["sleep", "120"], pass_fds=[lst.fileno()])
+    report(child_pid=child.pid)
+
+
 def helper_connect_from(port, server_port, reuseaddr):
     """Connects to server_port from local port `port`, holds the connection until stdin closes."""
     s = sock(reuseaddr=reuseaddr == "1")
@@ -621,6 +631,21 @@ def case_server_restart(port, draining):
     finish(case="server_restart", errno=err, port=port, addr=HOST, reuseaddr=False,
            reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"],
            remote_port=info["client_port"])
+
+
+def case_inherited(port):
+    """A server listened on P, started a program that inherited the listener, and exited: the
+    program holds P. Bind P."""
+    helper, info = spawn("helper_listen_and_leak", port)
+    helper.wait()
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    try:
+        finish(case="inherited", errno=err, port=port, addr=HOST, reuseaddr=False,
+               reuseport=False, holder_pid=info["child_pid"], opener_pid=info["pid"],
+               opener_comm=info["comm"])
+    finally:
+        os.kill(info["child_pid"], 9)
 
 
 def case_address_checks(port):
