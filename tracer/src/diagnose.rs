@@ -819,7 +819,9 @@ fn hint_for_holder(
                 ""
             };
             format!(
-                "{w} is already listening on {local}{reuseport}: stop it or choose another port"
+                "{w} is already listening on {local}{reuseport}: stop it, choose another \
+                 port{}",
+                narrower(req, h)
             )
         }
         Cause::TimeWaitConflict => time_wait_hint(h, &w, port, ctx),
@@ -858,8 +860,10 @@ fn hint_for_holder(
             }
         ),
         Cause::UdpConflict => format!(
-            "{w} already has a UDP socket on {local}: set SO_REUSEPORT on both sockets (same user) \
-             to share the port, or choose another port"
+            "{w} already has a UDP socket on {local}: stop it, choose another port{}, or, if both \
+             are meant to receive its datagrams, set SO_REUSEPORT on both sockets (same user; \
+             the kernel then spreads datagrams between them)",
+            narrower(req, h)
         ),
         Cause::ReuseportMismatch => format!(
             "both sockets set SO_REUSEPORT but belong to different users (uid {} here, uid {} for \
@@ -881,6 +885,24 @@ fn hint_for_holder(
             )
         }
         _ => format!("{w} holds {local}"),
+    }
+}
+
+/// When the request is a wildcard and the holder has one address only: the way out that keeps
+/// both (a DNS server's 0.0.0.0:53 against systemd-resolved's 127.0.0.53:53).
+fn narrower(req: &Request, h: &Holder) -> String {
+    let theirs = h.local.ip();
+    if req.addr.is_unspecified() && !canonical(theirs).is_unspecified() {
+        format!(
+            ", or bind the addresses this service needs instead of {} ({theirs} is all it holds)",
+            if req.addr.is_ipv6() {
+                "[::]".to_string()
+            } else {
+                req.addr.to_string()
+            }
+        )
+    } else {
+        String::new()
     }
 }
 
@@ -1582,6 +1604,32 @@ mod tests {
             d.hint
                 .contains("stop redis-cli (pid 200) and pids 201, 202")
                 || d.hint.contains("stop server (pid 200) and pids 201, 202"),
+            "{}",
+            d.hint
+        );
+    }
+
+    #[test]
+    fn a_wildcard_against_one_address_is_told_to_narrow() {
+        let mut r = req("0.0.0.0", 53);
+        r.udp = true;
+        let mut h = holder(State::Bound, "127.0.0.53:53");
+        h.protocol = "udp".into();
+        let d = verdict(&r, vec![h], &ctx());
+        assert_eq!(d.cause, Cause::UdpConflict);
+        assert!(
+            d.hint
+                .contains("bind the addresses this service needs instead of 0.0.0.0 (127.0.0.53 is all it holds)"),
+            "{}",
+            d.hint
+        );
+        let d = verdict(
+            &req("0.0.0.0", 80),
+            vec![holder(State::Listen, "0.0.0.0:80")],
+            &ctx(),
+        );
+        assert!(
+            !d.hint.contains("addresses this service needs"),
             "{}",
             d.hint
         );
