@@ -798,32 +798,12 @@ fn hint_for_holder(
     };
     let local = h.local;
     match cause {
-        Cause::ListenerConflict if same && req.syscall == SyscallName::Listen => format!(
-            "this process already listens on {local} with another socket: two sockets listen on \
-             one port only if both set SO_REUSEPORT; close one of them or set SO_REUSEPORT on both"
-        ),
-        Cause::ListenerConflict if same => format!(
-            "this process already listens on {local}: a second socket cannot bind that port (a \
-             listener never shares it by SO_REUSEADDR); reuse the listening socket, or let the \
-             kernel choose a source port (bind to port 0)"
-        ),
         Cause::ListenerConflict | Cause::UdpConflict | Cause::BoundSocketConflict
             if h.opened_by.is_some() && !same =>
         {
             inherited_hint(h, &w, req.pid)
         }
-        Cause::ListenerConflict => {
-            let reuseport = if req.reuseport && h.reuseport == Some(false) {
-                " (SO_REUSEPORT must be set on both sockets to share it)"
-            } else {
-                ""
-            };
-            format!(
-                "{w} is already listening on {local}{reuseport}: stop it, choose another \
-                 port{}",
-                narrower(req, h)
-            )
-        }
+        Cause::ListenerConflict => listener_hint(req, h, &w, same),
         Cause::TimeWaitConflict => time_wait_hint(h, &w, port, ctx),
         Cause::OutgoingConnectionConflict if same => format!(
             "this process itself has a connection from port {port} ({local} to {}): bind the \
@@ -859,12 +839,18 @@ fn hint_for_holder(
                 String::new()
             }
         ),
-        Cause::UdpConflict => format!(
-            "{w} already has a UDP socket on {local}: stop it, choose another port{}, or, if both \
-             are meant to receive its datagrams, set SO_REUSEPORT on both sockets (same user; \
-             the kernel then spreads datagrams between them)",
-            narrower(req, h)
-        ),
+        Cause::UdpConflict => {
+            let ways = [
+                Some("stop it"),
+                Some("choose another port"),
+                narrower(req, h),
+                Some(
+                    "if both are meant to receive its datagrams, set SO_REUSEPORT on both \
+                     sockets (same user; the kernel then spreads datagrams between them)",
+                ),
+            ];
+            format!("{w} already has a UDP socket on {local}: {}", either(&ways))
+        }
         Cause::ReuseportMismatch => format!(
             "both sockets set SO_REUSEPORT but belong to different users (uid {} here, uid {} for \
              {w}); the kernel shares a port only within one user: run both as the same user",
@@ -888,21 +874,55 @@ fn hint_for_holder(
     }
 }
 
+/// A listener holds the port: the caller's own (`same`), or `w`'s.
+fn listener_hint(req: &Request, h: &Holder, w: &str, same: bool) -> String {
+    let local = h.local;
+    if same && req.syscall == SyscallName::Listen {
+        return format!(
+            "this process already listens on {local} with another socket: two sockets listen on \
+             one port only if both set SO_REUSEPORT; close one of them or set SO_REUSEPORT on both"
+        );
+    }
+    if same {
+        return format!(
+            "this process already listens on {local}: a second socket cannot bind that port (a \
+             listener never shares it by SO_REUSEADDR); reuse the listening socket, or let the \
+             kernel choose a source port (bind to port 0)"
+        );
+    }
+    let reuseport = if req.reuseport && h.reuseport == Some(false) {
+        " (SO_REUSEPORT must be set on both sockets to share it)"
+    } else {
+        ""
+    };
+    let ways = [
+        Some("stop it"),
+        Some("choose another port"),
+        narrower(req, h),
+    ];
+    format!(
+        "{w} is already listening on {local}{reuseport}: {}",
+        either(&ways)
+    )
+}
+
 /// When the request is a wildcard and the holder has one address only: the way out that keeps
 /// both (a DNS server's 0.0.0.0:53 against systemd-resolved's 127.0.0.53:53).
-fn narrower(req: &Request, h: &Holder) -> String {
-    let theirs = h.local.ip();
-    if req.addr.is_unspecified() && !canonical(theirs).is_unspecified() {
-        format!(
-            ", or bind the addresses this service needs instead of {} ({theirs} is all it holds)",
-            if req.addr.is_ipv6() {
-                "[::]".to_string()
-            } else {
-                req.addr.to_string()
-            }
-        )
-    } else {
-        String::new()
+fn narrower(req: &Request, h: &Holder) -> Option<&'static str> {
+    (req.addr.is_unspecified() && !canonical(h.local.ip()).is_unspecified()).then_some(
+        "bind only the addresses this service needs instead of the wildcard (that socket holds \
+         one address)",
+    )
+}
+
+/// "a, b, or c" of the ways given.
+fn either(ways: &[Option<&str>]) -> String {
+    let ways: Vec<&str> = ways.iter().flatten().copied().collect();
+    match ways.split_last() {
+        None => String::new(),
+        Some((last, [])) => (*last).to_string(),
+        Some((last, [only])) => format!("{only} or {last}"),
+        Some((last, rest)) => format!("{}, or {last}", rest.join(", ")),
     }
 }
 
@@ -1618,8 +1638,9 @@ mod tests {
         let d = verdict(&r, vec![h], &ctx());
         assert_eq!(d.cause, Cause::UdpConflict);
         assert!(
-            d.hint
-                .contains("bind the addresses this service needs instead of 0.0.0.0 (127.0.0.53 is all it holds)"),
+            d.hint.contains(
+                "stop it, choose another port, bind only the addresses this service needs"
+            ),
             "{}",
             d.hint
         );
