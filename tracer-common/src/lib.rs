@@ -53,6 +53,10 @@ pub mod flags {
     pub const DEV_KNOWN: u16 = 1 << 6;
     /// `protocol`/`sock_type` were actually read.
     pub const PROTO_KNOWN: u16 = 1 << 7;
+    /// The socket, when read, had a local port or was not CLOSE: for a failed bind() (which
+    /// changes neither), it was bound, connected or listening before the call — the cause of an
+    /// EINVAL. Set only when both were read.
+    pub const IN_USE: u16 = 1 << 8;
 }
 
 /// What a ring-buffer record is. Sent as `u32`; decode with `TryFrom`.

@@ -3,7 +3,8 @@
 //! Kernel path (checked on 6.1, 6.12, 6.18): `__sys_bind()` → `inet_bind()` / `inet6_bind()` →
 //! (6.6+: `inet_bind_sk()` / `inet6_bind_sk()`) → `BPF_CGROUP_RUN_PROG_INET{4,6}_BIND_LOCK()` →
 //! `__inet_bind()` / `__inet6_bind()` → `sk->sk_prot->get_port()`. The hook runs after the
-//! family/length checks and before the privileged-port check and port allocation, in the caller's
+//! length check (a shorter address than the socket's family needs is never seen) and before the
+//! family, address, privileged-port and state checks and port allocation, in the caller's
 //! context, with the address exactly as the kernel will use it (`user_ip4`/`user_ip6`/`user_port`)
 //! and the socket at hand, whose option bits `sys_exit_bind` reads from its head when it reports
 //! or remembers the call (or, when their offsets are unknown, this hook asks `bpf_getsockopt()`:

@@ -28,22 +28,23 @@ fn func_ret(ctx: &FExitContext) -> Option<i64> {
 
 #[fexit(function = "inet_bind")]
 pub fn fexit_inet_bind(ctx: FExitContext) -> i32 {
-    bind(&ctx);
+    bind(&ctx, inet::MIN_ADDR_LEN_V4);
     0
 }
 
 #[fexit(function = "inet6_bind")]
 pub fn fexit_inet6_bind(ctx: FExitContext) -> i32 {
-    bind(&ctx);
+    bind(&ctx, inet::MIN_ADDR_LEN_V6);
     0
 }
 
 #[inline(always)]
-fn bind(ctx: &FExitContext) {
+fn bind(ctx: &FExitContext, min_len: i32) {
     let sock: *const u8 = ctx.arg(0);
     let uaddr: *const u8 = ctx.arg(1);
+    let addr_len: i32 = ctx.arg(2);
     if let Some(ret) = func_ret(ctx) {
-        inet::bind_done(sock, uaddr, ret);
+        inet::bind_done(sock, uaddr, addr_len, min_len, ret);
     }
 }
 

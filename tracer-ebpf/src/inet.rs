@@ -46,10 +46,25 @@ fn fill_from_sock(ev: &mut BindEvent, sk: *const u8) {
     }
 }
 
+/// The shortest address `inet_bind()` (`sizeof(struct sockaddr_in)`) and `inet6_bind()`
+/// (`SIN6_LEN_RFC2133`) accept: a shorter one is refused (EINVAL) before the cgroup bind hook,
+/// where the tracepoint backend starts a bind. Not reported by any backend: a malformed call,
+/// and its bytes past `addr_len` are not the caller's.
+pub const MIN_ADDR_LEN_V4: i32 = 16;
+pub const MIN_ADDR_LEN_V6: i32 = 24;
+
 /// A bind request, built in the scratch slot: the socket and the kernel's copy of the caller's
-/// address.
+/// address, `addr_len` bytes of it (at least `min_len`, or nothing is built).
 #[inline(always)]
-pub fn bind_request(sock: *const u8, uaddr: *const u8) -> Option<&'static mut BindEvent> {
+pub fn bind_request(
+    sock: *const u8,
+    uaddr: *const u8,
+    addr_len: i32,
+    min_len: i32,
+) -> Option<&'static mut BindEvent> {
+    if addr_len < min_len {
+        return None;
+    }
     // SAFETY: bpf_probe_read_kernel checks the address. The kernel copied the caller's address into
     // a sockaddr_storage, so 24 bytes are always there.
     let raw: [u8; 24] = unsafe { bpf_probe_read_kernel(uaddr.cast::<[u8; 24]>()) }.ok()?;
@@ -68,8 +83,8 @@ pub fn bind_request(sock: *const u8, uaddr: *const u8) -> Option<&'static mut Bi
 
 /// `inet_bind()`/`inet6_bind()` returned `ret`.
 #[inline(always)]
-pub fn bind_done(sock: *const u8, uaddr: *const u8, ret: i64) {
-    if let Some(ev) = bind_request(sock, uaddr) {
+pub fn bind_done(sock: *const u8, uaddr: *const u8, addr_len: i32, min_len: i32, ret: i64) {
+    if let Some(ev) = bind_request(sock, uaddr, addr_len, min_len) {
         finish(ev, ret, 0);
     }
 }

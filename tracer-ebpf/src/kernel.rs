@@ -11,7 +11,7 @@ use aya_ebpf::{
     },
     programs::TracePointContext,
 };
-use tracer_common::{AF_INET, AF_INET6, FieldLoc, flags};
+use tracer_common::{AF_INET, AF_INET6, FieldLoc, flags, tcp_state};
 
 use crate::config::conf;
 
@@ -307,8 +307,14 @@ pub fn sock_head_view(sk: *const u8) -> SockView {
     v.net = from_head_u64(&head, conf!(kernel.skc_net)).unwrap_or(0);
     let field = |loc| from_head(&head, loc);
     v.family = field(conf!(kernel.skc_family)).unwrap_or(0) as u16;
-    v.state = field(conf!(kernel.skc_state)).unwrap_or(0) as u8;
-    v.port = field(conf!(kernel.skc_num)).unwrap_or(0) as u16;
+    let (state, num) = (field(conf!(kernel.skc_state)), field(conf!(kernel.skc_num)));
+    v.state = state.unwrap_or(0) as u8;
+    v.port = num.unwrap_or(0) as u16;
+    if let (Some(state), Some(num)) = (state, num)
+        && (num != 0 || state as u8 != tcp_state::CLOSE)
+    {
+        v.flags |= flags::IN_USE;
+    }
     if v.family != AF_INET6
         && let Some(a) = field(conf!(kernel.skc_rcv_saddr))
     {

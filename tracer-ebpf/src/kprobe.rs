@@ -22,24 +22,28 @@ fn take(syscall: Syscall, f: impl FnOnce(&mut BindEvent)) {
 }
 
 #[inline(always)]
-fn bind_entry(ctx: &ProbeContext) {
-    let (Some(sock), Some(uaddr)) = (ctx.arg::<*const u8>(0), ctx.arg::<*const u8>(1)) else {
+fn bind_entry(ctx: &ProbeContext, min_len: i32) {
+    let (Some(sock), Some(uaddr), Some(addr_len)) = (
+        ctx.arg::<*const u8>(0),
+        ctx.arg::<*const u8>(1),
+        ctx.arg::<u64>(2),
+    ) else {
         return;
     };
-    if let Some(ev) = inet::bind_request(sock, uaddr) {
+    if let Some(ev) = inet::bind_request(sock, uaddr, addr_len as i32, min_len) {
         pending::put(current_tid(), ev, 0);
     }
 }
 
 #[kprobe(function = "inet_bind")]
 pub fn kp_inet_bind(ctx: ProbeContext) -> u32 {
-    bind_entry(&ctx);
+    bind_entry(&ctx, inet::MIN_ADDR_LEN_V4);
     0
 }
 
 #[kprobe(function = "inet6_bind")]
 pub fn kp_inet6_bind(ctx: ProbeContext) -> u32 {
-    bind_entry(&ctx);
+    bind_entry(&ctx, inet::MIN_ADDR_LEN_V6);
     0
 }
 

@@ -123,6 +123,9 @@ fn add_from_sock(ev: &mut BindEvent, sk: *const u8) {
         add &= !(flags::V6ONLY_KNOWN | flags::V6ONLY);
     }
     ev.flags |= add;
+    if ev.syscall == Syscall::Bind as u8 {
+        ev.flags |= v.flags & flags::IN_USE;
+    }
     if ev.flags & flags::DEV_KNOWN == 0 && v.flags & flags::DEV_KNOWN != 0 {
         ev.bound_dev_if = v.bound_dev_if;
         ev.flags |= flags::DEV_KNOWN;

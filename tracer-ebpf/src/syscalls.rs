@@ -62,8 +62,9 @@ fn exit_with(ctx: &TracePointContext, syscall: Syscall, f: impl FnOnce(&mut Pend
 
 /// bind()'s pending entry is created by the cgroup bind hook (`cgroup_bind.rs`), which runs only
 /// for INET sockets and sees the address exactly as the kernel uses it; no entry program is
-/// needed. A call refused before that hook (an address too short for its family, a family the
-/// socket does not have) is not reported: a malformed call, not a port problem.
+/// needed. A call refused before that hook (an address too short for the socket's family) is not
+/// reported: a malformed call, not a port problem; the other backends skip it too
+/// (`inet::bind_request`).
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     // A call opened longer ago than any bind() takes was left by a bind that did not return

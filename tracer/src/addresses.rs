@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use crate::diagnose::{AddressNow, canonical};
 
-/// `IFA_F_DADFAILED` and `IFA_F_TENTATIVE` (include/uapi/linux/if_addr.h).
+/// `IFA_F_OPTIMISTIC`, `IFA_F_DADFAILED` and `IFA_F_TENTATIVE` (include/uapi/linux/if_addr.h).
+const IFA_F_OPTIMISTIC: u32 = 0x04;
 const IFA_F_DADFAILED: u32 = 0x08;
 const IFA_F_TENTATIVE: u32 = 0x40;
 
@@ -39,7 +40,9 @@ pub fn parse_if_inet6(text: &str, a: Ipv6Addr) -> AddressNow {
         let name = name.to_string();
         return if flags & IFA_F_DADFAILED != 0 {
             AddressNow::DadFailed(name)
-        } else if flags & IFA_F_TENTATIVE != 0 {
+        } else if flags & IFA_F_TENTATIVE != 0 && flags & IFA_F_OPTIMISTIC == 0 {
+            // An optimistic address is usable while detection runs (`ipv6_chk_addr()` lets it
+            // through); a plain tentative one is not.
             AddressNow::Tentative(name)
         } else {
             AddressNow::Present(name)
@@ -94,12 +97,14 @@ mod tests {
 00000000000000000000000000000001 01 80 10 80       lo
 20010db8000000000000000000000007 05 40 00 40       v0
 20010db8000000000000000000000008 05 40 00 c8       v0
+20010db800000000000000000000000a 05 40 00 44       v0
 fe800000000000000000000000000001 02 40 20 80     eth0
 ";
         let st = |a: &str| parse_if_inet6(text, a.parse().unwrap());
         assert_eq!(st("::1"), AddressNow::Present("lo".into()));
         assert_eq!(st("2001:db8::7"), AddressNow::Tentative("v0".into()));
         assert_eq!(st("2001:db8::8"), AddressNow::DadFailed("v0".into()));
+        assert_eq!(st("2001:db8::a"), AddressNow::Present("v0".into()));
         assert_eq!(st("fe80::1"), AddressNow::Present("eth0".into()));
         assert_eq!(st("2001:db8::9"), AddressNow::Absent);
     }

@@ -66,7 +66,7 @@ pub enum Cause {
     MappedAddressOnV6Only,
     /// EINVAL: a TCP socket asked for a multicast address.
     MulticastAddress,
-    /// EAFNOSUPPORT: an address of another family than the socket's (on an AF_INET socket).
+    /// EAFNOSUPPORT: an address whose family field is not the socket's.
     WrongFamily,
     /// EPERM: a cgroup BPF program refused the bind (nothing else in the bind path says EPERM).
     RefusedByBpf,
@@ -379,6 +379,8 @@ pub struct Request {
     /// When the call failed (the kernel's CLOCK_MONOTONIC), for matching bindtrace's history;
     /// None for a call not yet made (`check-port`).
     pub at_ns: Option<u64>,
+    /// The socket was already bound, connected or listening (None: not known).
+    pub in_use: Option<bool>,
 }
 
 impl Request {
@@ -401,6 +403,7 @@ impl Request {
             bound_dev_if: 0,
             remote: None,
             at_ns: None,
+            in_use: None,
         }
     }
 
@@ -424,6 +427,7 @@ impl Request {
                 .and_then(|a| a.parse().ok())
                 .map(|ip| SocketAddr::new(ip, ev.remote_port.unwrap_or(0))),
             at_ns: (ev.ts_ns != 0).then_some(ev.ts_ns),
+            in_use: ev.in_use,
         }
     }
 }
@@ -457,23 +461,28 @@ pub fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && canonical(a.ip()) == canonical(b.ip())
 }
 
-/// Why a bind() got EINVAL, by the address checks `__inet6_bind()` makes (checked on 6.1, 6.12,
-/// 6.18): a multicast address on a TCP socket; then the socket's state (already bound, connected
-/// or listening: the only EINVAL an IPv4 bind() reports, an address too short never reaching the
-/// programs); then an IPv4-mapped address on an IPV6_V6ONLY socket, and an address that needs a
-/// scope (link-local) with no interface. The state is not in the event: an address that fails a
-/// later check names that check, so a socket both bound already and asking for such an address
-/// is misnamed — two mistakes in one call.
+/// Why a bind() got EINVAL, by the checks `__inet6_bind()` and `__inet_bind()` make, in their
+/// order (checked on 6.1, 6.12, 6.18): a multicast address on a TCP socket; the socket's state
+/// (already bound, connected or listening: the only EINVAL an IPv4 bind() reports past its length
+/// check, which no backend reports); an IPv4-mapped address on an IPV6_V6ONLY socket; an address
+/// that needs a scope (link-local) with no interface. The state comes from the socket as the
+/// kernel programs read it (`in_use`); when it could not be read, an address failing a later
+/// check names that check. A fresh socket whose address passes every check got its EINVAL from
+/// elsewhere (a cgroup BPF program can set any error): unknown.
 fn invalid_address(req: &Request) -> Cause {
-    let IpAddr::V6(a) = req.addr else {
-        return Cause::AlreadyBound;
+    let v6 = match req.addr {
+        IpAddr::V6(a) if a.is_multicast() && !req.udp => return Cause::MulticastAddress,
+        _ if req.in_use == Some(true) => return Cause::AlreadyBound,
+        IpAddr::V6(a) => a,
+        IpAddr::V4(_) if req.in_use == Some(false) => return Cause::Unknown,
+        IpAddr::V4(_) => return Cause::AlreadyBound,
     };
-    if a.is_multicast() && !req.udp {
-        Cause::MulticastAddress
-    } else if a.to_ipv4_mapped().is_some() && req.v6only == Some(true) {
+    if v6.to_ipv4_mapped().is_some() && req.v6only == Some(true) {
         Cause::MappedAddressOnV6Only
-    } else if needs_scope(a) && req.bound_dev_if == 0 {
+    } else if needs_scope(v6) && req.bound_dev_if == 0 {
         Cause::LinkLocalWithoutInterface
+    } else if req.in_use == Some(false) {
+        Cause::Unknown
     } else {
         Cause::AlreadyBound
     }
@@ -640,8 +649,10 @@ fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
              the service should listen on first, or widen the range"
         }
         SyscallName::Bind => {
-            "bind() to port 0 takes an ephemeral port: widen the range, or reuse \
-             connections (pooling, keep-alive) so that fewer ports stay taken"
+            "bind() to port 0 takes an ephemeral port: if the socket is bound only to choose \
+             its source address before connect(), set IP_BIND_ADDRESS_NO_PORT so that the port \
+             is chosen at connect() (and may be shared by connections to other destinations); \
+             else widen the range, or reuse connections (pooling, keep-alive)"
         }
         _ => {
             "widen the range, reuse connections (pooling, keep-alive), or spread them \
@@ -694,15 +705,15 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
              (or [::]); multicast is received on UDP sockets",
             req.addr
         ),
-        Cause::WrongFamily => "the address given is not of the socket's family (an IPv6 \
-                               sockaddr on an AF_INET socket, or a family field left unset): \
-                               create the socket with the address's family"
+        Cause::WrongFamily => "the address's family field is not the socket's (an AF_INET \
+                               sockaddr on an AF_INET6 socket, the reverse, or sa_family left \
+                               unset): create the socket with the address's family, or fill \
+                               in the family"
             .to_string(),
-        Cause::RefusedByBpf => "a cgroup BPF program on the caller's cgroup or one above it \
-                                refused this bind (in bind() only they return EPERM; the port \
-                                rules were not the matter): list them with `bpftool cgroup \
-                                tree` — Cilium's socket load balancer, for one, refuses binds \
-                                to its hostPort and NodePort ports this way"
+        Cause::RefusedByBpf => "a cgroup BPF program (a bind or post_bind hook) on the \
+                                caller's cgroup or one above it refused this bind: in bind() \
+                                only they return EPERM, and the port rules were not the matter; \
+                                list them with `bpftool cgroup tree`"
             .to_string(),
         Cause::NoSuchDevice => {
             let which = if req.bound_dev_if != 0 {
@@ -712,9 +723,8 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
             };
             format!(
                 "{which} named by the address's scope id (%IFNAME, sin6_scope_id) or by \
-                 SO_BINDTODEVICE does not exist in this network namespace: it was removed, is \
-                 not up yet, or lives in another namespace; name an interface `ip link` shows \
-                 there"
+                 SO_BINDTODEVICE does not exist in this network namespace: not created yet, \
+                 removed, or in another namespace; name an interface `ip link` shows there"
             )
         }
         _ if req.errno != EADDRINUSE => format!(
@@ -725,7 +735,8 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
         ),
         _ => format!(
             "no socket holding port {port} was found in the failing process's network namespace \
-             when it was looked up (it may have closed already); {}",
+             when it was looked up (it may have closed already; a cgroup post_bind BPF program \
+             can also refuse a bind with this error: `bpftool cgroup tree` lists them); {}",
             if ctx.in_ephemeral_range(port) {
                 reserve_fix(port, ctx)
             } else {
@@ -760,7 +771,8 @@ fn address_hint(addr: IpAddr, now: Option<&AddressNow>) -> String {
             "{addr} is on {dev} but still tentative: IPv6 duplicate address detection has not \
              finished (it waits for the link to come up), and bind() refuses a tentative \
              address; start the service after it (systemd: After=network-online.target), \
-             {early}, or turn detection off (net.ipv6.conf.{dev}.accept_dad=0)"
+             {early}, or add the address without detection (`ip addr add ... nodad`, or \
+             net.ipv6.conf.{dev}.accept_dad=0 before adding it)"
         ),
         Some(AddressNow::DadFailed(dev)) => format!(
             "{addr} on {dev} failed duplicate address detection: another node on the link uses \
@@ -799,9 +811,9 @@ fn hint_for_holder(
     let local = h.local;
     match cause {
         Cause::ListenerConflict | Cause::UdpConflict | Cause::BoundSocketConflict
-            if h.opened_by.is_some() && !same =>
+            if h.opened_by.is_some() =>
         {
-            inherited_hint(h, &w, req.pid)
+            inherited_hint(h, &w, same, req.pid)
         }
         Cause::ListenerConflict => listener_hint(req, h, &w, same),
         Cause::TimeWaitConflict => time_wait_hint(h, &w, port, ctx),
@@ -926,9 +938,10 @@ fn either(ways: &[Option<&str>]) -> String {
     }
 }
 
-/// `h`, held by `w`, was opened by another process (`h.opened_by`) and inherited: by fork()
-/// alone (a worker: same command), or across exec (a program it started: another command).
-fn inherited_hint(h: &Holder, w: &str, caller: u32) -> String {
+/// `h`, held by `w` (perhaps the caller itself: `same`), was opened by another process
+/// (`h.opened_by`) and inherited: by fork() (a worker), or across exec (a program started
+/// without closing the server's descriptors) — which of them, the history cannot tell.
+fn inherited_hint(h: &Holder, w: &str, same: bool, caller: u32) -> String {
     let Some(o) = &h.opened_by else {
         return format!("{w} holds {}", h.local);
     };
@@ -942,27 +955,27 @@ fn inherited_hint(h: &Holder, w: &str, caller: u32) -> String {
     } else {
         "the socket"
     };
+    let local = h.local;
+    if same {
+        return format!(
+            "this process holds {what} on {local}, which {opener} opened: it inherited it (by \
+             fork, or across exec without close-on-exec); use that socket, or close it before \
+             binding a new one"
+        );
+    }
     let all = if h.shared_with.is_empty() {
         w.to_string()
     } else {
         let others: Vec<String> = h.shared_with.iter().map(u32::to_string).collect();
         format!("{w} and pids {}", others.join(", "))
     };
-    if h.comm.as_deref() == Some(o.comm.as_str()) {
-        format!(
-            "{w} holds {what} on {}, which {opener} opened and passed on by fork(): the port \
-             stays taken until every process holding it has closed it or exited; stop {all}",
-            h.local
-        )
-    } else {
-        format!(
-            "{w} holds {what} on {}, which {opener} opened: {w} inherited it across exec (a \
-             program started without closing the server's descriptors) and keeps the port while \
-             it runs; stop {all}, and have the server open its sockets close-on-exec \
-             (SOCK_CLOEXEC / FD_CLOEXEC; close_fds when it starts programs)",
-            h.local
-        )
-    }
+    format!(
+        "{w} holds {what} on {local}, which {opener} opened: {w} inherited it (forked from it, \
+         or a program it started without closing its descriptors), and the port stays taken \
+         until every process holding the socket has closed it or exited; stop {all}, and if it \
+         is a program the server started, have the server open its sockets close-on-exec \
+         (SOCK_CLOEXEC / FD_CLOEXEC; close_fds when it starts programs)"
+    )
 }
 
 /// A listening or bound socket `h` of `w` and the request overlap through an IPv6 wildcard
@@ -1121,6 +1134,7 @@ mod tests {
             bound_dev_if: 0,
             remote: None,
             at_ns: None,
+            in_use: None,
         }
     }
 
@@ -1428,36 +1442,67 @@ mod tests {
 
     #[test]
     fn einval_names_the_address_check_that_refused() {
-        let cause = |addr: &str, udp: bool, v6only: Option<bool>, dev: u32| {
-            let mut r = req(addr, 9000);
-            r.errno = EINVAL;
-            r.udp = udp;
-            r.v6only = v6only;
-            r.bound_dev_if = dev;
-            let d = verdict(&r, vec![], &ctx());
-            assert!(!d.hint.is_empty());
-            d.cause
-        };
-        assert_eq!(cause("127.0.0.1", false, None, 0), Cause::AlreadyBound);
-        assert_eq!(cause("::1", false, Some(false), 0), Cause::AlreadyBound);
+        let cause =
+            |addr: &str, udp: bool, v6only: Option<bool>, dev: u32, in_use: Option<bool>| {
+                let mut r = req(addr, 9000);
+                r.errno = EINVAL;
+                r.udp = udp;
+                r.v6only = v6only;
+                r.bound_dev_if = dev;
+                r.in_use = in_use;
+                let d = verdict(&r, vec![], &ctx());
+                assert!(!d.hint.is_empty());
+                d.cause
+            };
+        let fresh = Some(false);
+        let bound = Some(true);
         assert_eq!(
-            cause("fe80::1", false, Some(false), 0),
+            cause("127.0.0.1", false, None, 0, bound),
+            Cause::AlreadyBound
+        );
+        assert_eq!(
+            cause("127.0.0.1", false, None, 0, None),
+            Cause::AlreadyBound
+        );
+        assert_eq!(cause("127.0.0.1", false, None, 0, fresh), Cause::Unknown);
+        assert_eq!(
+            cause("::1", false, Some(false), 0, bound),
+            Cause::AlreadyBound
+        );
+        assert_eq!(
+            cause("fe80::1", false, Some(false), 0, fresh),
             Cause::LinkLocalWithoutInterface
         );
         assert_eq!(
-            cause("ff02::1", true, Some(false), 0),
+            cause("ff02::1", true, Some(false), 0, None),
             Cause::LinkLocalWithoutInterface
         );
-        // With an interface the link-local address passes: the socket's state refused it.
-        assert_eq!(cause("fe80::1", false, Some(false), 2), Cause::AlreadyBound);
-        assert_eq!(cause("ff05::1", false, None, 0), Cause::MulticastAddress);
-        assert_eq!(cause("ff05::1", true, None, 0), Cause::AlreadyBound);
+        // The kernel checks the state first: a bound socket's second bind is that, whatever the
+        // address (its scope id is not in the event; binding a specific address set V6ONLY).
         assert_eq!(
-            cause("::ffff:127.0.0.1", false, Some(true), 0),
+            cause("fe80::1", false, Some(false), 0, bound),
+            Cause::AlreadyBound
+        );
+        assert_eq!(
+            cause("::ffff:127.0.0.1", false, Some(true), 0, bound),
+            Cause::AlreadyBound
+        );
+        assert_eq!(
+            cause("fe80::1", false, Some(false), 2, fresh),
+            Cause::Unknown
+        );
+        // Multicast on TCP is checked before the state.
+        assert_eq!(
+            cause("ff05::1", false, None, 0, bound),
+            Cause::MulticastAddress
+        );
+        assert_eq!(cause("ff05::1", true, None, 0, None), Cause::AlreadyBound);
+        assert_eq!(
+            cause("::ffff:127.0.0.1", false, Some(true), 0, fresh),
             Cause::MappedAddressOnV6Only
         );
         assert_eq!(
-            cause("::ffff:127.0.0.1", false, Some(false), 0),
+            cause("::ffff:127.0.0.1", false, Some(false), 0, None),
             Cause::AlreadyBound
         );
     }
@@ -1519,7 +1564,7 @@ mod tests {
 
     #[test]
     fn a_servers_own_connections_are_named_as_accepted() {
-        let mut tw = holder(State::TimeWait, "127.0.0.1:8080");
+        let mut tw = holder(State::TimeWait, "127.0.0.1:40000");
         tw.remote = Some("127.0.0.1:40001".parse().unwrap());
         tw.source = Source::History;
         tw.accepted = true;
@@ -1546,10 +1591,10 @@ mod tests {
         let mut est = tw;
         est.state = State::Established;
         est.source = Source::Live;
-        let d = verdict(&req("0.0.0.0", 8080), vec![est.clone()], &ctx());
+        let d = verdict(&req("0.0.0.0", 40000), vec![est.clone()], &ctx());
         assert_eq!(d.cause, Cause::AcceptedConnectionConflict);
         est.accepted = false;
-        let d = verdict(&req("0.0.0.0", 8080), vec![est], &ctx());
+        let d = verdict(&req("0.0.0.0", 40000), vec![est], &ctx());
         assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
     }
 
@@ -1612,14 +1657,13 @@ mod tests {
             "{}",
             d.hint
         );
-        assert!(d.hint.contains("inherited it across exec"), "{}", d.hint);
+        assert!(d.hint.contains("close-on-exec"), "{}", d.hint);
         h.comm = Some("server".into());
         h.shared_with = vec![201, 202];
         let mut r = req("0.0.0.0", 8080);
         r.pid = 300;
         let d = verdict(&r, vec![h], &ctx());
         assert!(d.hint.contains("which this process opened"), "{}", d.hint);
-        assert!(d.hint.contains("passed on by fork()"), "{}", d.hint);
         assert!(
             d.hint
                 .contains("stop redis-cli (pid 200) and pids 201, 202")

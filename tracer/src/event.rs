@@ -155,6 +155,10 @@ pub struct Event {
     /// When it happened, on the kernel's CLOCK_MONOTONIC (0: unknown, as in a read-back log).
     #[serde(skip)]
     pub ts_ns: u64,
+    /// Whether the socket was bound, connected or listening already (a bind()'s EINVAL); None
+    /// when not read (and in a read-back log).
+    #[serde(skip)]
+    pub in_use: Option<bool>,
     /// Who held the port and why (failures only; see `diagnose::Diagnosis`).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<crate::diagnose::Diagnosis>,
@@ -167,6 +171,11 @@ impl Event {
         Self {
             time: rfc3339(wall_ns(raw.ts_ns)),
             ts_ns: raw.ts_ns,
+            in_use: if known(flags::IN_USE) {
+                Some(true)
+            } else {
+                known(flags::SOCKOPTS_KNOWN).then_some(false)
+            },
             event: match kind {
                 EventKind::Failure => EventName::BindFailure,
                 EventKind::Success => EventName::BindSuccess,
@@ -365,6 +374,7 @@ mod tests {
         let mut back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back.ts_ns, 0, "the kernel's clock stays out of the JSON");
         back.ts_ns = ev.ts_ns;
+        back.in_use = ev.in_use;
         assert_eq!(back, ev, "JSON reads back into the same event");
     }
 

@@ -319,6 +319,7 @@ pub(crate) mod tests {
             backend: BackendName::Tracepoint,
             container: crate::container::Context::default(),
             ts_ns: 0,
+            in_use: None,
             diagnosis: None,
         }
     }

@@ -273,7 +273,7 @@ impl Investigator {
             return diagnose::verdict(req, Vec::new(), &ctx);
         }
         let remembered = self.remembered(netns, req.port, protocol);
-        let mut listed_holders = self.holders(&socks, &remembered, req.udp);
+        let mut listed_holders = self.holders(&socks, &remembered, req.udp, ctx.range);
         self.resolve_containers(&mut listed_holders, netns);
         log::debug!(
             "lookup for pid {} port {}: {} socket(s) listed in {listed:?}, owners found in {:?}",
@@ -350,7 +350,7 @@ impl Investigator {
                 state == State::Listen || (udp && state == State::Bound)
             })
             .collect();
-        (self.holders(&waiting, &[], udp), ctx)
+        (self.holders(&waiting, &[], udp, ctx.range), ctx)
     }
 
     /// The sockets the kernel listed, each with its owner: the process that has it open, else
@@ -360,6 +360,7 @@ impl Investigator {
         socks: &[DiagSocket],
         remembered: &[Remembered],
         udp: bool,
+        range: Option<(u16, u16)>,
     ) -> Vec<Holder> {
         let inodes: Vec<u64> = socks.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
         let candidates: Vec<u32> = remembered
@@ -378,7 +379,7 @@ impl Investigator {
             h.v6only = s.v6only;
             h.bound_dev_if = s.bound_dev_if;
             h.inode = s.inode;
-            h.accepted = connected && accepted(remembered, s);
+            h.accepted = connected && accepted(remembered, s, range);
             if let Some(list) = owners.get(&s.inode).filter(|l| !l.is_empty()) {
                 let (pid, _) = list[0];
                 if let Some(p) = procfs::process(pid) {
@@ -390,7 +391,16 @@ impl Investigator {
                 h.shared_with = list.iter().map(|&(p, _)| p).filter(|&p| p != pid).collect();
                 h.shared_with.dedup();
                 live_options(&mut h, remembered, list, s, state);
-                h.opened_by = opener(remembered, list, s, state);
+                // Several sockets on one address and state (a SO_REUSEPORT group, UDP sockets
+                // sharing by SO_REUSEADDR) each took the port: the history's one entry is
+                // another's, not this one's opener.
+                let alike = socks
+                    .iter()
+                    .filter(|o| o.local == s.local && o.state == s.state)
+                    .count();
+                if alike == 1 {
+                    h.opened_by = opener(remembered, list, s, state);
+                }
             } else if let Some(r) = history_owner(remembered, s, state) {
                 r.apply(&mut h);
             }
@@ -507,18 +517,23 @@ fn opener(
 }
 
 /// Whether the connection `s` is a server's side, accepted on its port: no connection from the
-/// port to its peer was seen made, and a listener was seen on the port's address. A connection
-/// made before bindtrace started on a port that was also listened on since counts as accepted.
-fn accepted(remembered: &[Remembered], s: &DiagSocket) -> bool {
+/// port to its peer was seen made, a listener covering its address was seen on the port, and its
+/// peer's port is an ephemeral one (a client's; `range`, the namespace's, when known) — an
+/// outgoing connection made before bindtrace started, from a port once listened on, goes to a
+/// service's port instead. Accepts themselves are not recorded: that would cost every server's
+/// every connection.
+fn accepted(remembered: &[Remembered], s: &DiagSocket, range: Option<(u16, u16)>) -> bool {
     let made_here = remembered
         .iter()
         .any(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote));
     let listened = remembered.iter().any(|r| {
         let ip = event::ip(r.owner.family, &r.owner.local_addr);
-        r.role == Role::Listening
-            && (ip.is_unspecified() || diagnose::canonical(ip) == diagnose::canonical(s.local.ip()))
+        let v6only = (r.owner.flags & flags::V6ONLY_KNOWN != 0)
+            .then_some(r.owner.flags & flags::V6ONLY != 0);
+        r.role == Role::Listening && diagnose::addresses_overlap(ip, v6only, s.local.ip(), None)
     });
-    !made_here && listened
+    let from_client_port = range.is_none_or(|(lo, hi)| (lo..=hi).contains(&s.remote.port()));
+    !made_here && listened && from_client_port
 }
 
 /// Fills in the options of the live socket `s`, open in the processes and descriptors `open_in`

@@ -6,8 +6,9 @@
 //! with 10 000 sockets), far too slow to run at every failure. So one full scan runs in the
 //! background at start-up; at a failure, the table's entries are verified with one `readlink`
 //! each, the pids the kernel history names are scanned next, and only a socket found nowhere
-//! triggers a new full scan — at most one per `RESCAN_AFTER`, so a storm of failures does not turn
-//! into a storm of scans.
+//! triggers a new full scan — for one inode at most one per `RESCAN_AFTER`, so a storm of
+//! failures on one port does not turn into a storm of scans, while a socket new since the last
+//! scan (a program that inherited a listener a moment ago) is looked for at once.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How long a full scan is trusted for inodes it did not contain.
+/// How long a full scan is trusted for an inode it did not contain.
 const RESCAN_AFTER: Duration = Duration::from_millis(100);
 
 /// `(pid, fd)` pairs holding a socket.
@@ -66,7 +67,8 @@ fn full_scan() -> HashMap<u64, Holders> {
 /// with one `readlink` before use, so a stale table costs a miss, never a wrong answer.
 pub struct SocketTable {
     table: Arc<Mutex<HashMap<u64, Holders>>>,
-    scanned_at: Option<Instant>,
+    /// Inodes the last full scans did not find, and when.
+    missed: HashMap<u64, Instant>,
 }
 
 impl SocketTable {
@@ -74,7 +76,7 @@ impl SocketTable {
     pub fn empty() -> Self {
         Self {
             table: Arc::default(),
-            scanned_at: None,
+            missed: HashMap::new(),
         }
     }
 
@@ -135,16 +137,27 @@ impl SocketTable {
         for &pid in candidates {
             scan_pid(pid, Some(&missing), &mut found);
         }
-        if missing.iter().all(|i| found.contains_key(i))
-            || self.scanned_at.is_some_and(|t| t.elapsed() < RESCAN_AFTER)
+        let searched_lately = |i: &u64| {
+            self.missed
+                .get(i)
+                .is_some_and(|t| t.elapsed() < RESCAN_AFTER)
+        };
+        if missing
+            .iter()
+            .all(|i| found.contains_key(i) || searched_lately(i))
         {
             return found;
         }
         let all = full_scan();
-        self.scanned_at = Some(Instant::now());
+        let now = Instant::now();
+        if self.missed.len() > 4096 {
+            self.missed.retain(|_, t| t.elapsed() < RESCAN_AFTER);
+        }
         for ino in &missing {
             if let Some(h) = all.get(ino) {
                 found.insert(*ino, h.clone());
+            } else {
+                self.missed.insert(*ino, now);
             }
         }
         *self

@@ -346,6 +346,9 @@ fn address_checks_name_what_refused_the_address() {
     } else {
         cases.push(("tentative", 7044, "2001:db8::7", 99, "address_not_local"));
     }
+    // Bound already: the kernel checks that before the address, so the scope does not matter.
+    cases.push(("rebound", 7046, "fe80::1", 22, "already_bound"));
+    cases.push(("marker", 7049, "192.0.2.1", 99, "address_not_local"));
     for (what, port, addr, errno, cause) in cases {
         assert_eq!(truth[what], errno, "{what}: the kernel's answer: {truth}");
         let ev = tracer.failure(pid, port);
@@ -360,4 +363,14 @@ fn address_checks_name_what_refused_the_address() {
             assert!(hint.contains("is on bt0 but still tentative"), "{ev:#}");
         }
     }
+    assert_eq!(truth["short"], 22, "a short address is EINVAL: {truth}");
+    let short: Vec<Value> = tracer
+        .events()
+        .into_iter()
+        .filter(|v| v["pid"] == pid && v["port"] == 7047)
+        .collect();
+    assert!(
+        short.is_empty(),
+        "a malformed call is reported by no backend: {short:#?}"
+    );
 }

@@ -9,6 +9,7 @@ of each process involved. The tests then compare bindtrace's events with this gr
 Cases follow ../../../shared/docs/seed-digest.md (numbers are the seed's).
 """
 
+import ctypes
 import errno
 import gc
 import json
@@ -665,6 +666,17 @@ def case_address_checks(port):
         "multicast": attempt(lambda: v6().bind(("ff05::1", port + 2))),
         "no_device": attempt(lambda: v6().bind(("fe80::1", port + 3, 0, 9999))),
     }
+    # A socket bound already: its second bind is refused for that, whatever the address.
+    again = v6(0)
+    again.bind(("::1", port + 5))
+    errs["rebound"] = attempt(lambda: again.bind(("fe80::1", port + 6)))
+    # An address shorter than the socket's family needs (a sockaddr_in on an AF_INET6 socket):
+    # malformed, refused before any port rule, reported by no backend.
+    libc = ctypes.CDLL(None, use_errno=True)
+    short = struct.pack("=HH4s8x", socket.AF_INET, socket.htons(port + 7),
+                        socket.inet_aton(HOST))
+    s6 = v6()
+    errs["short"] = 0 if libc.bind(s6.fileno(), short, len(short)) == 0 else ctypes.get_errno()
     try:
         for args in (["link", "add", "bt0", "type", "veth", "peer", "name", "bt1"],
                      ["link", "set", "bt0", "up"],
@@ -673,6 +685,8 @@ def case_address_checks(port):
         errs["tentative"] = attempt(lambda: v6().bind(("2001:db8::7", port + 4)))
     except (OSError, subprocess.CalledProcessError) as e:
         errs["tentative_setup"] = f"{e} {getattr(e, 'stderr', '')}".strip()
+    # The last call: once its failure is reported, every earlier one is in.
+    errs["marker"] = attempt(lambda: sock().bind(("192.0.2.1", port + 9)))
     report(case="address_checks", port=port, **errs)
 
 
@@ -748,7 +762,6 @@ def case_burst(port, count):
 def case_other_netns(port, netns_path):
     """A socket made in this namespace, bound after the process moved to another one
     (setns): the bind happens, and fails, in the socket's namespace, where `port` is held."""
-    import ctypes
     hold = sock()
     hold.bind((HOST, port))
     s = sock()
