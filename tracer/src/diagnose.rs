@@ -1001,6 +1001,35 @@ fn dual_stack_hint(h: &Holder, w: &str, port: u16) -> String {
     }
 }
 
+/// Programs that hold ports on purpose, and what that means for whoever wants the port: a
+/// holder's name alone rarely says why a system daemon has a service's port.
+fn known_holder(h: &Holder, port: u16) -> Option<String> {
+    if !matches!(h.state, State::Listen | State::Bound) {
+        return None;
+    }
+    let note = match h.comm.as_deref()? {
+        "systemd" => format!(
+            "systemd listens there for socket activation: a .socket unit owns the port \
+             (`systemctl list-sockets | grep {port}`); start the service through that unit, which \
+             hands it the socket, or stop and disable the .socket unit"
+        ),
+        "docker-proxy" => format!(
+            "docker-proxy publishes a container's port there (`docker ps --filter \
+             publish={port}`): stop that container, or publish another host port"
+        ),
+        "kube-proxy" => "kube-proxy holds the node ports of NodePort services open so that \
+                         nothing else takes them: a hostNetwork service must listen outside \
+                         --service-node-port-range (30000-32767 by default)"
+            .to_string(),
+        "rpc.statd" => "rpc.statd (the NFS status monitor) took a port at random: pin its ports \
+                        (rpc.statd --port and --outgoing-port, e.g. in /etc/nfs.conf [statd]) \
+                        away from your services"
+            .to_string(),
+        _ => return None,
+    };
+    Some(note)
+}
+
 /// What to do when a connect() from a bound port meets a connection to the same destination.
 const TUPLE_FIX: &str = "two connections cannot have the same source and destination address \
                          and port: let the kernel choose the source port (do not bind() before \
@@ -1067,6 +1096,12 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     let same_process =
         primary.is_some_and(|h| h.pid == Some(req.pid) || h.shared_with.contains(&req.pid));
     let mut hint = hint(cause, req, primary, same_process, ctx);
+    if let Some(note) = primary
+        .filter(|h| !same_process && h.conflicts)
+        .and_then(|h| known_holder(h, req.port))
+    {
+        let _ = write!(hint, " ({note})");
+    }
     if let Some(h) = primary.filter(|h| h.conflicts)
         && cause != Cause::DualStackConflict
         && let Some(wildcard) = dual_stack_wildcard(req, h)
@@ -1697,6 +1732,23 @@ mod tests {
             !d.hint.contains("addresses this service needs"),
             "{}",
             d.hint
+        );
+    }
+
+    #[test]
+    fn daemons_that_hold_ports_on_purpose_are_explained() {
+        let note = |comm: &str| {
+            let mut h = holder(State::Listen, "0.0.0.0:8080");
+            h.comm = Some(comm.into());
+            verdict(&req("0.0.0.0", 8080), vec![h], &ctx()).hint
+        };
+        assert!(note("systemd").contains("systemctl list-sockets | grep 8080"));
+        assert!(note("docker-proxy").contains("docker ps --filter publish=8080"));
+        assert!(note("kube-proxy").contains("--service-node-port-range"));
+        assert!(
+            note("nginx").ends_with("choose another port"),
+            "{}",
+            note("nginx")
         );
     }
 

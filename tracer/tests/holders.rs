@@ -609,3 +609,27 @@ fn an_inherited_listener_names_the_process_that_opened_it() {
     assert!(ev["hint"].as_str().unwrap().contains(&opened), "{ev:#}");
     run.release();
 }
+
+/// A daemon that holds ports on purpose (here docker-proxy, publishing a container's port) is
+/// explained by name: the hint says how to find what it holds the port for.
+#[test]
+fn a_daemon_holding_ports_on_purpose_is_explained() {
+    if !can_run("known_holder") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_known_holder", 7060);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(truth["holder_comm"], "docker-proxy", "{truth}");
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["comm"], "docker-proxy", "{ev:#}");
+    assert!(
+        ev["hint"]
+            .as_str()
+            .unwrap()
+            .contains("docker ps --filter publish=7060"),
+        "{ev:#}"
+    );
+    run.release();
+}

@@ -287,6 +287,18 @@ def helper_serve_one(port, close_first):
 
 
 
+def helper_listen_named(port, name):
+    """Listens on P under the command name `name` (prctl PR_SET_NAME), as a daemon of that name
+    would, and holds it until stdin closes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+    lst = sock()
+    lst.bind(("0.0.0.0", int(port)))
+    lst.listen(4)
+    report()
+    sys.stdin.readline()
+
+
 def helper_listen_and_leak(port):
     """Listens on P, starts `sleep` with the listener passed on (as a program started without
     closing its descriptors would), reports sleep's pid and exits."""
@@ -632,6 +644,16 @@ def case_server_restart(port, draining):
     finish(case="server_restart", errno=err, port=port, addr=HOST, reuseaddr=False,
            reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"],
            remote_port=info["client_port"])
+
+
+def case_known_holder(port):
+    """docker-proxy (by name) listens on P, publishing a container's port; bind P."""
+    helper, info = spawn("helper_listen_named", port, "docker-proxy")
+    s = sock()
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="known_holder", errno=err, port=port, addr="0.0.0.0", reuseaddr=False,
+           reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"])
+    helper.kill()
 
 
 def case_inherited(port):
