@@ -1036,6 +1036,43 @@ const TUPLE_FIX: &str = "two connections cannot have the same source and destina
                          connect(), or set IP_BIND_ADDRESS_NO_PORT), or connect from another \
                          port";
 
+/// The hint, with what the holder adds to it: a daemon's purpose, a dual-stack overlap, a socket
+/// gone before the lookup.
+fn hint_with_notes(
+    cause: Cause,
+    req: &Request,
+    primary: Option<&Holder>,
+    same: bool,
+    ctx: &PortContext,
+) -> String {
+    let mut hint = hint(cause, req, primary, same, ctx);
+    if let Some(note) = primary
+        .filter(|h| !same && h.conflicts)
+        .and_then(|h| known_holder(h, req.port))
+    {
+        let _ = write!(hint, " ({note})");
+    }
+    if let Some(h) = primary.filter(|h| h.conflicts)
+        && cause != Cause::DualStackConflict
+        && let Some(wildcard) = dual_stack_wildcard(req, h)
+    {
+        let _ = write!(
+            hint,
+            " ([{wildcard}] without IPV6_V6ONLY covers IPv4 port {} too)",
+            req.port
+        );
+    }
+    if let Some(h) = primary.filter(|h| h.socket_closed) {
+        let _ = write!(
+            hint,
+            " (bindtrace saw that socket take the port{}; it had closed by the time bindtrace \
+             looked)",
+            age(h)
+        );
+    }
+    hint
+}
+
 /// Decides the cause from the failing request, the sockets found on the port and the namespace's
 /// port settings.
 pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Diagnosis {
@@ -1095,31 +1132,7 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     };
     let same_process =
         primary.is_some_and(|h| h.pid == Some(req.pid) || h.shared_with.contains(&req.pid));
-    let mut hint = hint(cause, req, primary, same_process, ctx);
-    if let Some(note) = primary
-        .filter(|h| !same_process && h.conflicts)
-        .and_then(|h| known_holder(h, req.port))
-    {
-        let _ = write!(hint, " ({note})");
-    }
-    if let Some(h) = primary.filter(|h| h.conflicts)
-        && cause != Cause::DualStackConflict
-        && let Some(wildcard) = dual_stack_wildcard(req, h)
-    {
-        let _ = write!(
-            hint,
-            " ([{wildcard}] without IPV6_V6ONLY covers IPv4 port {} too)",
-            req.port
-        );
-    }
-    if let Some(h) = primary.filter(|h| h.socket_closed) {
-        let _ = write!(
-            hint,
-            " (bindtrace saw that socket take the port{}; it had closed by the time bindtrace \
-             looked)",
-            age(h)
-        );
-    }
+    let hint = hint_with_notes(cause, req, primary, same_process, ctx);
     let holders = if fixed.is_some() && cause != Cause::EphemeralExhausted {
         Vec::new()
     } else {
