@@ -1009,13 +1009,13 @@ fn known_holder(h: &Holder, port: u16) -> Option<String> {
     }
     let note = match h.comm.as_deref()? {
         "systemd" => format!(
-            "systemd listens there for socket activation: a .socket unit owns the port \
-             (`systemctl list-sockets | grep {port}`); start the service through that unit, which \
-             hands it the socket, or stop and disable the .socket unit"
+            "systemd listens there for socket activation, for the .socket unit that \
+             `systemctl list-sockets | grep {port}` shows: start the service through that unit, \
+             which hands it the socket, or stop and disable the .socket unit"
         ),
         "docker-proxy" => format!(
-            "docker-proxy publishes a container's port there (`docker ps --filter \
-             publish={port}`): stop that container, or publish another host port"
+            "docker-proxy publishes a container's port there, for the container that `docker ps \
+             --filter publish={port}` shows: stop it, or publish another host port"
         ),
         "kube-proxy" => "kube-proxy holds the node ports of NodePort services open so that \
                          nothing else takes them: a hostNetwork service must listen outside \
