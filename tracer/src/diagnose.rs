@@ -381,6 +381,8 @@ pub struct Request {
     pub at_ns: Option<u64>,
     /// The socket was already bound, connected or listening (None: not known).
     pub in_use: Option<bool>,
+    /// The calling thread's command ("" for a call not yet made).
+    pub comm: String,
 }
 
 impl Request {
@@ -404,6 +406,7 @@ impl Request {
             remote: None,
             at_ns: None,
             in_use: None,
+            comm: String::new(),
         }
     }
 
@@ -428,6 +431,7 @@ impl Request {
                 .map(|ip| SocketAddr::new(ip, ev.remote_port.unwrap_or(0))),
             at_ns: (ev.ts_ns != 0).then_some(ev.ts_ns),
             in_use: ev.in_use,
+            comm: ev.comm.clone(),
         }
     }
 }
@@ -869,7 +873,7 @@ fn hint_for_holder(
             req.uid,
             h.uid.map_or_else(|| "?".to_string(), |u| u.to_string())
         ),
-        Cause::DualStackConflict => dual_stack_hint(h, &w, port),
+        Cause::DualStackConflict => dual_stack_hint(req, h, &w),
         Cause::FourTupleInUse => {
             let lasts = if h.state == State::TimeWait {
                 ", which lasts up to 60 s"
@@ -980,25 +984,29 @@ fn inherited_hint(h: &Holder, w: &str, same: bool, caller: u32) -> String {
 
 /// A listening or bound socket `h` of `w` and the request overlap through an IPv6 wildcard
 /// without IPV6_V6ONLY: whichever side it is gets the fix.
-fn dual_stack_hint(h: &Holder, w: &str, port: u16) -> String {
-    let local = h.local;
+fn dual_stack_hint(req: &Request, h: &Holder, w: &str) -> String {
+    let (local, port) = (h.local, req.port);
     let what = if h.state == State::Listen {
         "is listening on"
     } else {
         "holds"
     };
     if h.local.is_ipv6() {
-        format!(
+        return format!(
             "{w} {what} {local}, an IPv6 wildcard without IPV6_V6ONLY that also covers IPv4 port \
              {port}: stop it, choose another port, or set IPV6_V6ONLY on that socket"
-        )
-    } else {
-        format!(
-            "{w} {what} {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also covers \
-             IPv4 port {port}: stop it, choose another port, or set IPV6_V6ONLY on this socket \
-             (Java: -Djava.net.preferIPv4Stack=true binds IPv4 only)"
-        )
+        );
     }
+    // A JVM binds [::] without IPV6_V6ONLY unless told to use IPv4 only.
+    let java = if req.comm == "java" {
+        " (Java: -Djava.net.preferIPv4Stack=true binds IPv4 only)"
+    } else {
+        ""
+    };
+    format!(
+        "{w} {what} {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also covers IPv4 \
+         port {port}: stop it, choose another port, or set IPV6_V6ONLY on this socket{java}"
+    )
 }
 
 /// Programs that hold ports on purpose, and what that means for whoever wants the port: a
@@ -1183,6 +1191,7 @@ mod tests {
             remote: None,
             at_ns: None,
             in_use: None,
+            comm: "python3".into(),
         }
     }
 
@@ -1763,6 +1772,20 @@ mod tests {
             "{}",
             note("nginx")
         );
+    }
+
+    #[test]
+    fn the_java_flag_is_offered_to_a_jvm_only() {
+        let hint = |comm: &str| {
+            let mut r = req("::", 8080);
+            r.v6only = Some(false);
+            r.comm = comm.into();
+            let d = verdict(&r, vec![holder(State::Listen, "0.0.0.0:8080")], &ctx());
+            assert_eq!(d.cause, Cause::DualStackConflict);
+            d.hint
+        };
+        assert!(hint("java").contains("preferIPv4Stack"));
+        assert!(!hint("busybox").contains("preferIPv4Stack"));
     }
 
     #[test]
