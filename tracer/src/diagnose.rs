@@ -652,6 +652,11 @@ fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
             "listen() on a socket never bound takes an ephemeral port: bind() the port \
              the service should listen on first, or widen the range"
         }
+        SyscallName::Bind if req.udp => {
+            "bind() to port 0 takes an ephemeral port, and every open UDP socket keeps its own: \
+             close sockets that are done with (a resolver or client that opens one per request \
+             and keeps it), or widen the range"
+        }
         SyscallName::Bind => {
             "bind() to port 0 takes an ephemeral port: if the socket is bound only to choose \
              its source address before connect(), set IP_BIND_ADDRESS_NO_PORT so that the port \
