@@ -851,15 +851,22 @@ fn hint_for_holder(
             h.remote.map_or_else(|| "?".to_string(), |r| r.to_string()),
             h.state.as_str()
         ),
-        Cause::BoundSocketConflict => format!(
-            "{w} has a socket bound to {local} that neither listens nor connects{}: close it, or \
-             set SO_REUSEADDR on both sockets",
-            if h.source == Source::History {
-                age(h)
-            } else {
-                String::new()
-            }
-        ),
+        Cause::BoundSocketConflict => {
+            let ways = [
+                Some("close it"),
+                narrower(req, h),
+                Some("set SO_REUSEADDR on both sockets"),
+            ];
+            format!(
+                "{w} has a socket bound to {local} that neither listens nor connects{}: {}",
+                if h.source == Source::History {
+                    age(h)
+                } else {
+                    String::new()
+                },
+                either(&ways)
+            )
+        }
         Cause::UdpConflict => {
             let ways = [
                 Some("stop it"),
@@ -911,10 +918,13 @@ fn listener_hint(req: &Request, h: &Holder, w: &str, same: bool) -> String {
              kernel choose a source port (bind to port 0)"
         );
     }
-    let reuseport = if req.reuseport && h.reuseport == Some(false) {
-        " (SO_REUSEPORT must be set on both sockets to share it)"
-    } else {
-        ""
+    let reuseport = match (req.reuseport, h.reuseport) {
+        (true, Some(false)) => " (SO_REUSEPORT must be set on both sockets to share it)",
+        // A server group sharing the port (nginx, envoy) meets an instance started without.
+        (false, Some(true)) => {
+            " with SO_REUSEPORT (set it on this socket too, as the same user, to share the port)"
+        }
+        _ => "",
     };
     let ways = [
         Some("stop it"),
@@ -1791,6 +1801,19 @@ mod tests {
         };
         assert!(hint("java").contains("preferIPv4Stack"));
         assert!(!hint("busybox").contains("preferIPv4Stack"));
+    }
+
+    #[test]
+    fn a_reuseport_group_tells_a_newcomer_to_join_it() {
+        let mut h = holder(State::Listen, "0.0.0.0:8080");
+        h.reuseport = Some(true);
+        let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+        assert!(
+            d.hint
+                .contains("with SO_REUSEPORT (set it on this socket too"),
+            "{}",
+            d.hint
+        );
     }
 
     #[test]
