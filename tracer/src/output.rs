@@ -123,7 +123,10 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
         let _ = write!(s, " uid={u}");
     }
     let src = match h.source {
-        diagnose::Source::Live => "live".to_string(),
+        diagnose::Source::Live => match h.age_ms {
+            Some(_) => format!("live, took the port{}", diagnose::age(h)),
+            None => "live".to_string(),
+        },
         diagnose::Source::History => {
             let alive = match h.owner_alive {
                 Some(false) => ", exited",

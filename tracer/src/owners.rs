@@ -556,6 +556,16 @@ fn live_options(
         .find_map(|&(pid, _)| remembered_socket(remembered, pid, s, state))
     {
         (h.reuseaddr, h.reuseport) = r.port_flags();
+        // The socket's own entry (not the listener a connection was accepted from): when it
+        // took the port — a holder that took it a moment before the failure raced the caller.
+        let own = match state {
+            State::Listen => r.role == Role::Listening,
+            State::Bound => r.role == Role::Bound,
+            _ => r.role == Role::Connected,
+        };
+        if own {
+            h.age_ms = Some(r.age_ms);
+        }
     } else if let Some(o) = procfs::socket_options(pid, fd, s.inode) {
         h.reuseaddr = Some(o.reuseaddr);
         h.reuseport = Some(o.reuseport);

@@ -268,6 +268,10 @@ fn seed_3_1_listener_of_another_process() {
     assert_eq!(h["reuseaddr"], true, "{ev:#}");
     assert_eq!(h["local"], "0.0.0.0:8185");
     assert_eq!(ev["same_process"], false);
+    // The listener took the port while bindtrace watched: how long before the lookup is known
+    // (a holder that took it a moment before the failure raced the caller).
+    let age = h["age_ms"].as_u64();
+    assert!(age.is_some_and(|ms| ms < 60_000), "{ev:#}");
     run.release();
 }
 
