@@ -228,15 +228,24 @@ def helper_slow_connect_sharing_slot(server_port, hold_port, slots):
 
     # Ask the kernel for a thread id sharing the slot (as root, ns_last_pid sets the id the next
     # task gets: what checkpoint/restore tools use), for each free candidate in turn; a task
-    # another process starts at the same moment can take it, so up to 50 tries. Failing that,
-    # start threads until the ids come round, for at most a minute.
+    # another process starts at the same moment can take it, so up to 50 tries. A candidate in
+    # use is waited for (up to 10 s in all): with a VM's pid_max of 32 768 there is one, and a
+    # short-lived task of a test running beside this one had it. Failing that, start threads
+    # until the ids come round, for at most a minute.
     with open("/proc/sys/kernel/pid_max") as f:
         pid_max = int(f.read())
     started = 0
     candidates = [(done["tid"] + k * slots) % pid_max for k in range(1, pid_max // slots + 1)]
     candidates = [c for c in candidates if c > 300 and c != done["tid"]]
-    for want in (candidates * 50)[:50]:
+    patience = time.monotonic() + 10
+    turn = 0
+    while candidates and started < 50 and not found:
+        want = candidates[turn % len(candidates)]
+        turn += 1
         if os.path.exists(f"/proc/{want}"):
+            if time.monotonic() > patience:
+                break
+            time.sleep(0.05)
             continue
         try:
             with open("/proc/sys/kernel/ns_last_pid", "w") as f:
