@@ -818,12 +818,15 @@ fn hint_for_holder(
         who(h)
     };
     let local = h.local;
+    if let Some(o) = &h.opened_by
+        && matches!(
+            cause,
+            Cause::ListenerConflict | Cause::UdpConflict | Cause::BoundSocketConflict
+        )
+    {
+        return inherited_hint(h, o, &w, same, req.pid);
+    }
     match cause {
-        Cause::ListenerConflict | Cause::UdpConflict | Cause::BoundSocketConflict
-            if h.opened_by.is_some() =>
-        {
-            inherited_hint(h, &w, same, req.pid)
-        }
         Cause::ListenerConflict => listener_hint(req, h, &w, same),
         Cause::TimeWaitConflict => time_wait_hint(h, &w, port, ctx),
         Cause::OutgoingConnectionConflict if same => format!(
@@ -958,12 +961,9 @@ fn either(ways: &[Option<&str>]) -> String {
 }
 
 /// `h`, held by `w` (perhaps the caller itself: `same`), was opened by another process
-/// (`h.opened_by`) and inherited: by fork() (a worker), or across exec (a program started
+/// (`o`, its `opened_by`) and inherited: by fork() (a worker), or across exec (a program started
 /// without closing the server's descriptors) — which of them, the history cannot tell.
-fn inherited_hint(h: &Holder, w: &str, same: bool, caller: u32) -> String {
-    let Some(o) = &h.opened_by else {
-        return format!("{w} holds {}", h.local);
-    };
+fn inherited_hint(h: &Holder, o: &Opener, w: &str, same: bool, caller: u32) -> String {
     let opener = if o.pid == caller {
         "this process".to_string()
     } else {
@@ -1514,69 +1514,80 @@ mod tests {
 
     #[test]
     fn einval_names_the_address_check_that_refused() {
-        let cause =
-            |addr: &str, udp: bool, v6only: Option<bool>, dev: u32, in_use: Option<bool>| {
-                let mut r = req(addr, 9000);
-                r.errno = EINVAL;
-                r.udp = udp;
-                r.v6only = v6only;
-                r.bound_dev_if = dev;
-                r.in_use = in_use;
-                let d = verdict(&r, vec![], &ctx());
-                assert!(!d.hint.is_empty());
-                d.cause
-            };
-        let fresh = Some(false);
-        let bound = Some(true);
-        assert_eq!(
-            cause("127.0.0.1", false, None, 0, bound),
-            Cause::AlreadyBound
-        );
-        assert_eq!(
-            cause("127.0.0.1", false, None, 0, None),
-            Cause::AlreadyBound
-        );
-        assert_eq!(cause("127.0.0.1", false, None, 0, fresh), Cause::Unknown);
-        assert_eq!(
-            cause("::1", false, Some(false), 0, bound),
-            Cause::AlreadyBound
-        );
-        assert_eq!(
-            cause("fe80::1", false, Some(false), 0, fresh),
-            Cause::LinkLocalWithoutInterface
-        );
-        assert_eq!(
-            cause("ff02::1", true, Some(false), 0, None),
-            Cause::LinkLocalWithoutInterface
-        );
-        // The kernel checks the state first: a bound socket's second bind is that, whatever the
-        // address (its scope id is not in the event; binding a specific address set V6ONLY).
-        assert_eq!(
-            cause("fe80::1", false, Some(false), 0, bound),
-            Cause::AlreadyBound
-        );
-        assert_eq!(
-            cause("::ffff:127.0.0.1", false, Some(true), 0, bound),
-            Cause::AlreadyBound
-        );
-        assert_eq!(
-            cause("fe80::1", false, Some(false), 2, fresh),
-            Cause::Unknown
-        );
-        // Multicast on TCP is checked before the state.
-        assert_eq!(
-            cause("ff05::1", false, None, 0, bound),
-            Cause::MulticastAddress
-        );
-        assert_eq!(cause("ff05::1", true, None, 0, None), Cause::AlreadyBound);
-        assert_eq!(
-            cause("::ffff:127.0.0.1", false, Some(true), 0, fresh),
-            Cause::MappedAddressOnV6Only
-        );
-        assert_eq!(
-            cause("::ffff:127.0.0.1", false, Some(false), 0, None),
-            Cause::AlreadyBound
-        );
+        use Cause::{
+            AlreadyBound, LinkLocalWithoutInterface, MappedAddressOnV6Only, MulticastAddress,
+            Unknown,
+        };
+        let (fresh, bound) = (Some(false), Some(true));
+        // (address, udp, IPV6_V6ONLY, device, socket in use, cause)
+        let cases = [
+            ("127.0.0.1", false, None, 0, bound, AlreadyBound),
+            ("127.0.0.1", false, None, 0, None, AlreadyBound),
+            ("127.0.0.1", false, None, 0, fresh, Unknown),
+            ("::1", false, Some(false), 0, bound, AlreadyBound),
+            (
+                "fe80::1",
+                false,
+                Some(false),
+                0,
+                fresh,
+                LinkLocalWithoutInterface,
+            ),
+            (
+                "ff02::1",
+                true,
+                Some(false),
+                0,
+                None,
+                LinkLocalWithoutInterface,
+            ),
+            // The kernel checks the state first: a bound socket's second bind is that, whatever
+            // the address (its scope id is not in the event; binding a specific address set
+            // V6ONLY).
+            ("fe80::1", false, Some(false), 0, bound, AlreadyBound),
+            (
+                "::ffff:127.0.0.1",
+                false,
+                Some(true),
+                0,
+                bound,
+                AlreadyBound,
+            ),
+            ("fe80::1", false, Some(false), 2, fresh, Unknown),
+            // Multicast on TCP is checked before the state.
+            ("ff05::1", false, None, 0, bound, MulticastAddress),
+            ("ff05::1", true, None, 0, None, AlreadyBound),
+            (
+                "::ffff:127.0.0.1",
+                false,
+                Some(true),
+                0,
+                fresh,
+                MappedAddressOnV6Only,
+            ),
+            (
+                "::ffff:127.0.0.1",
+                false,
+                Some(false),
+                0,
+                None,
+                AlreadyBound,
+            ),
+        ];
+        for (addr, udp, v6only, dev, in_use, want) in cases {
+            let mut r = req(addr, 9000);
+            r.errno = EINVAL;
+            r.udp = udp;
+            r.v6only = v6only;
+            r.bound_dev_if = dev;
+            r.in_use = in_use;
+            let d = verdict(&r, vec![], &ctx());
+            assert!(!d.hint.is_empty());
+            assert_eq!(
+                d.cause, want,
+                "{addr} udp={udp} dev={dev} in_use={in_use:?}"
+            );
+        }
     }
 
     #[test]

@@ -92,6 +92,18 @@ impl Remembered {
         )
     }
 
+    /// The address it took the port on.
+    fn local_ip(&self) -> std::net::IpAddr {
+        event::ip(self.owner.family, &self.owner.local_addr)
+    }
+
+    /// IPV6_V6ONLY of an IPv6 socket, when read.
+    fn v6only(&self) -> Option<bool> {
+        let known = |bit| self.owner.flags & bit != 0;
+        (self.owner.family == tracer_common::AF_INET6 && known(flags::V6ONLY_KNOWN))
+            .then(|| known(flags::V6ONLY))
+    }
+
     fn remote(&self) -> SocketAddr {
         SocketAddr::new(
             event::ip(self.owner.family, &self.owner.remote_addr),
@@ -102,20 +114,15 @@ impl Remembered {
     /// The socket this entry describes, on `req`'s port, as it was when it took the port (a
     /// connection as ESTABLISHED); `closed`: gone when looked up.
     fn holder(&self, req: &Request, closed: bool) -> Holder {
-        let known = |bit| self.owner.flags & bit != 0;
-        let v6 = self.owner.family == tracer_common::AF_INET6;
         let state = match self.role {
             Role::Listening => State::Listen,
             Role::Bound => State::Bound,
             Role::Connected => State::Established,
         };
-        let local = SocketAddr::new(
-            event::ip(self.owner.family, &self.owner.local_addr),
-            req.port,
-        );
+        let local = SocketAddr::new(self.local_ip(), req.port);
         let mut h = Holder::new(state, req.udp, local, Source::History);
         h.remote = (self.role == Role::Connected).then(|| self.remote());
-        h.v6only = (v6 && known(flags::V6ONLY_KNOWN)).then(|| known(flags::V6ONLY));
+        h.v6only = self.v6only();
         h.socket_closed = closed;
         self.apply(&mut h);
         h
@@ -488,15 +495,12 @@ fn opener(
     s: &DiagSocket,
     state: State,
 ) -> Option<diagnose::Opener> {
-    let role = match state {
-        State::Listen => Role::Listening,
-        State::Bound => Role::Bound,
-        _ => return None,
-    };
+    if !matches!(state, State::Listen | State::Bound) {
+        return None;
+    }
+    let role = own_role(state);
     let fits = |r: &&Remembered| {
-        r.role == role
-            && diagnose::canonical(event::ip(r.owner.family, &r.owner.local_addr))
-                == diagnose::canonical(s.local.ip())
+        r.role == role && diagnose::canonical(r.local_ip()) == diagnose::canonical(s.local.ip())
     };
     if remembered
         .iter()
@@ -527,10 +531,8 @@ fn accepted(remembered: &[Remembered], s: &DiagSocket, range: Option<(u16, u16)>
         .iter()
         .any(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote));
     let listened = remembered.iter().any(|r| {
-        let ip = event::ip(r.owner.family, &r.owner.local_addr);
-        let v6only = (r.owner.flags & flags::V6ONLY_KNOWN != 0)
-            .then_some(r.owner.flags & flags::V6ONLY != 0);
-        r.role == Role::Listening && diagnose::addresses_overlap(ip, v6only, s.local.ip(), None)
+        r.role == Role::Listening
+            && diagnose::addresses_overlap(r.local_ip(), r.v6only(), s.local.ip(), None)
     });
     let from_client_port = range.is_none_or(|(lo, hi)| (lo..=hi).contains(&s.remote.port()));
     !made_here && listened && from_client_port
@@ -558,12 +560,7 @@ fn live_options(
         (h.reuseaddr, h.reuseport) = r.port_flags();
         // The socket's own entry (not the listener a connection was accepted from): when it
         // took the port — a holder that took it a moment before the failure raced the caller.
-        let own = match state {
-            State::Listen => r.role == Role::Listening,
-            State::Bound => r.role == Role::Bound,
-            _ => r.role == Role::Connected,
-        };
-        if own {
+        if r.role == own_role(state) {
             h.age_ms = Some(r.age_ms);
         }
     } else if let Some(o) = procfs::socket_options(pid, fd, s.inode) {
@@ -593,16 +590,23 @@ fn remembered_socket<'a>(
     let fits = |r: &&Remembered| {
         r.owner.pid == pid
             && r.owner.flags & flags::SOCKOPTS_KNOWN != 0
-            && diagnose::canonical(event::ip(r.owner.family, &r.owner.local_addr))
-                == diagnose::canonical(s.local.ip())
+            && diagnose::canonical(r.local_ip()) == diagnose::canonical(s.local.ip())
     };
     let candidates = || remembered.iter().filter(fits);
     match state {
-        State::Listen => candidates().find(|r| r.role == Role::Listening),
-        State::Bound => candidates().find(|r| r.role == Role::Bound),
+        State::Listen | State::Bound => candidates().find(|r| r.role == own_role(state)),
         _ => candidates()
             .find(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote))
             .or_else(|| candidates().find(|r| r.role == Role::Listening)),
+    }
+}
+
+/// The role in which a socket in `state` took its port itself (a connection: made by connect()).
+fn own_role(state: State) -> Role {
+    match state {
+        State::Listen => Role::Listening,
+        State::Bound => Role::Bound,
+        _ => Role::Connected,
     }
 }
 
