@@ -327,6 +327,14 @@ pub struct KernelOffsets {
     pub nsproxy_net_ns: FieldLoc,
     /// `struct socket` → `sk`.
     pub socket_sk: FieldLoc,
+    /// The walk from the current task to the socket of one of its descriptors (the tracepoint
+    /// backend's connect() that failed in `inet_autobind()`): `task_struct.files`,
+    /// `files_struct.fdt`, `fdtable.fd` (an array of `struct file *`), `file.private_data` (the
+    /// `struct socket` of a socket's file).
+    pub task_files: FieldLoc,
+    pub files_fdt: FieldLoc,
+    pub fdtable_fd: FieldLoc,
+    pub file_private_data: FieldLoc,
     pub _pad: FieldLoc,
 }
 
@@ -415,9 +423,9 @@ pub struct Config {
 }
 
 const _: () = assert!(core::mem::size_of::<FieldLoc>() == 4);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 64);
-const _: () = assert!(core::mem::size_of::<Config>() == 48 + 80 + 64);
+const _: () = assert!(core::mem::size_of::<Config>() == 48 + 96 + 64);
 
 /// Names shared by both sides so a rename cannot split them.
 pub mod names {

@@ -66,3 +66,13 @@ pub fn fexit_inet_hash_connect(ctx: FExitContext) -> i32 {
     }
     0
 }
+
+#[fexit(function = "inet_dgram_connect")]
+pub fn fexit_inet_dgram_connect(ctx: FExitContext) -> i32 {
+    let sock: *const u8 = ctx.arg(0);
+    let uaddr: *const u8 = ctx.arg(1);
+    if let Some(ret) = func_ret(&ctx) {
+        inet::dgram_connect_done(sock, uaddr, ret);
+    }
+    0
+}

@@ -52,3 +52,8 @@ pub fn floor_fexit_inet_csk_get_port(_ctx: FExitContext) -> i32 {
 pub fn floor_fexit_inet_hash_connect(_ctx: FExitContext) -> i32 {
     0
 }
+
+#[fexit(function = "inet_dgram_connect")]
+pub fn floor_fexit_inet_dgram_connect(_ctx: FExitContext) -> i32 {
+    0
+}

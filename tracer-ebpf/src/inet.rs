@@ -18,24 +18,34 @@
 //!   port_offset, ...)`: picks the ephemeral port of a TCP connect() (IPv4 and IPv6), or checks
 //!   the 4-tuple of a socket bound before connecting, in the connecting task's context; 0 with
 //!   the port set in `sk`, -EADDRNOTAVAIL when the range has no free port.
+//! - `int inet_dgram_connect(struct socket *sock, struct sockaddr *uaddr, int addr_len, int
+//!   flags)`: connect() of every AF_INET/AF_INET6 datagram socket (UDP, UDP-Lite, ICMP ping), the
+//!   syscall's and io_uring's. A socket without a port is given one by `inet_autobind()` first,
+//!   after the cgroup connect hooks; when no port is free the call returns -EAGAIN, which nothing
+//!   else in it returns.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use tracer_common::{BindEvent, Syscall, flags, tcp_state};
+use tracer_common::{AF_INET, AF_INET6, BindEvent, IPPROTO_UDP, Syscall, flags, tcp_state};
 
 use crate::{
     config::conf,
-    kernel::{parse_sockaddr, read_ptr, sock_remote, sock_view},
+    kernel::{SockView, parse_sockaddr, read_ptr, sock_remote, sock_view},
     report::{finish, scratch},
     sock_state,
 };
 
 const EADDRINUSE: i64 = 98;
 const EADDRNOTAVAIL: i64 = 99;
+const EAGAIN: i64 = 11;
 
 /// Options and identity of `sk` copied into `ev`.
 #[inline(always)]
 fn fill_from_sock(ev: &mut BindEvent, sk: *const u8) {
-    let v = sock_view(sk);
+    fill_from_view(ev, &sock_view(sk));
+}
+
+#[inline(always)]
+fn fill_from_view(ev: &mut BindEvent, v: &SockView) {
     ev.flags |= v.flags;
     ev.bound_dev_if = v.bound_dev_if;
     ev.protocol = v.protocol;
@@ -134,6 +144,49 @@ pub fn hash_connect_done(sk: *const u8, ret: i64) {
     ev.port = v.port;
     (ev.remote_addr, ev.remote_port) = sock_remote(sk, v.family);
     ev.flags = flags::ADDR_KNOWN;
-    fill_from_sock(ev, sk);
+    fill_from_view(ev, &v);
     finish(ev, ret, 0);
+}
+
+/// `inet_dgram_connect()` returned `ret` (fexit and kprobe backends). `uaddr` is the kernel's copy
+/// of the caller's address (in a `sockaddr_storage`: 24 bytes are always there).
+#[inline(always)]
+pub fn dgram_connect_done(sock: *const u8, uaddr: *const u8, ret: i64) {
+    if ret != -EAGAIN {
+        return;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address. Zeroes (no destination) if it fails.
+    let raw = unsafe { bpf_probe_read_kernel(uaddr.cast::<[u8; 24]>()) }.unwrap_or([0; 24]);
+    if let Some(sk) = read_ptr(sock, conf!(kernel.socket_sk)) {
+        autobind_failed(sk, &raw);
+    }
+}
+
+/// A connect() of a datagram socket with no port yet failed with -EAGAIN: `inet_dgram_connect()`
+/// returns that, and only that, when `inet_autobind()` finds no free port for it — UDP's port
+/// exhaustion, reported for UDP sockets only (ICMP ping sockets' ids are not ports). Other
+/// EAGAINs of connect() belong to other families (a full AF_UNIX backlog) and are not reported.
+/// `remote`: the caller's destination address (all zero if it could not be read).
+#[inline(always)]
+pub fn autobind_failed(sk: *const u8, remote: &[u8; 24]) {
+    let v = sock_view(sk);
+    if (v.family != AF_INET && v.family != AF_INET6) || v.protocol != IPPROTO_UDP {
+        return;
+    }
+    let Some(ev) = scratch() else {
+        return;
+    };
+    ev.syscall = Syscall::Connect as u8;
+    ev.family = v.family;
+    ev.addr = v.addr;
+    ev.port = v.port;
+    // Every byte of the record is written on every path: 6.1's verifier refuses a read of stack
+    // it cannot prove written (an `Option` left unset), which 6.18 allows root.
+    (ev.remote_addr, ev.remote_port) = match parse_sockaddr(remote) {
+        Some((_, port, addr)) => (addr, port),
+        None => ([0; 16], 0),
+    };
+    ev.flags = flags::ADDR_KNOWN;
+    fill_from_view(ev, &v);
+    finish(ev, -EAGAIN, 0);
 }

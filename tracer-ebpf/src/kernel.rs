@@ -206,6 +206,27 @@ pub fn current_netns() -> u32 {
         .map_or(0, net_inum)
 }
 
+/// The `struct sock` of the current task's descriptor `fd`: `current->files->fdt->fd[fd]`, then
+/// the file's `struct socket` (`private_data`) and its `sk`. Only for a descriptor a socket call
+/// just used (a non-socket's `private_data` is something else; the caller checks the family it
+/// finds). Unlocked reads: a descriptor closed meanwhile reads as `None` or another socket.
+#[inline(always)]
+pub fn current_fd_sock(fd: u64) -> Option<*const u8> {
+    // SAFETY: a helper without arguments.
+    let task = unsafe { generated::bpf_get_current_task() } as *const u8;
+    let fdt = read_ptr(task, conf!(kernel.task_files))
+        .and_then(|files| read_ptr(files, conf!(kernel.files_fdt)))?;
+    let fds = read_ptr(fdt, conf!(kernel.fdtable_fd))?;
+    // `fd` comes from the call's arguments; an fd past the table's end fails the read or reads
+    // another pointer, which the family check catches.
+    let file = read_ptr(
+        fds.wrapping_add((fd & 0xffff_ffff) as usize * 8),
+        FieldLoc::at(0, 8),
+    )?;
+    let sock = read_ptr(file, conf!(kernel.file_private_data))?;
+    read_ptr(sock, conf!(kernel.socket_sk))
+}
+
 /// Who is running: filled into events and owner records.
 pub struct Caller {
     pub pid: u32,

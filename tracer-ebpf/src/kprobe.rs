@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use tracer_common::{BindEvent, Syscall};
 
-use crate::{inet, kernel::current_tid, maps::CONNECT_SK, pending, report::finish};
+use crate::{inet, kernel::current_tid, maps::CONNECT_ARGS, pending, report::finish};
 
 /// Reports this thread's pending call of kind `syscall` via `f`, and closes it.
 #[inline(always)]
@@ -74,19 +74,33 @@ pub fn krp_inet_csk_get_port(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Remembers the socket for the return probe (the connect() has no pending event), in the
-/// thread's entry: reused, like `PENDING`'s, so a connection costs a lookup, not an insert and a
-/// delete.
+/// Saves this thread's arguments for the return probe (the connect() has no pending event), in
+/// the thread's entry: reused, like `PENDING`'s, so a connection costs a lookup, not an insert and
+/// a delete.
+#[inline(always)]
+fn save_connect_args(args: [u64; 2]) {
+    let tid = current_tid();
+    if let Some(p) = CONNECT_ARGS.get_ptr_mut(tid) {
+        // SAFETY: the entry belongs to this thread; nothing else writes it.
+        unsafe { *p = args };
+    } else {
+        let _ = CONNECT_ARGS.insert(tid, args, 0);
+    }
+}
+
+/// Takes the arguments `save_connect_args` saved (`[0, 0]` marks them consumed).
+#[inline(always)]
+fn take_connect_args() -> Option<[u64; 2]> {
+    let p = CONNECT_ARGS.get_ptr_mut(current_tid())?;
+    // SAFETY: as above.
+    let args = unsafe { core::mem::replace(&mut *p, [0, 0]) };
+    (args[0] != 0).then_some(args)
+}
+
 #[kprobe(function = "__inet_hash_connect")]
 pub fn kp_inet_hash_connect(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(1) {
-        let tid = current_tid();
-        if let Some(p) = CONNECT_SK.get_ptr_mut(tid) {
-            // SAFETY: the entry belongs to this thread; nothing else writes it.
-            unsafe { *p = sk };
-        } else {
-            let _ = CONNECT_SK.insert(tid, sk, 0);
-        }
+        save_connect_args([sk, 0]);
     }
     0
 }
@@ -94,13 +108,27 @@ pub fn kp_inet_hash_connect(ctx: ProbeContext) -> u32 {
 #[kretprobe(function = "__inet_hash_connect")]
 pub fn krp_inet_hash_connect(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    let Some(p) = CONNECT_SK.get_ptr_mut(current_tid()) else {
-        return 0;
-    };
-    // SAFETY: as above; 0 marks the entry consumed.
-    let sk = unsafe { core::mem::replace(&mut *p, 0) };
-    if sk != 0 {
+    if let Some([sk, _]) = take_connect_args() {
         inet::hash_connect_done(sk as *const u8, i64::from(ret));
+    }
+    0
+}
+
+/// A thread is inside at most one of `inet_dgram_connect()` (datagram sockets) and
+/// `__inet_hash_connect()` (TCP) at a time, so they share the thread's saved arguments.
+#[kprobe(function = "inet_dgram_connect")]
+pub fn kp_inet_dgram_connect(ctx: ProbeContext) -> u32 {
+    if let (Some(sock), Some(uaddr)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        save_connect_args([sock, uaddr]);
+    }
+    0
+}
+
+#[kretprobe(function = "inet_dgram_connect")]
+pub fn krp_inet_dgram_connect(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    if let Some([sock, uaddr]) = take_connect_args() {
+        inet::dgram_connect_done(sock as *const u8, uaddr as *const u8, i64::from(ret));
     }
     0
 }

@@ -32,6 +32,10 @@ use crate::{
 pub struct Pending {
     pub ev: BindEvent,
     pub sk: u64,
+    /// A connect()'s descriptor and address (a user pointer), as passed: its exit finds the
+    /// socket from them when no hook inside the call did (a datagram socket's failed autobind).
+    pub fd: u64,
+    pub uaddr: u64,
     /// `bpf_jiffies64()` when the call was opened. Jiffies, not `bpf_ktime_get_ns()`: a memory
     /// read instead of a clock read, which in a VM was a fifth of these programs' time.
     pub since: u64,
@@ -41,6 +45,8 @@ impl Pending {
     const ZERO: Self = Self {
         ev: BindEvent::ZERO,
         sk: 0,
+        fd: 0,
+        uaddr: 0,
         since: 0,
     };
 }

@@ -3,7 +3,7 @@
 //!
 //! | backend | hooks | needs |
 //! |---|---|---|
-//! | `fexit` | fexit on `inet_bind`, `inet6_bind`, `inet_csk_get_port`, `__inet_hash_connect` | BTF, BPF trampolines (5.5+; `bpf_get_func_ret` 5.17+) |
+//! | `fexit` | fexit on `inet_bind`, `inet6_bind`, `inet_csk_get_port`, `__inet_hash_connect`, `inet_dgram_connect` | BTF, BPF trampolines (5.5+; `bpf_get_func_ret` 5.17+) |
 //! | `kprobe` | kprobe + kretprobe on the same functions | `CONFIG_KPROBES` |
 //! | `tracepoint` | `syscalls:sys_{enter,exit}_{bind,listen,connect}` + `cgroup/bind4`,`bind6` | syscall tracepoints, cgroup v2 |
 //!
@@ -324,6 +324,11 @@ fn attach_hooks(
             {
                 notes.push(format!("connect() port exhaustion is not traced: {e:#}"));
             }
+            if let Err(e) =
+                attach_fexit(ebpf, btf, "fexit_inet_dgram_connect", "inet_dgram_connect")
+            {
+                notes.push(format!("{DGRAM_UNTRACED}: {e:#}"));
+            }
         }
         BackendName::Kprobe => {
             attach_kprobe(ebpf, "kp_inet_bind", "inet_bind")?;
@@ -336,6 +341,11 @@ fn attach_hooks(
                 .and_then(|()| attach_kprobe(ebpf, "krp_inet_hash_connect", "__inet_hash_connect"))
             {
                 notes.push(format!("connect() port exhaustion is not traced: {e:#}"));
+            }
+            if let Err(e) = attach_kprobe(ebpf, "kp_inet_dgram_connect", "inet_dgram_connect")
+                .and_then(|()| attach_kprobe(ebpf, "krp_inet_dgram_connect", "inet_dgram_connect"))
+            {
+                notes.push(format!("{DGRAM_UNTRACED}: {e:#}"));
             }
         }
         _ => {
@@ -354,10 +364,18 @@ fn attach_hooks(
             ] {
                 attach_tracepoint(ebpf, prog, "syscalls", name)?;
             }
+            if !kernel.offsets.task_files.known() {
+                notes.push(format!(
+                    "{DGRAM_UNTRACED}: the kernel's BTF does not say where a task's descriptors are"
+                ));
+            }
         }
     }
     Ok(())
 }
+
+/// What is lost without a hook on a datagram socket's connect().
+const DGRAM_UNTRACED: &str = "UDP connect() port exhaustion (EAGAIN) is not traced";
 
 /// Loads and attaches one backend; returns notes on what works in a degraded way.
 pub fn attach(
@@ -501,6 +519,7 @@ fn attach_floor(backend: BackendName, kernel: &Kernel) -> Result<Ebpf> {
                 "inet6_bind",
                 "inet_csk_get_port",
                 "__inet_hash_connect",
+                "inet_dgram_connect",
             ] {
                 let prog = format!("floor_fexit_{}", f.trim_start_matches('_'));
                 attach_fexit(&mut ebpf, btf, &prog, f)?;
@@ -512,6 +531,7 @@ fn attach_floor(backend: BackendName, kernel: &Kernel) -> Result<Ebpf> {
                 "inet6_bind",
                 "inet_csk_get_port",
                 "__inet_hash_connect",
+                "inet_dgram_connect",
             ] {
                 attach_kprobe(&mut ebpf, "floor_kprobe", f)?;
                 attach_kprobe(&mut ebpf, "floor_kretprobe", f)?;

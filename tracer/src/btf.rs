@@ -157,6 +157,10 @@ impl KernelBtf {
             task_nsproxy: get("task_struct", "nsproxy"),
             nsproxy_net_ns: get("nsproxy", "net_ns"),
             socket_sk: get("socket", "sk"),
+            task_files: get("task_struct", "files"),
+            files_fdt: get("files_struct", "fdt"),
+            fdtable_fd: get("fdtable", "fd"),
+            file_private_data: get("file", "private_data"),
             _pad: FieldLoc::NONE,
         };
         (o, missing)
@@ -187,6 +191,10 @@ pub fn fallback_offsets() -> (KernelOffsets, Vec<&'static str>) {
         task_nsproxy: FieldLoc::NONE,
         nsproxy_net_ns: FieldLoc::NONE,
         socket_sk: FieldLoc::at(24, 8),
+        task_files: FieldLoc::NONE,
+        files_fdt: FieldLoc::NONE,
+        fdtable_fd: FieldLoc::NONE,
+        file_private_data: FieldLoc::NONE,
         _pad: FieldLoc::NONE,
     };
     let unknown = vec![
@@ -194,6 +202,7 @@ pub fn fallback_offsets() -> (KernelOffsets, Vec<&'static str>) {
         "sock.sk_type",
         "net.ns.inum",
         "task_struct.nsproxy",
+        "task_struct.files",
     ];
     (o, unknown)
 }

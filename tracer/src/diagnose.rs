@@ -25,6 +25,7 @@ const EACCES: i32 = 13;
 const EINVAL: i32 = 22;
 const EADDRINUSE: i32 = 98;
 const EADDRNOTAVAIL: i32 = 99;
+const EAGAIN: i32 = 11;
 
 /// The cause of a failure (JSON `cause`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +48,8 @@ pub enum Cause {
     /// An IPv6 wildcard covers a listening or bound IPv4 socket (or the reverse). Against a
     /// connection or a TIME-WAIT that cause is given instead, the overlap in its hint.
     DualStackConflict,
-    /// No free port in `ip_local_port_range` (connect EADDRNOTAVAIL, bind(0) EADDRINUSE).
+    /// No free port in `ip_local_port_range` (TCP connect EADDRNOTAVAIL, bind(0) EADDRINUSE, a UDP
+    /// socket's connect EAGAIN).
     EphemeralExhausted,
     /// connect() from a bound port (EADDRNOTAVAIL): a connection with the same source and
     /// destination address and port exists.
@@ -643,14 +645,21 @@ fn hint(
 
 /// No ephemeral port was free for `req`: the fix depends on what asked for one.
 fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
+    // A TCP connect() needs a port free towards its destination; a UDP socket's port is its own.
     let dest = req
         .remote
+        .filter(|_| !req.udp)
         .map(|r| format!(" towards {r}"))
         .unwrap_or_default();
     let fix = match req.syscall {
         SyscallName::Listen => {
             "listen() on a socket never bound takes an ephemeral port: bind() the port \
              the service should listen on first, or widen the range"
+        }
+        SyscallName::Connect if req.udp => {
+            "a UDP socket that was never bound takes an ephemeral port at its first connect() \
+             or send, and every open UDP socket keeps its own: close sockets that are done with \
+             (a resolver or client that opens one per request and keeps it), or widen the range"
         }
         SyscallName::Bind if req.udp => {
             "bind() to port 0 takes an ephemeral port, and every open UDP socket keeps its own: \
@@ -1108,7 +1117,11 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     let fixed = match req.errno {
         // From a bound port: the connection it meets is looked for among the holders.
         EADDRNOTAVAIL if req.syscall == SyscallName::Connect && req.port != 0 => None,
-        EADDRNOTAVAIL if req.syscall == SyscallName::Connect => Some(Cause::EphemeralExhausted),
+        // A TCP connect() found no port free towards its destination; a UDP socket's found no
+        // port to take at all (`inet_autobind()`).
+        EADDRNOTAVAIL | EAGAIN if req.syscall == SyscallName::Connect => {
+            Some(Cause::EphemeralExhausted)
+        }
         EADDRINUSE if req.port == 0 => Some(Cause::EphemeralExhausted),
         EACCES => Some(Cause::PrivilegedPort),
         EADDRNOTAVAIL => Some(Cause::AddressNotLocal),

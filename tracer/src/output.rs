@@ -221,7 +221,12 @@ pub fn text_line(ev: &Event) -> String {
                 ev.remote_addr.as_deref().unwrap_or("?"),
                 ev.remote_port.unwrap_or(0)
             ),
-            ev.local()
+            if ev.port == 0 {
+                // No port of its own yet: the call was to choose one.
+                format!("{}, any port", endpoint(&ev.addr, 0).trim_end_matches(":0"))
+            } else {
+                ev.local()
+            }
         ),
         // Port 0 is what was asked: any port (bind(0), listen() without bind()).
         s if ev.port == 0 => format!("{} {} {} (any port)", s.as_str(), ev.protocol, ev.local()),

@@ -25,6 +25,7 @@ use crate::{
 
 const EADDRINUSE: i32 = 98;
 const EADDRNOTAVAIL: i32 = 99;
+const EAGAIN: i32 = 11;
 
 /// Read access to the kernel's owner history (`tracer_common::history`).
 pub struct History {
@@ -220,7 +221,10 @@ impl Investigator {
         let started = std::time::Instant::now();
         let protocol = if req.udp { IPPROTO_UDP } else { IPPROTO_TCP } as u8;
         let connect_refused = req.syscall == SyscallName::Connect && req.errno == EADDRNOTAVAIL;
-        let exhaustion = req.port == 0 && (connect_refused || req.errno == EADDRINUSE);
+        // A datagram socket's connect() that found no port to autobind.
+        let autobind_failed = req.syscall == SyscallName::Connect && req.errno == EAGAIN;
+        let exhaustion =
+            req.port == 0 && (connect_refused || autobind_failed || req.errno == EADDRINUSE);
         // A connect() from a bound port is refused the same way when a connection from that
         // port to the same destination exists: the port's sockets are looked up as for a bind.
         let port_conflict =
@@ -257,7 +261,9 @@ impl Investigator {
                     Vec::new()
                 };
                 if exhaustion {
-                    let towards = req.remote;
+                    // A TCP port is shared by connections to different destinations; a UDP
+                    // socket's port is its own, whatever it sends to.
+                    let towards = req.remote.filter(|_| !req.udp);
                     let n = socks
                         .iter()
                         .filter(|s| towards.is_none_or(|r| s.remote == r))

@@ -470,6 +470,44 @@ fn connect_without_a_free_ephemeral_port() {
     run.release();
 }
 
+/// A UDP socket's connect() with every port of the range held by other UDP sockets fails with
+/// EAGAIN (`inet_autobind()`): reported as exhaustion, with the sockets holding the range counted
+/// whatever their destination. The workload's AF_UNIX connect() that failed with EAGAIN just
+/// before is not a port problem: the first failure seen of the workload must be the UDP one.
+#[test]
+fn udp_connect_without_a_free_ephemeral_port() {
+    if !can_run("udp_connect_exhaust") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_udp_connect_exhaust", 7080);
+    assert_eq!(truth["errno"], 11, "{truth}");
+    assert_eq!(
+        truth["unix_errno"], 11,
+        "the AF_UNIX backlog was not filled: {truth}"
+    );
+    assert_eq!(
+        truth["held_ports"],
+        serde_json::json!([40000, 40001]),
+        "{truth}"
+    );
+    assert_eq!(ev["syscall"], "connect", "{ev:#}");
+    assert_eq!(ev["protocol"], "udp", "{ev:#}");
+    assert_eq!(ev["error"], "EAGAIN", "{ev:#}");
+    assert_eq!(ev["remote_addr"], "127.0.0.1", "{ev:#}");
+    assert_eq!(ev["remote_port"], 7080, "{ev:#}");
+    assert_eq!(ev["port"], 0, "{ev:#}");
+    assert_eq!(ev["cause"], "ephemeral_exhausted", "{ev:#}");
+    assert_eq!(ev["port_range"], "40000-40001", "{ev:#}");
+    assert_eq!(ev["ports_in_use"], 2, "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("UDP socket"), "{ev:#}");
+    assert!(
+        !hint.contains("towards"),
+        "a UDP port is not per destination: {ev:#}"
+    );
+    run.release();
+}
+
 /// A connect() from a bound port to a destination that port already has a connection to is
 /// refused with the same EADDRNOTAVAIL as an exhausted range: the verdict names the connection,
 /// not the range.

@@ -612,6 +612,34 @@ def case_connect_exhaust(port):
            reuseaddr=False, reuseport=False)
 
 
+def case_udp_connect_exhaust(port):
+    """With ip_local_port_range narrowed to 2 ports and both held by UDP sockets, a UDP socket's
+    connect() finds no port to autobind: EAGAIN. Before it, a non-blocking AF_UNIX connect() to a
+    full backlog fails with EAGAIN too, which is not a port problem and must not be reported."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+        f.write("40000 40001")
+    held = [sock(kind=socket.SOCK_DGRAM) for _ in range(2)]
+    for u in held:
+        u.bind(("0.0.0.0", 0))
+    name = "\0bindtrace-full-backlog-%d" % os.getpid()
+    unix_srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix_srv.bind(name)
+    unix_srv.listen(0)
+    waiting = []
+    unix_err = 0
+    for _ in range(4):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.setblocking(False)
+        unix_err = attempt(lambda: c.connect(name))
+        waiting.append(c)
+        if unix_err:
+            break
+    u = sock(kind=socket.SOCK_DGRAM)
+    err = attempt(lambda: u.connect((HOST, port)))
+    finish(case="udp_connect_exhaust", errno=err, unix_errno=unix_err, port=0, remote_port=port,
+           held_ports=sorted(h.getsockname()[1] for h in held), reuseaddr=False, reuseport=False)
+
+
 def case_connect_tuple(port):
     """Another process connected from P to a server, both with SO_REUSEADDR, so this one can bind
     P too (what `curl --local-port` does); its connect() to the same server is refused with
