@@ -290,6 +290,9 @@ pub struct PortContext {
     pub device: Option<String>,
     /// For a bind() refused its address (EADDRNOTAVAIL): what the namespace has of it now.
     pub address: Option<AddressNow>,
+    /// `net.ipv4.ip_unprivileged_port_start` of the namespace (ports below need
+    /// CAP_NET_BIND_SERVICE).
+    pub unprivileged_start: Option<u16>,
 }
 
 /// What a namespace has of an address, looked up after a bind() was refused it (EADDRNOTAVAIL).
@@ -591,8 +594,23 @@ fn reserve_fix(port: u16, ctx: &PortContext) -> String {
 const SERVER_FIX: &str = "set SO_REUSEADDR on the listening socket before bind() (on the \
                           previous server's too: its connections keep its setting)";
 
+/// SO_REUSEADDR on both sockets lifts a conflict with a socket that does not listen: the fix names
+/// the side that lacks it. `theirs`: the holder's socket, as the sentence names it.
+fn reuseaddr_fix(req: &Request, h: &Holder, theirs: &str) -> String {
+    match (req.reuseaddr, h.reuseaddr) {
+        (true, Some(false)) => {
+            format!("this socket has SO_REUSEADDR already but {theirs} has not: set it there too")
+        }
+        (false, Some(true)) => {
+            format!("set SO_REUSEADDR on this socket ({theirs} has it already)")
+        }
+        _ => "set SO_REUSEADDR on both sockets".to_string(),
+    }
+}
+
 /// A TIME-WAIT holder: who left it (from history) and, if the port is ephemeral, how to reserve it.
-fn time_wait_hint(h: &Holder, w: &str, port: u16, ctx: &PortContext) -> String {
+fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String {
+    let port = req.port;
     let local = h.local;
     let remote = h.remote.map(|r| format!(" to {r}")).unwrap_or_default();
     let owner = if h.source == Source::History {
@@ -621,7 +639,14 @@ fn time_wait_hint(h: &Holder, w: &str, port: u16, ctx: &PortContext) -> String {
     } else if ctx.in_ephemeral_range(port) {
         reserve_fix(port, ctx)
     } else {
-        "set SO_REUSEADDR on both sockets, or wait for TIME-WAIT to end (60 s)".to_string()
+        format!(
+            "{}, or wait for TIME-WAIT to end (60 s)",
+            reuseaddr_fix(
+                req,
+                h,
+                "the connection's socket (in the program that made it)"
+            )
+        )
     };
     format!(
         "a TIME-WAIT connection from {local}{remote}{owner}{opt}, holds the port for up \
@@ -677,11 +702,15 @@ fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
              over more source addresses"
         }
     };
+    let in_use = match ctx.ports_in_use {
+        None => "? in use".to_string(),
+        // The sockets holding them closed before bindtrace looked (a short-lived process).
+        Some(0) => "their sockets had closed when bindtrace looked".to_string(),
+        Some(n) => format!("{n} in use"),
+    };
     format!(
-        "no free local port in ip_local_port_range {}{dest} ({} in use): {fix}",
-        ctx.range_text(),
-        ctx.ports_in_use
-            .map_or_else(|| "?".to_string(), |n| n.to_string())
+        "no free local port in ip_local_port_range {}{dest} ({in_use}): {fix}",
+        ctx.range_text()
     )
 }
 
@@ -689,10 +718,19 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
     let port = req.port;
     match cause {
         Cause::EphemeralExhausted => exhausted_hint(req, ctx),
-        Cause::PrivilegedPort => format!(
-            "port {port} is below net.ipv4.ip_unprivileged_port_start: run with \
-                 CAP_NET_BIND_SERVICE, or use a port of 1024 or more"
-        ),
+        Cause::PrivilegedPort => {
+            let start = ctx.unprivileged_start.map_or_else(
+                || "net.ipv4.ip_unprivileged_port_start".to_string(),
+                |n| format!("net.ipv4.ip_unprivileged_port_start ({n} in this namespace)"),
+            );
+            format!(
+                "port {port} is below {start}: run with CAP_NET_BIND_SERVICE (systemd: \
+                 AmbientCapabilities=CAP_NET_BIND_SERVICE; setcap cap_net_bind_service=+ep on \
+                 the binary), use a port of {} or more, or lower the sysctl (a container's own \
+                 namespace often sets it to 0)",
+                ctx.unprivileged_start.unwrap_or(1024)
+            )
+        }
         Cause::AddressNotLocal => address_hint(req.addr, ctx.address.as_ref()),
         Cause::FourTupleInUse => format!(
             "a connection from {}:{port} to {} already exists (bindtrace found none when it \
@@ -837,18 +875,22 @@ fn hint_for_holder(
     }
     match cause {
         Cause::ListenerConflict => listener_hint(req, h, &w, same),
-        Cause::TimeWaitConflict => time_wait_hint(h, &w, port, ctx),
+        Cause::TimeWaitConflict => time_wait_hint(req, h, &w, ctx),
         Cause::OutgoingConnectionConflict if same => format!(
             "this process itself has a connection from port {port} ({local} to {}): bind the \
-             listener before connecting, or set SO_REUSEADDR on both sockets",
-            h.remote.map_or_else(|| "?".to_string(), |r| r.to_string())
+             listener before connecting, or {}",
+            h.remote.map_or_else(|| "?".to_string(), |r| r.to_string()),
+            reuseaddr_fix(req, h, "the connection's socket")
         ),
         Cause::OutgoingConnectionConflict => {
             let remote = h.remote.map(|r| format!(" to {r}")).unwrap_or_default();
             let fix = if ephemeral {
                 reserve_fix(port, ctx)
             } else {
-                "set SO_REUSEADDR on both sockets, or stop that connection".to_string()
+                format!(
+                    "{}, or stop that connection",
+                    reuseaddr_fix(req, h, "the connection's socket")
+                )
             };
             format!(
                 "{w} has a connection from {local}{remote} ({}) that uses port {port} as its \
@@ -864,11 +906,8 @@ fn hint_for_holder(
             h.state.as_str()
         ),
         Cause::BoundSocketConflict => {
-            let ways = [
-                Some("close it"),
-                narrower(req, h),
-                Some("set SO_REUSEADDR on both sockets"),
-            ];
+            let reuse = reuseaddr_fix(req, h, "that socket");
+            let ways = [Some("close it"), narrower(req, h), Some(reuse.as_str())];
             format!(
                 "{w} has a socket bound to {local} that neither listens nor connects{}: {}",
                 if h.source == Source::History {
@@ -880,14 +919,20 @@ fn hint_for_holder(
             )
         }
         Cause::UdpConflict => {
+            // UDP sockets share a port when both set SO_REUSEADDR (multicast receivers: each
+            // gets every datagram) or both SO_REUSEPORT as one user (unicast spread over them).
+            let share = if h.reuseaddr == Some(true) && !req.reuseaddr {
+                "if both are meant to receive its datagrams, set SO_REUSEADDR on this socket \
+                 (that one has it already; each then gets every multicast datagram)"
+            } else {
+                "if both are meant to receive its datagrams, set SO_REUSEPORT on both \
+                 sockets (same user; the kernel then spreads datagrams between them)"
+            };
             let ways = [
                 Some("stop it"),
                 Some("choose another port"),
                 narrower(req, h),
-                Some(
-                    "if both are meant to receive its datagrams, set SO_REUSEPORT on both \
-                     sockets (same user; the kernel then spreads datagrams between them)",
-                ),
+                Some(share),
             ];
             format!("{w} already has a UDP socket on {local}: {}", either(&ways))
         }
@@ -1018,19 +1063,28 @@ fn dual_stack_hint(req: &Request, h: &Holder, w: &str) -> String {
     if h.local.is_ipv6() {
         return format!(
             "{w} {what} {local}, an IPv6 wildcard without IPV6_V6ONLY that also covers IPv4 port \
-             {port}: stop it, choose another port, or set IPV6_V6ONLY on that socket"
+             {port}: stop it, choose another port, or set IPV6_V6ONLY on that socket{}",
+            v6only_how(h.comm.as_deref().unwrap_or_default())
         );
     }
-    // A JVM binds [::] without IPV6_V6ONLY unless told to use IPv4 only.
-    let java = if req.comm == "java" {
-        " (Java: -Djava.net.preferIPv4Stack=true binds IPv4 only)"
-    } else {
-        ""
-    };
     format!(
         "{w} {what} {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also covers IPv4 \
-         port {port}: stop it, choose another port, or set IPV6_V6ONLY on this socket{java}"
+         port {port}: stop it, choose another port, or set IPV6_V6ONLY on this socket{}",
+        v6only_how(&req.comm)
     )
+}
+
+/// How the program `comm` sets IPV6_V6ONLY, where it is not a plain setsockopt().
+fn v6only_how(comm: &str) -> &'static str {
+    match comm {
+        // -Djava.net.preferIPv4Stack=true would bind 0.0.0.0 instead: the same IPv4 port.
+        "java" => {
+            " (a JVM cannot set it: bind the JVM to a specific IPv6 address instead of the \
+             wildcard)"
+        }
+        "node" => " (Node: `ipv6Only: true` in listen() or dgram.createSocket() options)",
+        _ => "",
+    }
 }
 
 /// Programs that hold ports on purpose, and what that means for whoever wants the port: a
@@ -1257,6 +1311,7 @@ mod tests {
             ports_in_use: None,
             device: None,
             address: None,
+            unprivileged_start: None,
         }
     }
 
@@ -1506,6 +1561,7 @@ mod tests {
             ports_in_use: Some(10),
             device: None,
             address: None,
+            unprivileged_start: None,
         };
         let d = verdict(&r, vec![], &c);
         assert_eq!(d.cause, Cause::EphemeralExhausted);
@@ -1813,18 +1869,82 @@ mod tests {
         );
     }
 
+    /// SO_REUSEADDR lifts a conflict with a TIME-WAIT, a connection or a bound socket only when
+    /// both sockets have it: the hint asks it of the side that lacks it.
     #[test]
-    fn the_java_flag_is_offered_to_a_jvm_only() {
-        let hint = |comm: &str| {
-            let mut r = req("::", 8080);
-            r.v6only = Some(false);
-            r.comm = comm.into();
-            let d = verdict(&r, vec![holder(State::Listen, "0.0.0.0:8080")], &ctx());
+    fn the_reuseaddr_fix_names_the_side_that_lacks_it() {
+        let hint = |state: State, ours: bool, theirs: bool| {
+            let mut r = req("127.0.0.1", 80);
+            r.reuseaddr = ours;
+            let mut h = holder(state, "127.0.0.1:80");
+            h.remote = Some("127.0.0.1:9000".parse().unwrap());
+            h.reuseaddr = Some(theirs);
+            verdict(&r, vec![h], &ctx()).hint
+        };
+        for state in [State::TimeWait, State::Established, State::Bound] {
+            let h = hint(state, true, false);
+            assert!(h.contains("this socket has SO_REUSEADDR already but"), "{h}");
+            let h = hint(state, false, true);
+            assert!(h.contains("set SO_REUSEADDR on this socket ("), "{h}");
+            let h = hint(state, false, false);
+            assert!(h.contains("set SO_REUSEADDR on both sockets"), "{h}");
+        }
+        let mut r = req("0.0.0.0", 5353);
+        r.udp = true;
+        let mut h = holder(State::Bound, "0.0.0.0:5353");
+        h.protocol = "udp".into();
+        h.reuseaddr = Some(true);
+        let d = verdict(&r, vec![h], &ctx());
+        assert_eq!(d.cause, Cause::UdpConflict);
+        assert!(d.hint.contains("set SO_REUSEADDR on this socket"), "{}", d.hint);
+    }
+
+    /// The privileged-port hint gives the namespace's own threshold when it was read.
+    #[test]
+    fn a_privileged_port_hint_gives_the_namespaces_threshold() {
+        let mut r = req("0.0.0.0", 443);
+        r.errno = EACCES;
+        let mut c = ctx();
+        c.unprivileged_start = Some(500);
+        let d = verdict(&r, vec![], &c);
+        assert_eq!(d.cause, Cause::PrivilegedPort);
+        assert!(d.hint.contains("(500 in this namespace)"), "{}", d.hint);
+        assert!(d.hint.contains("a port of 500 or more"), "{}", d.hint);
+        let d = verdict(&r, vec![], &ctx());
+        assert!(d.hint.contains("a port of 1024 or more"), "{}", d.hint);
+    }
+
+    /// A JVM cannot set IPV6_V6ONLY, and -Djava.net.preferIPv4Stack=true would bind the same
+    /// IPv4 port: it is told to bind a specific address; Node is told its option; others get the
+    /// plain setsockopt advice. The same on whichever side the wildcard is.
+    #[test]
+    fn the_v6only_fix_fits_the_program() {
+        let hint = |comm: &str, ours: bool| {
+            let (mut r, mut h) = if ours {
+                (req("::", 8080), holder(State::Listen, "0.0.0.0:8080"))
+            } else {
+                (req("0.0.0.0", 8080), holder(State::Listen, "[::]:8080"))
+            };
+            if ours {
+                r.v6only = Some(false);
+                r.comm = comm.into();
+            } else {
+                h.v6only = Some(false);
+                h.comm = Some(comm.into());
+            }
+            let d = verdict(&r, vec![h], &ctx());
             assert_eq!(d.cause, Cause::DualStackConflict);
             d.hint
         };
-        assert!(hint("java").contains("preferIPv4Stack"));
-        assert!(!hint("busybox").contains("preferIPv4Stack"));
+        for ours in [true, false] {
+            let java = hint("java", ours);
+            assert!(java.contains("a JVM cannot set it"), "{java}");
+            assert!(!java.contains("preferIPv4Stack"), "{java}");
+            assert!(hint("node", ours).contains("ipv6Only: true"));
+            let other = hint("busybox", ours);
+            assert!(other.contains("set IPV6_V6ONLY on"), "{other}");
+            assert!(!other.contains("JVM") && !other.contains("Node"), "{other}");
+        }
     }
 
     #[test]
@@ -1867,6 +1987,7 @@ mod tests {
             ports_in_use: None,
             device: None,
             address: None,
+            unprivileged_start: None,
         };
         assert!(
             !c.in_ephemeral_range(8080),

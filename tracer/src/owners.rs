@@ -493,8 +493,9 @@ fn history_owner<'a>(
 /// The process bindtrace saw take the port with the live listening or bound socket `s`, when
 /// none of the processes that hold it now (`open_in`) is seen to have: they inherited it (a child
 /// started without closing the server's descriptors keeps its port after the server exits). The
-/// newest such entry on the socket's address; none if a holder took the port itself, or if the
-/// history has nothing on it (taken before bindtrace started).
+/// newest such entry on the socket's address; none if a holder took the port itself, or ran
+/// before the port was taken, or if the history has nothing on it (taken before bindtrace
+/// started).
 fn opener(
     remembered: &[Remembered],
     open_in: &[(u32, u32)],
@@ -519,6 +520,15 @@ fn opener(
         .iter()
         .filter(fits)
         .max_by_key(|r| r.owner.ts_ns)?;
+    // A process that ran before that one took the port cannot have inherited the socket from it
+    // (forked or started by it): it opened its own, sharing the port (SO_REUSEPORT workers, UDP
+    // receivers with SO_REUSEADDR) with the one the history saw, which has since gone.
+    if open_in
+        .iter()
+        .any(|&(pid, _)| procfs::started_before(pid, r.owner.ts_ns))
+    {
+        return None;
+    }
     Some(diagnose::Opener {
         pid: r.owner.pid,
         comm: r.comm.clone(),
@@ -627,6 +637,7 @@ fn port_context() -> PortContext {
         ports_in_use: None,
         device: None,
         address: None,
+        unprivileged_start: read("ip_unprivileged_port_start").and_then(|s| s.trim().parse().ok()),
     }
 }
 

@@ -198,8 +198,25 @@ pub fn process(pid: u32) -> Option<Process> {
 /// the calling *thread's* name, and a JVM's "http-nio-8080-exec-1" that made a connection must
 /// still find "java" alive (an exec does not make the process another one either).
 pub fn alive_since(pid: u32, at_ns: u64) -> bool {
+    start_ns(pid)
+        .is_some_and(|started| started <= at_ns.saturating_add(crate::event::suspended_ns()))
+}
+
+/// Whether `pid`, a live process, certainly started before `at_ns` (CLOCK_MONOTONIC): a whole
+/// clock tick before it, as its start time is known to the tick only.
+pub fn started_before(pid: u32, at_ns: u64) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let tick = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    start_ns(pid).is_some_and(|started| {
+        started.saturating_add(tick) <= at_ns.saturating_add(crate::event::suspended_ns())
+    })
+}
+
+/// When the live process `pid` started (CLOCK_MONOTONIC, truncated to its clock tick); None if it
+/// does not run (gone, or a zombie).
+fn start_ns(pid: u32) -> Option<u64> {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
+        return None;
     };
     // Fields after the command (which may contain spaces) start after the last ')'; starttime,
     // field 22, is the 20th of them: clock ticks since boot.
@@ -209,17 +226,14 @@ pub fn alive_since(pid: u32, at_ns: u64) -> bool {
         // A zombie leader whose other threads still run (its main thread called pthread_exit)
         // is a live process.
         Some("Z") if threads(pid) > 1 => {}
-        Some("Z" | "X") | None => return false,
+        Some("Z" | "X") | None => return None,
         _ => {}
     }
-    let Some(ticks) = fields.nth(18).and_then(|v| v.parse::<u64>().ok()) else {
-        return false;
-    };
+    let ticks = fields.nth(18).and_then(|v| v.parse::<u64>().ok())?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     // Ticks are truncated, so this is at or before the real start.
-    let started = ticks.saturating_mul(1_000_000_000 / hz);
-    started <= at_ns.saturating_add(crate::event::suspended_ns())
+    Some(ticks.saturating_mul(1_000_000_000 / hz))
 }
 
 /// `Threads:` of /proc/PID/status (0 if unreadable).

@@ -100,8 +100,15 @@ impl Summary {
         if self.last.as_deref().is_none_or(|l| t > l) {
             self.last = Some(t.to_string());
         }
+        // A call that wanted any port (bind(0), a connect() from an unbound socket) ran out of
+        // ephemeral ports: grouped as that, not as "port 0".
+        let port = if ev.port == 0 {
+            "any".to_string()
+        } else {
+            ev.port.to_string()
+        };
         self.by_port
-            .entry(format!("{}/{}", ev.port, ev.protocol))
+            .entry(format!("{port}/{}", ev.protocol))
             .or_default()
             .add(t);
         let cause = ev

@@ -652,6 +652,27 @@ fn an_inherited_listener_names_the_process_that_opened_it() {
     run.release();
 }
 
+/// A SO_REUSEPORT group whose latest member left: the history saw that one take the port, but
+/// the member still listening ran before it did, so it opened its own socket — no `opened_by`,
+/// no talk of inheriting.
+#[test]
+fn a_reuseport_member_is_not_said_to_inherit_from_one_that_left() {
+    if !can_run("reuseport_sibling_left") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_reuseport_sibling_left", 7070);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["source"], "live", "{ev:#}");
+    assert!(h["opened_by"].is_null(), "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap_or_default();
+    assert!(!hint.contains("inherited"), "{ev:#}");
+    assert!(hint.contains("SO_REUSEPORT"), "{ev:#}");
+    run.release();
+}
+
 /// A daemon that holds ports on purpose (here docker-proxy, publishing a container's port) is
 /// explained by name: the hint says how to find what it holds the port for.
 #[test]

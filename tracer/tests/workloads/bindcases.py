@@ -708,6 +708,24 @@ def case_inherited(port):
         os.kill(info["child_pid"], 9)
 
 
+def case_reuseport_sibling_left(port):
+    """A listens on P with SO_REUSEPORT; B, started later, joins the group and exits; a bind of
+    P without SO_REUSEPORT fails against A. The history saw B take the port last, but A ran
+    before that and opened its own socket: it must not be said to have inherited B's."""
+    a, a_info = spawn("helper_listen", port, "0", "1")
+    time.sleep(0.05)  # A starts some clock ticks (10 ms each in /proc) before B binds
+    b, b_info = spawn("helper_listen", port, "0", "1")
+    b.stdin.close()
+    b.wait()
+    s = sock()
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    try:
+        finish(case="reuseport_sibling_left", errno=err, port=port, addr="0.0.0.0",
+               reuseaddr=False, reuseport=False, holder_pid=a_info["pid"], left_pid=b_info["pid"])
+    finally:
+        a.kill()
+
+
 def case_address_checks(port):
     """bind() refused its address before any port rule, one way per port from P: an IPv6
     link-local address with no interface (EINVAL), an IPv4-mapped address on an IPV6_V6ONLY
