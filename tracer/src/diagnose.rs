@@ -194,6 +194,10 @@ pub struct Holder {
     pub remote: Option<SocketAddr>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// From history, of a process still running: the name of the thread that took the port,
+    /// where it differs from the process's (`comm`; a JVM's "http-nio-8080-e" in "java").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
     pub uid: Option<u32>,
     pub source: Source,
     pub reuseaddr: Option<bool>,
@@ -243,6 +247,7 @@ impl Holder {
             remote: None,
             pid: None,
             comm: None,
+            thread: None,
             uid: None,
             source,
             reuseaddr: None,
@@ -1285,6 +1290,7 @@ mod tests {
             remote: None,
             pid: Some(200),
             comm: Some("redis-cli".into()),
+            thread: None,
             uid: Some(1000),
             source: Source::Live,
             reuseaddr: Some(false),
@@ -1883,7 +1889,10 @@ mod tests {
         };
         for state in [State::TimeWait, State::Established, State::Bound] {
             let h = hint(state, true, false);
-            assert!(h.contains("this socket has SO_REUSEADDR already but"), "{h}");
+            assert!(
+                h.contains("this socket has SO_REUSEADDR already but"),
+                "{h}"
+            );
             let h = hint(state, false, true);
             assert!(h.contains("set SO_REUSEADDR on this socket ("), "{h}");
             let h = hint(state, false, false);
@@ -1896,7 +1905,11 @@ mod tests {
         h.reuseaddr = Some(true);
         let d = verdict(&r, vec![h], &ctx());
         assert_eq!(d.cause, Cause::UdpConflict);
-        assert!(d.hint.contains("set SO_REUSEADDR on this socket"), "{}", d.hint);
+        assert!(
+            d.hint.contains("set SO_REUSEADDR on this socket"),
+            "{}",
+            d.hint
+        );
     }
 
     /// The privileged-port hint gives the namespace's own threshold when it was read.

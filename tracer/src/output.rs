@@ -169,6 +169,9 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
     if !h.shared_with.is_empty() {
         let _ = write!(s, " shared with pids {:?}", h.shared_with);
     }
+    if let Some(t) = &h.thread {
+        let _ = write!(s, " (thread {})", sanitize(t));
+    }
     if let Some(o) = &h.opened_by {
         let gone = if o.alive { "" } else { ", exited" };
         let _ = write!(

@@ -133,6 +133,13 @@ impl Remembered {
     fn apply(&self, h: &mut Holder) {
         h.pid = Some(self.owner.pid);
         h.comm = Some(self.comm.clone());
+        // The kernel programs record the calling thread's name; a running process has its own.
+        if self.alive
+            && let Some(p) = procfs::process(self.owner.pid)
+            && p.comm != self.comm
+        {
+            h.thread = h.comm.replace(p.comm);
+        }
         h.uid = Some(self.owner.uid);
         h.source = Source::History;
         h.age_ms = Some(self.age_ms);

@@ -673,6 +673,26 @@ fn a_reuseport_member_is_not_said_to_inherit_from_one_that_left() {
     run.release();
 }
 
+/// A TIME-WAIT left by a named thread of a process that still runs: the history has the
+/// thread's name; the holder is named by the process's, the thread's beside it.
+#[test]
+fn a_remembered_owner_that_still_runs_is_named_by_its_process() {
+    if !can_run("thread_time_wait") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_thread_time_wait", 7090);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h["source"], "history", "{ev:#}");
+    assert_eq!(h["pid"], truth["pid"], "{ev:#}");
+    assert_eq!(h["owner_alive"], true, "{ev:#}");
+    assert_eq!(h["comm"], truth["comm"], "{ev:#}");
+    assert_eq!(h["thread"], "pool-conn-1", "{ev:#}");
+    run.release();
+}
+
 /// A daemon that holds ports on purpose (here docker-proxy, publishing a container's port) is
 /// explained by name: the hint says how to find what it holds the port for.
 #[test]

@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 HOST = "127.0.0.1"
@@ -165,7 +166,6 @@ def helper_slow_connect_among_new_threads(server_port, threads):
     threads on the same CPU, each making one traced call (listen() on a fresh socket). Reports once
     the threads are done, again once connected; then closes first (TIME-WAIT on this side) and
     exits."""
-    import threading
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     done = {}
 
@@ -202,7 +202,6 @@ def helper_slow_connect_sharing_slot(server_port, hold_port, slots):
     on `hold_port`, held here, while the connect is still in flight; then this reports both thread
     ids and waits for the connect, reports again, closes first (TIME-WAIT on this side) and
     exits."""
-    import threading
     slots = int(slots)
     hold = sock()
     hold.bind((HOST, int(hold_port)))
@@ -724,6 +723,32 @@ def case_reuseport_sibling_left(port):
                reuseaddr=False, reuseport=False, holder_pid=a_info["pid"], left_pid=b_info["pid"])
     finally:
         a.kill()
+
+
+def case_thread_time_wait(port):
+    """A thread named `pool-conn-1` of this process connects from P to a server, closes first
+    (TIME-WAIT on its side) and ends; the process, still running, then binds P. The TIME-WAIT's
+    owner comes from history, which has the thread's name: the process's is given, the
+    thread's beside it."""
+    srv = server(port + 1)
+
+    def work():
+        ctypes.CDLL(None).prctl(15, b"pool-conn-1", 0, 0, 0)  # PR_SET_NAME, this thread only
+        c = sock()
+        c.bind((HOST, port))
+        c.connect((HOST, port + 1))
+        a, _ = srv.accept()
+        c.close()
+        a.close()
+        wait_for_tcp_state(port, TCP_TIME_WAIT)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    finish(case="thread_time_wait", errno=err, port=port, addr=HOST, reuseaddr=False,
+           reuseport=False, thread="pool-conn-1")
 
 
 def case_address_checks(port):
