@@ -1160,6 +1160,18 @@ fn hint_with_notes(
              looked)",
             age(h)
         );
+    } else if primary.is_some_and(|h| {
+        h.source == Source::History
+            && h.owner_alive == Some(false)
+            && h.state != State::TimeWait
+            && h.opened_by.is_none()
+    }) {
+        // Still listed, but no process has it open and its owner is gone: it was closing as
+        // bindtrace looked (a server killed just after the failure).
+        hint.push_str(
+            " (that process has exited since, and no process had the socket open when \
+             bindtrace looked: the port is likely free again)",
+        );
     }
     hint
 }
@@ -1910,6 +1922,24 @@ mod tests {
             "{}",
             d.hint
         );
+    }
+
+    /// A listener still listed but open in no process, whose remembered owner has exited: it was
+    /// closing as bindtrace looked; the hint says the port is likely free again. Not said of a
+    /// live holder, nor of a TIME-WAIT (which outlives its process by design).
+    #[test]
+    fn a_holder_whose_owner_just_exited_is_said_to_be_going() {
+        let going = |state: State, source: Source| {
+            let mut h = holder(state, "0.0.0.0:8080");
+            h.source = source;
+            h.owner_alive = Some(false);
+            verdict(&req("0.0.0.0", 8080), vec![h], &ctx())
+                .hint
+                .contains("the port is likely free again")
+        };
+        assert!(going(State::Listen, Source::History));
+        assert!(!going(State::Listen, Source::Live));
+        assert!(!going(State::TimeWait, Source::History));
     }
 
     /// The privileged-port hint gives the namespace's own threshold when it was read.
