@@ -241,7 +241,12 @@ impl Investigator {
             && let Some((at, listed, ctx)) = self.recent.get(&key)
             && at.elapsed() < LOOKUP_REUSE
         {
-            let (listed, mut ctx) = (listed.clone(), ctx.clone());
+            let (mut listed, mut ctx) = (listed.clone(), ctx.clone());
+            // Ages were taken at that lookup: this failure comes later.
+            let since = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            for h in &mut listed {
+                h.age_ms = h.age_ms.map(|a| a.saturating_add(since));
+            }
             // The reused lookup was another call's: this one's device may differ.
             ctx.device = self.devices.get(&(netns, req.bound_dev_if)).cloned();
             let holders = self.settle(listed, None, netns, protocol, req);
