@@ -47,6 +47,13 @@ fn main() -> ExitCode {
         lab::helper::run(args);
         return ExitCode::SUCCESS;
     }
+    if !matches!(cli.command, Command::Watch(_)) {
+        // A one-shot command piped into `head` ends quietly when the reader goes, as Unix tools
+        // do, instead of panicking in println! on EPIPE. `watch` keeps SIGPIPE ignored: it
+        // handles a closed output itself and still detaches and prints its summary.
+        // SAFETY: restoring a signal's default disposition, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
