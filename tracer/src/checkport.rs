@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::{
     cli::parse_port,
-    diagnose::{Diagnosis, Request},
+    diagnose::{self, Diagnosis, Holder, Request},
     netns,
     output::{OutputFormat, sanitize},
     owners::Investigator,
@@ -81,6 +81,8 @@ struct PortCheck<'a> {
     protocol: &'static str,
     addr: String,
     would_fail: bool,
+    /// Blocked unless options that could not be read (a TIME-WAIT's SO_REUSEADDR) are set.
+    may_fail: bool,
     #[serde(flatten)]
     diagnosis: &'a Diagnosis,
 }
@@ -103,6 +105,15 @@ pub fn ranges(ports: &BTreeSet<u16>) -> String {
     out.join(",")
 }
 
+/// Whether `h` blocks `req` whatever those of its options that could not be read (a TIME-WAIT's
+/// SO_REUSEADDR and SO_REUSEPORT, which sock_diag does not report): assumed set, the kindest case.
+fn blocks_for_certain(req: &Request, h: &Holder) -> bool {
+    let mut kindest = h.clone();
+    kindest.reuseaddr = kindest.reuseaddr.or(Some(true));
+    kindest.reuseport = kindest.reuseport.or(Some(true));
+    diagnose::conflicts(req, &kindest)
+}
+
 pub fn run(args: &CheckPortArgs) -> Result<bool> {
     let (ns, inode) = open_netns(args.pid_netns)?;
     let mut inv = Investigator::new(None);
@@ -113,7 +124,12 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
     let port = args.port.ok_or_else(|| anyhow!("a port is required"))?;
     let req = Request::bind(args.addr, port, udp, args.reuseaddr, args.reuseport);
     let d = inv.investigate(&req, inode, Some(&ns));
-    let blocked = d.holders.iter().any(|h| h.conflicts);
+    let blocked = d
+        .holders
+        .iter()
+        .any(|h| h.conflicts && blocks_for_certain(&req, h));
+    // Blocked only if options nobody can read now (a TIME-WAIT's) are not set.
+    let uncertain = !blocked && d.holders.iter().any(|h| h.conflicts);
     let proto = if udp { "udp" } else { "tcp" };
     match args.output {
         OutputFormat::Json => println!(
@@ -123,6 +139,7 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                 protocol: proto,
                 addr: args.addr.to_string(),
                 would_fail: blocked,
+                may_fail: uncertain,
                 diagnosis: &d,
             })?
         ),
@@ -134,6 +151,20 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                     println!("    held by: {}", sanitize(&crate::output::holder_text(h)));
                 }
                 println!("    cause: {}: {}", d.cause.as_str(), sanitize(&d.hint));
+            } else if uncertain {
+                println!(
+                    "{proto} {what}: a bind now MAY FAIL with EADDRINUSE: it depends on options \
+                     of the socket below that cannot be read from outside (bindtrace watch, \
+                     running when it was made, knows them)"
+                );
+                for h in d.holders.iter().filter(|h| h.conflicts) {
+                    println!("    held by: {}", sanitize(&crate::output::holder_text(h)));
+                }
+                println!(
+                    "    if it fails: {}: {}",
+                    d.cause.as_str(),
+                    sanitize(&d.hint)
+                );
             } else {
                 println!("{proto} {what}: free now");
             }

@@ -265,6 +265,50 @@ fn check_port_names_real_holders_and_protects_listeners() {
     holder.release();
 }
 
+/// A TIME-WAIT's SO_REUSEADDR cannot be read from outside the kernel: a SO_REUSEADDR bind over
+/// one MAY fail (exit 0, `may_fail`), which is what the kernel then decides by that unreadable
+/// option (here set: the bind succeeds); without SO_REUSEADDR it certainly fails (exit 1).
+#[test]
+fn check_port_says_may_fail_when_it_hangs_on_a_time_waits_options() {
+    if !can_run("check_port_time_wait") {
+        return;
+    }
+    let ns = Netns::new();
+    ns.run_case("helper_time_wait", &["8630", "1"]);
+    let check = |args: &[&str]| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                env!("CARGO_BIN_EXE_bindtrace"),
+                "check-port",
+                "8630",
+                "--addr",
+                "127.0.0.1",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let maybe = check(&["--reuseaddr"]);
+    let text = String::from_utf8_lossy(&maybe.stdout);
+    assert_eq!(maybe.status.code(), Some(0), "{text}");
+    assert!(text.contains("MAY FAIL"), "{text}");
+    assert!(text.contains("TIME_WAIT"), "{text}");
+    let v: Value =
+        serde_json::from_slice(&check(&["--reuseaddr", "--output", "json"]).stdout).unwrap();
+    assert_eq!(v["would_fail"], false, "{v:#}");
+    assert_eq!(v["may_fail"], true, "{v:#}");
+    let blocked = check(&[]);
+    let text = String::from_utf8_lossy(&blocked.stdout);
+    assert_eq!(blocked.status.code(), Some(1), "{text}");
+    assert!(text.contains("would FAIL"), "{text}");
+    // What the kernel says: the TIME-WAIT had SO_REUSEADDR, so a SO_REUSEADDR bind succeeds.
+    let truth = ns.run_case("case_bind_reuseaddr", &["8630"]);
+    assert_eq!(truth["errno"], 0, "{truth}");
+}
+
 /// The cgroup-v2 root (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
 fn cgroup2_root() -> PathBuf {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -137,6 +137,21 @@ def helper_connect_and_leave(port, server_port, reuseaddr="0"):
     s.close()
 
 
+def helper_time_wait(port, reuseaddr):
+    """Leaves a TIME-WAIT on `port` (a connection from it to a server of this process on port + 1,
+    closed first on the connecting side; SO_REUSEADDR on that side if asked) and exits."""
+    srv = server(int(port) + 1)
+    c = sock(reuseaddr=reuseaddr == "1")
+    c.bind((HOST, int(port)))
+    c.connect((HOST, int(port) + 1))
+    conn, _ = srv.accept()
+    c.close()
+    conn.recv(1)  # the client's FIN
+    conn.close()  # now the client side moves to TIME-WAIT
+    wait_for_tcp_state(int(port), TCP_TIME_WAIT)
+    report(role="time_wait")
+
+
 def helper_connect_nonblocking_and_leave(server_port):
     """Connects to server_port the way event loops and the JVM do — non-blocking, from an
     ephemeral port — closes first (TIME-WAIT on this side) and exits: the seed's 1a as it
@@ -749,6 +764,13 @@ def case_thread_time_wait(port):
     err = attempt(lambda: s.bind((HOST, port)))
     finish(case="thread_time_wait", errno=err, port=port, addr=HOST, reuseaddr=False,
            reuseport=False, thread="pool-conn-1")
+
+
+def case_bind_reuseaddr(port):
+    """Binds 127.0.0.1:P with SO_REUSEADDR and reports the errno (0: bound)."""
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind((HOST, port)))
+    report(case="bind_reuseaddr", errno=err, port=port)
 
 
 def case_address_checks(port):
