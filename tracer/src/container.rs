@@ -134,10 +134,22 @@ pub struct Resolver {
 impl Default for Resolver {
     fn default() -> Self {
         Self {
-            // pid 1's namespace is the host's (bindtrace runs on the host, or with hostPID).
-            // Where pid 1 is out of reach, bindtrace's own: on a host, or in a hostNetwork pod
-            // (as deployed), that is the host's too.
+            // pid 1's namespace is the host's (bindtrace runs on the host, or with hostPID); so
+            // is kthreadd's (pid 2: kernel threads live in the initial namespace), readable where
+            // pid 1 is not (a sandbox's init). Where neither is in reach, bindtrace's own: on a
+            // host, or in a hostNetwork pod (as deployed), that is the host's too — but not for
+            // `check-port` run inside another namespace, which pid 2 covers.
             host_netns: fs::metadata("/proc/1/ns/net")
+                .or_else(|e| {
+                    // Only the real kthreadd: in a pid namespace, pid 2 is anyone.
+                    let kthreadd = fs::read_to_string("/proc/2/comm")
+                        .is_ok_and(|c| c.trim_end() == "kthreadd");
+                    if kthreadd {
+                        fs::metadata("/proc/2/ns/net")
+                    } else {
+                        Err(e)
+                    }
+                })
                 .or_else(|_| fs::metadata("/proc/self/ns/net"))
                 .ok()
                 .map(|m| m.ino() as u32),

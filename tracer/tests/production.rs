@@ -232,6 +232,10 @@ fn check_port_names_real_holders_and_protects_listeners() {
     assert_eq!(v["would_fail"], true);
     assert_eq!(v["cause"], "listener_conflict");
     assert_eq!(v["holders"][0]["pid"], holder.report["pid"]);
+    assert_eq!(
+        v["holders"][0]["host_network"], false,
+        "run inside a private namespace, whose holders are not the host's: {v:#}"
+    );
 
     // From outside the namespace, through a process in it.
     let out = bindtrace()
