@@ -298,6 +298,32 @@ pub struct PortContext {
     /// `net.ipv4.ip_unprivileged_port_start` of the namespace (ports below need
     /// CAP_NET_BIND_SERVICE).
     pub unprivileged_start: Option<u16>,
+    /// `net.ipv4.tcp_tw_reuse` of the namespace (1: outgoing connections may take a TIME-WAIT's
+    /// port; 2, the default: only on loopback).
+    pub tw_reuse: Option<u8>,
+    /// For exhaustion: who holds the range's ports.
+    pub users: Option<PortUsers>,
+}
+
+/// Who holds the ports of an exhausted range (JSON `port_users`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortUsers {
+    /// Sockets on a port of the range, by state (`ESTABLISHED`, `TIME_WAIT`, ...).
+    pub by_state: std::collections::BTreeMap<String, u32>,
+    /// The processes behind the `sampled` sockets looked up, most sockets first (at most five).
+    pub top: Vec<PortUser>,
+    pub sampled: u32,
+}
+
+/// A process holding ports of an exhausted range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortUser {
+    pub pid: u32,
+    pub comm: String,
+    /// False for the remembered owner of a TIME-WAIT whose process has exited.
+    pub alive: bool,
+    /// Of the sampled sockets, how many are its.
+    pub sockets: u32,
 }
 
 /// What a namespace has of an address, looked up after a bind() was refused it (EADDRNOTAVAIL).
@@ -363,6 +389,9 @@ pub struct Diagnosis {
     /// For `ephemeral_exhausted`: how many sockets held a port of the range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports_in_use: Option<u32>,
+    /// For `ephemeral_exhausted`: who holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_users: Option<PortUsers>,
     /// The interface name of `bound_dev_if`, looked up in the failing namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
@@ -707,16 +736,82 @@ fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
              over more source addresses"
         }
     };
-    let in_use = match ctx.ports_in_use {
+    let mut in_use = match ctx.ports_in_use {
         None => "? in use".to_string(),
         // The sockets holding them closed before bindtrace looked (a short-lived process).
         Some(0) => "their sockets had closed when bindtrace looked".to_string(),
         Some(n) => format!("{n} in use"),
     };
+    if let Some(u) = ctx.users.as_ref().filter(|u| !u.by_state.is_empty()) {
+        in_use.push_str(": ");
+        in_use.push_str(&users_text(u));
+    }
+    let tw = ctx
+        .users
+        .as_ref()
+        .and_then(|u| u.by_state.get(State::TimeWait.as_str()).copied())
+        .unwrap_or(0);
+    let tw_fix =
+        if tw > 0 && !req.udp && req.syscall == SyscallName::Connect && ctx.tw_reuse != Some(1) {
+            format!(
+                "{tw} of them are TIME-WAIT: `sysctl -w net.ipv4.tcp_tw_reuse=1` lets new outgoing \
+             connections take those ports (this namespace has {}); or ",
+                ctx.tw_reuse
+                    .map_or_else(|| "?".to_string(), |v| v.to_string())
+            )
+        } else {
+            String::new()
+        };
     format!(
-        "no free local port in ip_local_port_range {}{dest} ({in_use}): {fix}",
-        ctx.range_text()
+        "no free local port in ip_local_port_range {}{}{dest} ({in_use}): {tw_fix}{fix}",
+        ctx.range_text(),
+        reserved_in_range(ctx)
     )
+}
+
+/// `" (1 of its 2 ports reserved)"` when `ip_local_reserved_ports` takes ports of the range.
+fn reserved_in_range(ctx: &PortContext) -> String {
+    let Some((lo, hi)) = ctx.range else {
+        return String::new();
+    };
+    let reserved: u32 = ctx
+        .reserved
+        .iter()
+        .map(|&(a, b)| {
+            let (a, b) = (a.max(lo), b.min(hi));
+            if a <= b { u32::from(b - a) + 1 } else { 0 }
+        })
+        .sum();
+    if reserved == 0 {
+        return String::new();
+    }
+    format!(
+        " ({reserved} of its {} ports reserved)",
+        u32::from(hi - lo) + 1
+    )
+}
+
+/// `"2 ESTABLISHED, 1 TIME_WAIT; python3 (pid 42) 2, curl (pid 7, exited) 1"`.
+fn users_text(u: &PortUsers) -> String {
+    let states: Vec<String> = u.by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let mut text = states.join(", ");
+    if !u.top.is_empty() {
+        let who: Vec<String> = u
+            .top
+            .iter()
+            .map(|p| {
+                let gone = if p.alive { "" } else { ", exited" };
+                format!("{} (pid {}{gone}) {}", p.comm, p.pid, p.sockets)
+            })
+            .collect();
+        let of = if u.sampled < u.by_state.values().sum::<u32>() {
+            format!(" (of {} looked up)", u.sampled)
+        } else {
+            String::new()
+        };
+        let _ = write!(text, "; by {}{of}", who.join(", "));
+    }
+    text
 }
 
 fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String {
@@ -1264,6 +1359,7 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
                 .join(",")
         }),
         ports_in_use: ctx.ports_in_use,
+        port_users: ctx.users.clone(),
         device: ctx.device.clone(),
         holders,
         hint,
@@ -1330,6 +1426,8 @@ mod tests {
             device: None,
             address: None,
             unprivileged_start: None,
+            tw_reuse: None,
+            users: None,
         }
     }
 
@@ -1580,6 +1678,8 @@ mod tests {
             device: None,
             address: None,
             unprivileged_start: None,
+            tw_reuse: None,
+            users: None,
         };
         let d = verdict(&r, vec![], &c);
         assert_eq!(d.cause, Cause::EphemeralExhausted);
@@ -1942,6 +2042,57 @@ mod tests {
         assert!(!going(State::TimeWait, Source::History));
     }
 
+    /// An exhausted range's hint says who holds it, how much of it is reserved, and, when
+    /// TIME-WAITs take the ports of a connect() and tcp_tw_reuse is off, how to reuse them.
+    #[test]
+    fn an_exhausted_range_says_who_holds_it() {
+        let mut r = req("0.0.0.0", 0);
+        r.syscall = SyscallName::Connect;
+        r.errno = EADDRNOTAVAIL;
+        r.remote = Some("10.0.0.5:443".parse().unwrap());
+        let mut c = ctx();
+        c.range = Some((40000, 40003));
+        c.reserved = vec![(40003, 40010)];
+        c.ports_in_use = Some(3);
+        c.tw_reuse = Some(0);
+        c.users = Some(PortUsers {
+            by_state: [("ESTABLISHED".to_string(), 1), ("TIME_WAIT".to_string(), 2)].into(),
+            top: vec![
+                PortUser {
+                    pid: 7,
+                    comm: "curl".into(),
+                    alive: false,
+                    sockets: 2,
+                },
+                PortUser {
+                    pid: 42,
+                    comm: "python3".into(),
+                    alive: true,
+                    sockets: 1,
+                },
+            ],
+            sampled: 3,
+        });
+        let d = verdict(&r, vec![], &c);
+        assert_eq!(d.cause, Cause::EphemeralExhausted);
+        for part in [
+            "40000-40003 (1 of its 4 ports reserved) towards 10.0.0.5:443",
+            "(3 in use: 1 ESTABLISHED, 2 TIME_WAIT; by curl (pid 7, exited) 2, python3 (pid 42) 1)",
+            "2 of them are TIME-WAIT: `sysctl -w net.ipv4.tcp_tw_reuse=1`",
+            "(this namespace has 0)",
+        ] {
+            assert!(d.hint.contains(part), "{part} in: {}", d.hint);
+        }
+        assert_eq!(d.port_users.as_ref().map(|u| u.sampled), Some(3));
+        // With TIME-WAIT reuse on, or for a bind(0), the sysctl is not offered.
+        c.tw_reuse = Some(1);
+        assert!(!verdict(&r, vec![], &c).hint.contains("tcp_tw_reuse"));
+        r.syscall = SyscallName::Bind;
+        r.errno = EADDRINUSE;
+        c.tw_reuse = Some(0);
+        assert!(!verdict(&r, vec![], &c).hint.contains("tcp_tw_reuse"));
+    }
+
     /// The privileged-port hint gives the namespace's own threshold when it was read.
     #[test]
     fn a_privileged_port_hint_gives_the_namespaces_threshold() {
@@ -2031,6 +2182,8 @@ mod tests {
             device: None,
             address: None,
             unprivileged_start: None,
+            tw_reuse: None,
+            users: None,
         };
         assert!(
             !c.in_ephemeral_range(8080),

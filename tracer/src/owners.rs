@@ -16,7 +16,7 @@ use tracer_common::{
 };
 
 use crate::{
-    diagnose::{self, Diagnosis, Holder, PortContext, Request, Source, State},
+    diagnose::{self, Diagnosis, Holder, PortContext, PortUser, PortUsers, Request, Source, State},
     event::{self, Event, SyscallName},
     netns::Netns,
     procfs,
@@ -160,6 +160,10 @@ const CLOSED_HOLDER_MAX_AGE_NS: u64 = 60_000_000_000;
 /// failure storm (a service retrying in a tight loop) one lookup serves them all. Short, so that
 /// a failure after a holder changed is judged on a fresh lookup (a retry every 100 ms or slower
 /// always gets one).
+/// At most this many sockets of an exhausted range have their process looked up: enough to
+/// name the main users, without a /proc walk per socket of a range of 28 000.
+const USERS_SAMPLE: usize = 256;
+
 const LOOKUP_REUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A lookup kept for reuse: (netns, port, protocol) → when, holders, port settings.
@@ -286,7 +290,7 @@ impl Investigator {
             })
             .ok()
         });
-        let (socks, ctx) = looked.unwrap_or_default();
+        let (socks, mut ctx) = looked.unwrap_or_default();
         if let Some(name) = &ctx.device {
             if self.devices.len() > 4096 {
                 self.devices.clear();
@@ -294,6 +298,14 @@ impl Investigator {
             self.devices.insert((netns, req.bound_dev_if), name.clone());
         }
         let listed = started.elapsed();
+        if exhaustion {
+            let towards = req.remote.filter(|_| !req.udp);
+            let using: Vec<&DiagSocket> = socks
+                .iter()
+                .filter(|s| towards.is_none_or(|r| s.remote == r))
+                .collect();
+            ctx.users = Some(self.port_users(&using, netns, protocol));
+        }
         if !port_conflict {
             return diagnose::verdict(req, Vec::new(), &ctx);
         }
@@ -327,6 +339,54 @@ impl Investigator {
     /// The holders for `req` among those listed on its port: without the caller's own socket,
     /// and, when none of them would have refused the call, with the socket history names
     /// (`unlisted`). `remembered`: the port's history, if already read for this call.
+    /// Who holds the ports of an exhausted range (`using`: its sockets): a count by state, and
+    /// the processes behind at most [`USERS_SAMPLE`] of them — a live socket's from /proc, a
+    /// TIME-WAIT's from history (its process may be gone).
+    fn port_users(&mut self, using: &[&DiagSocket], netns: u32, protocol: u8) -> PortUsers {
+        let udp = protocol == IPPROTO_UDP as u8;
+        let mut users = PortUsers::default();
+        for s in using {
+            let state = State::from_kernel(s.state, udp).as_str().to_string();
+            *users.by_state.entry(state).or_default() += 1;
+        }
+        let sample = &using[..using.len().min(USERS_SAMPLE)];
+        users.sampled = sample.len() as u32;
+        let mut who: std::collections::HashMap<u32, PortUser> = std::collections::HashMap::new();
+        let mut count = |pid: u32, comm: &str, alive: bool| {
+            who.entry(pid)
+                .or_insert_with(|| PortUser {
+                    pid,
+                    comm: comm.to_string(),
+                    alive,
+                    sockets: 0,
+                })
+                .sockets += 1;
+        };
+        let inodes: Vec<u64> = sample.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
+        let owners = self.sockets.owners(&inodes, &[]);
+        for s in sample {
+            if let Some(&(pid, _)) = owners.get(&s.inode).and_then(|h| h.first()) {
+                let comm = procfs::process(pid).map(|p| p.comm).unwrap_or_default();
+                count(pid, &comm, true);
+            } else if s.inode == 0
+                && let Some(r) = self
+                    .remembered(netns, s.local.port(), protocol)
+                    .into_iter()
+                    .find(|r| {
+                        r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote)
+                    })
+            {
+                count(r.owner.pid, &r.comm, r.alive);
+            }
+        }
+        users.top = who.into_values().collect();
+        users
+            .top
+            .sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
+        users.top.truncate(5);
+        users
+    }
+
     fn settle(
         &mut self,
         mut holders: Vec<Holder>,
@@ -650,6 +710,8 @@ fn port_context() -> PortContext {
         device: None,
         address: None,
         unprivileged_start: read("ip_unprivileged_port_start").and_then(|s| s.trim().parse().ok()),
+        tw_reuse: read("tcp_tw_reuse").and_then(|s| s.trim().parse().ok()),
+        users: None,
     }
 }
 

@@ -467,6 +467,18 @@ fn connect_without_a_free_ephemeral_port() {
         "the namespace's own range: {ev:#}"
     );
     assert_eq!(ev["ports_in_use"], 4, "{ev:#}");
+    // Who holds them: the workload itself, its four connections.
+    let users = &ev["port_users"];
+    assert_eq!(users["by_state"]["ESTABLISHED"], 4, "{ev:#}");
+    assert_eq!(users["top"][0]["pid"], truth["pid"], "{ev:#}");
+    assert_eq!(users["top"][0]["sockets"], 4, "{ev:#}");
+    assert!(
+        ev["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("4 ESTABLISHED; by "),
+        "{ev:#}"
+    );
     run.release();
 }
 
@@ -499,6 +511,8 @@ fn udp_connect_without_a_free_ephemeral_port() {
     assert_eq!(ev["cause"], "ephemeral_exhausted", "{ev:#}");
     assert_eq!(ev["port_range"], "40000-40001", "{ev:#}");
     assert_eq!(ev["ports_in_use"], 2, "{ev:#}");
+    assert_eq!(ev["port_users"]["top"][0]["pid"], truth["pid"], "{ev:#}");
+    assert_eq!(ev["port_users"]["top"][0]["sockets"], 2, "{ev:#}");
     let hint = ev["hint"].as_str().unwrap_or_default();
     assert!(hint.contains("UDP socket"), "{ev:#}");
     assert!(
