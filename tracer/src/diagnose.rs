@@ -205,6 +205,9 @@ pub struct Holder {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v6only: Option<bool>,
     pub bound_dev_if: u32,
+    /// The name of `bound_dev_if` in the namespace (SO_BINDTODEVICE), when bound to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// How long ago the owner took the port (from history).
     pub age_ms: Option<u64>,
     /// Whether the owner process still runs (history owners).
@@ -254,6 +257,7 @@ impl Holder {
             reuseport: None,
             v6only: None,
             bound_dev_if: 0,
+            device: None,
             age_ms: None,
             owner_alive: None,
             shared_with: Vec::new(),
@@ -1248,6 +1252,19 @@ fn hint_with_notes(
             req.port
         );
     }
+    if let Some(h) = primary.filter(|h| h.conflicts && h.bound_dev_if != 0 && req.bound_dev_if == 0)
+    {
+        // The kernel lets sockets bound to different devices share a port; an unbound one
+        // meets them all.
+        let _ = write!(
+            hint,
+            " (that socket is bound to device {} only: this one, bound to another device \
+             (SO_BINDTODEVICE), could have the port beside it)",
+            h.device
+                .clone()
+                .unwrap_or_else(|| format!("#{}", h.bound_dev_if))
+        );
+    }
     if let Some(h) = primary.filter(|h| h.socket_closed) {
         let _ = write!(
             hint,
@@ -1405,6 +1422,7 @@ mod tests {
             reuseport: Some(false),
             v6only: None,
             bound_dev_if: 0,
+            device: None,
             age_ms: None,
             owner_alive: None,
             shared_with: vec![],
@@ -2091,6 +2109,25 @@ mod tests {
         r.errno = EADDRINUSE;
         c.tw_reuse = Some(0);
         assert!(!verdict(&r, vec![], &c).hint.contains("tcp_tw_reuse"));
+    }
+
+    /// A holder bound to one device blocks an unbound socket; bound to another device, the new
+    /// socket could share the port: the hint says so, naming the device. Not said when the
+    /// request is itself bound (to the same device, since they conflict).
+    #[test]
+    fn a_device_bound_holder_is_named_with_its_device() {
+        let mut h = holder(State::Listen, "0.0.0.0:8080");
+        h.bound_dev_if = 3;
+        h.device = Some("eth1".into());
+        let d = verdict(&req("0.0.0.0", 8080), vec![h.clone()], &ctx());
+        assert!(d.hint.contains("bound to device eth1 only"), "{}", d.hint);
+        let mut r = req("0.0.0.0", 8080);
+        r.bound_dev_if = 3;
+        assert!(
+            !verdict(&r, vec![h], &ctx())
+                .hint
+                .contains("bound to device")
+        );
     }
 
     /// The privileged-port hint gives the namespace's own threshold when it was read.

@@ -258,52 +258,30 @@ impl Investigator {
         }
 
         let looked = ns.and_then(|ns| {
-            ns.run_in(|| {
-                let mut ctx = port_context();
-                if req.bound_dev_if != 0 {
-                    ctx.device = if_name(req.bound_dev_if);
-                }
-                if req.errno == EADDRNOTAVAIL && req.syscall == SyscallName::Bind {
-                    ctx.address = crate::addresses::state_of(req.addr);
-                }
-                let (lo, hi) = if exhaustion {
-                    ctx.range.unwrap_or((32768, 60999))
-                } else {
-                    (req.port, req.port)
-                };
-                let socks = if port_conflict || exhaustion {
-                    sockets(protocol, lo, hi)
-                } else {
-                    Vec::new()
-                };
-                if exhaustion {
-                    // A TCP port is shared by connections to different destinations; a UDP
-                    // socket's port is its own, whatever it sends to.
-                    let towards = req.remote.filter(|_| !req.udp);
-                    let n = socks
-                        .iter()
-                        .filter(|s| towards.is_none_or(|r| s.remote == r))
-                        .count();
-                    ctx.ports_in_use = Some(n as u32);
-                }
-                (socks, ctx)
-            })
-            .ok()
+            ns.run_in(|| look_in_namespace(req, protocol, exhaustion, port_conflict))
+                .ok()
         });
-        let (socks, mut ctx) = looked.unwrap_or_default();
+        let looked_ok = looked.is_some();
+        let (socks, mut ctx, devices) = looked.unwrap_or_default();
+        if self.devices.len() > 4096 {
+            self.devices.clear();
+        }
+        for (index, name) in devices {
+            self.devices.insert((netns, index), name);
+        }
         if let Some(name) = &ctx.device {
-            if self.devices.len() > 4096 {
-                self.devices.clear();
-            }
             self.devices.insert((netns, req.bound_dev_if), name.clone());
         }
         let listed = started.elapsed();
-        if exhaustion {
+        if exhaustion && looked_ok {
+            // A TCP port is shared by connections to different destinations; a UDP socket's
+            // port is its own, whatever it sends to.
             let towards = req.remote.filter(|_| !req.udp);
             let using: Vec<&DiagSocket> = socks
                 .iter()
                 .filter(|s| towards.is_none_or(|r| s.remote == r))
                 .collect();
+            ctx.ports_in_use = Some(using.len() as u32);
             ctx.users = Some(self.port_users(&using, netns, protocol));
         }
         if !port_conflict {
@@ -312,6 +290,9 @@ impl Investigator {
         let remembered = self.remembered(netns, req.port, protocol);
         let mut listed_holders = self.holders(&socks, &remembered, req.udp, ctx.range);
         self.resolve_containers(&mut listed_holders, netns);
+        for h in listed_holders.iter_mut().filter(|h| h.bound_dev_if != 0) {
+            h.device = self.devices.get(&(netns, h.bound_dev_if)).cloned();
+        }
         log::debug!(
             "lookup for pid {} port {}: {} socket(s) listed in {listed:?}, owners found in {:?}",
             req.pid,
@@ -699,6 +680,43 @@ fn own_role(state: State) -> Role {
 }
 
 /// `ip_local_port_range` and `ip_local_reserved_ports` of the calling thread's namespace.
+/// What a failure's lookup reads in the failing namespace (run there): its port settings, the
+/// sockets on the port (or, for exhaustion, on the whole ephemeral range), and the names of the
+/// devices those sockets are bound to.
+fn look_in_namespace(
+    req: &Request,
+    protocol: u8,
+    exhaustion: bool,
+    port_conflict: bool,
+) -> (Vec<DiagSocket>, PortContext, Vec<(u32, String)>) {
+    let mut ctx = port_context();
+    if req.bound_dev_if != 0 {
+        ctx.device = if_name(req.bound_dev_if);
+    }
+    if req.errno == EADDRNOTAVAIL && req.syscall == SyscallName::Bind {
+        ctx.address = crate::addresses::state_of(req.addr);
+    }
+    let (lo, hi) = if exhaustion {
+        ctx.range.unwrap_or((32768, 60999))
+    } else {
+        (req.port, req.port)
+    };
+    let socks = if port_conflict || exhaustion {
+        sockets(protocol, lo, hi)
+    } else {
+        Vec::new()
+    };
+    let devices: Vec<(u32, String)> = socks
+        .iter()
+        .map(|s| s.bound_dev_if)
+        .filter(|&i| i != 0)
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
+        .filter_map(|i| if_name(i).map(|n| (i, n)))
+        .collect();
+    (socks, ctx, devices)
+}
+
 fn port_context() -> PortContext {
     let read = |name: &str| fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok();
     PortContext {

@@ -568,6 +568,11 @@ fn a_device_bound_call_names_its_device() {
     assert_eq!(ev["device"], "lo", "{ev:#}");
     assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
     assert_eq!(holder(&ev)["bound_dev_if"], 1, "{ev:#}");
+    assert_eq!(
+        holder(&ev)["device"],
+        "lo",
+        "the holder's device, by name: {ev:#}"
+    );
     run.release();
 }
 
