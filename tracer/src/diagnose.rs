@@ -79,6 +79,23 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Whether another socket holding the port is what this cause is about (so a holder is
+    /// looked for), rather than the caller's own address, privileges or range.
+    pub fn is_conflict(self) -> bool {
+        matches!(
+            self,
+            Self::ListenerConflict
+                | Self::TimeWaitConflict
+                | Self::OutgoingConnectionConflict
+                | Self::AcceptedConnectionConflict
+                | Self::BoundSocketConflict
+                | Self::UdpConflict
+                | Self::ReuseportMismatch
+                | Self::DualStackConflict
+                | Self::FourTupleInUse
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ListenerConflict => "listener_conflict",

@@ -12,7 +12,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::{event::Event, output::sanitize};
+use crate::{
+    event::{Event, SyscallName, endpoint},
+    output::sanitize,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
@@ -49,6 +52,21 @@ impl Count {
     }
 }
 
+/// Failures of one kind: the same call on the same address (or, for a call that wanted any
+/// port, towards the same destination), with the same cause and holder.
+#[derive(Default, Serialize)]
+struct Incident {
+    #[serde(flatten)]
+    count: Count,
+    call: String,
+    cause: String,
+    holder: String,
+    /// The latest failure's hint.
+    hint: String,
+    /// The processes that failed, by name.
+    failing: std::collections::BTreeSet<String>,
+}
+
 #[derive(Default, Serialize)]
 pub struct Summary {
     failures: u64,
@@ -64,6 +82,9 @@ pub struct Summary {
     by_process: BTreeMap<String, Count>,
     by_container: BTreeMap<String, Count>,
     by_holder: BTreeMap<String, Count>,
+    by_netns: BTreeMap<String, Count>,
+    /// One entry per call, cause and holder: what an operator reads first.
+    incidents: BTreeMap<String, Incident>,
     /// `YYYY-MM-DDTHH:MM` → failures in that minute (UTC).
     timeline: BTreeMap<String, u64>,
 }
@@ -115,7 +136,7 @@ impl Summary {
             .diagnosis
             .as_ref()
             .map_or_else(|| ev.error.clone(), |d| d.cause.as_str().to_string());
-        self.by_cause.entry(cause).or_default().add(t);
+        self.by_cause.entry(cause.clone()).or_default().add(t);
         self.by_process.entry(ev.comm.clone()).or_default().add(t);
         let container = ev
             .container
@@ -134,10 +155,50 @@ impl Summary {
             .as_ref()
             .and_then(|d| d.holders.iter().find(|h| h.conflicts).or(d.holders.first()))
             .map_or_else(
-                || "(none found)".to_string(),
+                || {
+                    // Only a conflict has a holder to find; the other causes are the caller's
+                    // own (its address, its privileges, the range).
+                    if ev.diagnosis.as_ref().is_some_and(|d| d.cause.is_conflict()) {
+                        "(none found)".to_string()
+                    } else {
+                        "(no holder: not a conflict)".to_string()
+                    }
+                },
                 |h| format!("{} {}", h.comm.as_deref().unwrap_or("?"), h.state.as_str()),
             );
-        self.by_holder.entry(holder).or_default().add(t);
+        self.by_holder.entry(holder.clone()).or_default().add(t);
+        self.by_netns
+            .entry(ev.netns.to_string())
+            .or_default()
+            .add(t);
+        let call = match (ev.syscall, &ev.remote_addr) {
+            (SyscallName::Connect, Some(r)) => format!(
+                "connect {} to {}",
+                ev.protocol,
+                endpoint(r, ev.remote_port.unwrap_or(0))
+            ),
+            (s, _) if ev.port == 0 => {
+                format!("{} {} {} (any port)", s.as_str(), ev.protocol, ev.addr)
+            }
+            (s, _) => format!("{} {} {}", s.as_str(), ev.protocol, ev.local()),
+        };
+        let call = format!("{call} netns={}", ev.netns);
+        let incident = self
+            .incidents
+            .entry(format!("{call}|{cause}|{holder}"))
+            .or_default();
+        if t >= incident.count.last.as_str() {
+            incident.hint = ev
+                .diagnosis
+                .as_ref()
+                .map(|d| d.hint.clone())
+                .unwrap_or_default();
+        }
+        incident.count.add(t);
+        incident.call = call;
+        incident.cause = cause;
+        incident.holder = holder;
+        incident.failing.insert(ev.comm.clone());
         if t.len() >= 16 {
             *self.timeline.entry(t[..16].to_string()).or_default() += 1;
         }
@@ -177,6 +238,42 @@ impl Summary {
         }
     }
 
+    /// One paragraph per incident, most failures first: the call, the cause and holder, how
+    /// often and when, and the latest hint.
+    fn print_incidents(&self) {
+        if self.incidents.is_empty() {
+            return;
+        }
+        println!("\nwhat failed (per call, cause and holder; the latest hint):");
+        let mut v: Vec<&Incident> = self.incidents.values().collect();
+        v.sort_by(|a, b| {
+            b.count
+                .failures
+                .cmp(&a.count.failures)
+                .then(b.count.last.cmp(&a.count.last))
+        });
+        for i in v {
+            let failing: Vec<&str> = i.failing.iter().map(String::as_str).collect();
+            let held = if i.holder.starts_with("(no holder") {
+                String::new()
+            } else {
+                format!(", held by {}", sanitize(&i.holder))
+            };
+            println!(
+                "  {:>7}  {} by {}: {}{held}; first {} last {}",
+                i.count.failures,
+                sanitize(&i.call),
+                sanitize(&failing.join(",")),
+                i.cause,
+                i.count.first,
+                i.count.last
+            );
+            if !i.hint.is_empty() {
+                println!("           {}", sanitize(&i.hint));
+            }
+        }
+    }
+
     pub fn print_text(&self) {
         println!(
             "{} failure(s), {} success(es) logged; {} event(s) lost in the kernel; {} corrupt line(s) skipped",
@@ -185,11 +282,15 @@ impl Summary {
         if let (Some(f), Some(l)) = (&self.first, &self.last) {
             println!("first failure {f}, last {l}");
         }
+        self.print_incidents();
         Self::print_table("by port", &self.by_port);
         Self::print_table("by cause", &self.by_cause);
         Self::print_table("by failing process", &self.by_process);
         Self::print_table("by container", &self.by_container);
         Self::print_table("by holder", &self.by_holder);
+        if self.by_netns.len() > 1 {
+            Self::print_table("by network namespace", &self.by_netns);
+        }
         if !self.timeline.is_empty() {
             println!("\nper minute (UTC):");
             let max = self.timeline.values().copied().max().unwrap_or(1);
@@ -255,6 +356,49 @@ mod tests {
         assert_eq!(s.by_container["(host)"].failures, 3);
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["by_cause"]["EADDRINUSE"]["failures"], 3);
+        // One incident per call, cause and holder, carrying the latest hint.
+        assert_eq!(s.incidents.len(), 2, "{:?}", s.incidents.keys());
+        let i = s
+            .incidents
+            .values()
+            .find(|i| i.call.starts_with("bind tcp [::]:8080"))
+            .expect("the 8080 incident");
+        assert_eq!(i.count.failures, 2);
+        assert_eq!(i.count.last, "2026-11-25T15:41:07.1Z");
+        assert!(i.failing.contains("java"));
+    }
+
+    /// A failure that wanted any port is grouped with the others towards its destination, not
+    /// under "port 0".
+    #[test]
+    fn exhaustion_is_grouped_by_destination() {
+        let mut s = Summary::default();
+        for dest in ["10.0.0.5", "10.0.0.5", "10.0.0.6"] {
+            let mut e = event();
+            e.syscall = SyscallName::Connect;
+            e.port = 0;
+            e.remote_addr = Some(dest.into());
+            e.remote_port = Some(443);
+            s.event(&e);
+        }
+        assert_eq!(s.by_port["any/tcp"].failures, 3);
+        let calls: Vec<(&str, u64)> = s
+            .incidents
+            .values()
+            .map(|i| (i.call.as_str(), i.count.failures))
+            .collect();
+        assert!(
+            calls
+                .iter()
+                .any(|(c, n)| c.starts_with("connect tcp to 10.0.0.5:443") && *n == 2),
+            "{calls:?}"
+        );
+        assert!(
+            calls
+                .iter()
+                .any(|(c, n)| c.starts_with("connect tcp to 10.0.0.6:443") && *n == 1),
+            "{calls:?}"
+        );
     }
 
     #[test]
