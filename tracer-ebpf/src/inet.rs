@@ -21,8 +21,8 @@
 //! - `int inet_dgram_connect(struct socket *sock, struct sockaddr *uaddr, int addr_len, int
 //!   flags)`: connect() of every AF_INET/AF_INET6 datagram socket (UDP, UDP-Lite, ICMP ping), the
 //!   syscall's and io_uring's. A socket without a port is given one by `inet_autobind()` first,
-//!   after the cgroup connect hooks; when no port is free the call returns -EAGAIN, which nothing
-//!   else in it returns.
+//!   after the cgroup connect hooks; when no port is free the call returns -EAGAIN (as can the
+//!   protocol's connect for a socket with a port: an IPsec SA not yet negotiated).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tracer_common::{AF_INET, AF_INET6, BindEvent, IPPROTO_UDP, Syscall, flags, tcp_state};
@@ -162,15 +162,19 @@ pub fn dgram_connect_done(sock: *const u8, uaddr: *const u8, ret: i64) {
     }
 }
 
-/// A connect() of a datagram socket with no port yet failed with -EAGAIN: `inet_dgram_connect()`
-/// returns that, and only that, when `inet_autobind()` finds no free port for it — UDP's port
-/// exhaustion, reported for UDP sockets only (ICMP ping sockets' ids are not ports). Other
-/// EAGAINs of connect() belong to other families (a full AF_UNIX backlog) and are not reported.
+/// A connect() of a datagram socket failed with -EAGAIN: `inet_dgram_connect()` returns that when
+/// `inet_autobind()` finds no free port for a socket without one — UDP's port exhaustion,
+/// reported for UDP sockets only (ICMP ping sockets' ids are not ports), and only if the socket
+/// still has no port. Other EAGAINs of connect() are not reported: an AF_UNIX socket's full
+/// backlog, an IPsec SA still being negotiated.
 /// `remote`: the caller's destination address (all zero if it could not be read).
 #[inline(always)]
 pub fn autobind_failed(sk: *const u8, remote: &[u8; 24]) {
     let v = sock_view(sk);
-    if (v.family != AF_INET && v.family != AF_INET6) || v.protocol != IPPROTO_UDP {
+    // Still without a port: the autobind failed. (A socket with one can get -EAGAIN from the
+    // protocol's connect: an IPsec policy whose SA is still being negotiated, with
+    // net.core.xfrm_larval_drop=0.)
+    if (v.family != AF_INET && v.family != AF_INET6) || v.protocol != IPPROTO_UDP || v.port != 0 {
         return;
     }
     let Some(ev) = scratch() else {

@@ -74,11 +74,17 @@ pub fn krp_inet_csk_get_port(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// Which entry probe saved a thread's `CONNECT_ARGS`: a return probe takes only its own function's
+/// (a kretprobe can be missed — its instances run out while a call sleeps — and a later return of
+/// the other function must not read a `struct socket *` as a `struct sock *`).
+const HASH_CONNECT: u64 = 1;
+const DGRAM_CONNECT: u64 = 2;
+
 /// Saves this thread's arguments for the return probe (the connect() has no pending event), in
 /// the thread's entry: reused, like `PENDING`'s, so a connection costs a lookup, not an insert and
-/// a delete.
+/// a delete. `args[0]` is the tag of the function saving them.
 #[inline(always)]
-fn save_connect_args(args: [u64; 2]) {
+fn save_connect_args(args: [u64; 3]) {
     let tid = current_tid();
     if let Some(p) = CONNECT_ARGS.get_ptr_mut(tid) {
         // SAFETY: the entry belongs to this thread; nothing else writes it.
@@ -88,19 +94,20 @@ fn save_connect_args(args: [u64; 2]) {
     }
 }
 
-/// Takes the arguments `save_connect_args` saved (`[0, 0]` marks them consumed).
+/// Takes the arguments the entry probe of the function tagged `tag` saved (a zero tag marks them
+/// consumed).
 #[inline(always)]
-fn take_connect_args() -> Option<[u64; 2]> {
+fn take_connect_args(tag: u64) -> Option<[u64; 2]> {
     let p = CONNECT_ARGS.get_ptr_mut(current_tid())?;
     // SAFETY: as above.
-    let args = unsafe { core::mem::replace(&mut *p, [0, 0]) };
-    (args[0] != 0).then_some(args)
+    let args = unsafe { core::mem::replace(&mut *p, [0; 3]) };
+    (args[0] == tag).then_some([args[1], args[2]])
 }
 
 #[kprobe(function = "__inet_hash_connect")]
 pub fn kp_inet_hash_connect(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(1) {
-        save_connect_args([sk, 0]);
+        save_connect_args([HASH_CONNECT, sk, 0]);
     }
     0
 }
@@ -108,7 +115,7 @@ pub fn kp_inet_hash_connect(ctx: ProbeContext) -> u32 {
 #[kretprobe(function = "__inet_hash_connect")]
 pub fn krp_inet_hash_connect(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    if let Some([sk, _]) = take_connect_args() {
+    if let Some([sk, _]) = take_connect_args(HASH_CONNECT) {
         inet::hash_connect_done(sk as *const u8, i64::from(ret));
     }
     0
@@ -119,7 +126,7 @@ pub fn krp_inet_hash_connect(ctx: RetProbeContext) -> u32 {
 #[kprobe(function = "inet_dgram_connect")]
 pub fn kp_inet_dgram_connect(ctx: ProbeContext) -> u32 {
     if let (Some(sock), Some(uaddr)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-        save_connect_args([sock, uaddr]);
+        save_connect_args([DGRAM_CONNECT, sock, uaddr]);
     }
     0
 }
@@ -127,7 +134,7 @@ pub fn kp_inet_dgram_connect(ctx: ProbeContext) -> u32 {
 #[kretprobe(function = "inet_dgram_connect")]
 pub fn krp_inet_dgram_connect(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    if let Some([sock, uaddr]) = take_connect_args() {
+    if let Some([sock, uaddr]) = take_connect_args(DGRAM_CONNECT) {
         inet::dgram_connect_done(sock as *const u8, uaddr as *const u8, i64::from(ret));
     }
     0

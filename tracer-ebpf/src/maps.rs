@@ -67,10 +67,11 @@ pub static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(16 
 #[map(name = "CONNECTING_LIVE")]
 pub static CONNECTING_LIVE: Array<u64> = Array::with_max_entries(1, 0);
 
-/// kprobe backend: the arguments of a connect-side call in flight, keyed by thread: the socket of
-/// a `__inet_hash_connect()`, or the socket and address of an `inet_dgram_connect()`.
+/// kprobe backend: the arguments of a connect-side call in flight, keyed by thread: which function
+/// (a tag), then the socket of a `__inet_hash_connect()`, or the socket and address of an
+/// `inet_dgram_connect()`.
 #[map(name = "CONNECT_ARGS")]
-pub static CONNECT_ARGS: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries(4 * 1024, 0);
+pub static CONNECT_ARGS: LruHashMap<u32, [u64; 3]> = LruHashMap::with_max_entries(4 * 1024, 0);
 
 /// `--cgroup`: the cgroup (subtree) callers must be in, when `CONFIG.filter_cgroup` is set.
 #[map(name = "CGROUP_FILTER")]

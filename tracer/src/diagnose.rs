@@ -56,6 +56,9 @@ pub enum Cause {
     FourTupleInUse,
     /// EACCES: a port below `ip_unprivileged_port_start` without CAP_NET_BIND_SERVICE.
     PrivilegedPort,
+    /// EACCES on a port at or above `ip_unprivileged_port_start`: not the kernel's port check but
+    /// a security module's (SELinux name_bind, AppArmor).
+    RefusedBySecurityModule,
     /// EADDRNOTAVAIL on bind: the address is not on any interface of the namespace.
     AddressNotLocal,
     /// EINVAL: the socket is already bound, connected or listening.
@@ -109,6 +112,7 @@ impl Cause {
             Self::EphemeralExhausted => "ephemeral_exhausted",
             Self::FourTupleInUse => "four_tuple_in_use",
             Self::PrivilegedPort => "privileged_port",
+            Self::RefusedBySecurityModule => "refused_by_security_module",
             Self::AddressNotLocal => "address_not_local",
             Self::AlreadyBound => "already_bound",
             Self::LinkLocalWithoutInterface => "link_local_without_interface",
@@ -759,8 +763,9 @@ fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
     };
     let mut in_use = match ctx.ports_in_use {
         None => "? in use".to_string(),
-        // The sockets holding them closed before bindtrace looked (a short-lived process).
-        Some(0) => "their sockets had closed when bindtrace looked".to_string(),
+        // The sockets holding them closed before bindtrace looked (a short-lived process), or
+        // hold them in ways sock_diag does not list.
+        Some(0) => "none found when bindtrace looked".to_string(),
         Some(n) => format!("{n} in use"),
     };
     if let Some(u) = ctx.users.as_ref().filter(|u| !u.by_state.is_empty()) {
@@ -772,17 +777,20 @@ fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
         .as_ref()
         .and_then(|u| u.by_state.get(State::TimeWait.as_str()).copied())
         .unwrap_or(0);
-    let tw_fix =
-        if tw > 0 && !req.udp && req.syscall == SyscallName::Connect && ctx.tw_reuse != Some(1) {
-            format!(
-                "{tw} of them are TIME-WAIT: `sysctl -w net.ipv4.tcp_tw_reuse=1` lets new outgoing \
-             connections take those ports (this namespace has {}); or ",
-                ctx.tw_reuse
-                    .map_or_else(|| "?".to_string(), |v| v.to_string())
-            )
-        } else {
-            String::new()
-        };
+    // tcp_tw_reuse 2 (the default) already lets connections to loopback reuse TIME-WAITs.
+    let loopback = req.remote.is_some_and(|r| canonical(r.ip()).is_loopback());
+    let reuse_on = ctx.tw_reuse == Some(1) || (ctx.tw_reuse == Some(2) && loopback);
+    let tw_fix = if tw > 0 && !req.udp && req.syscall == SyscallName::Connect && !reuse_on {
+        format!(
+            "{tw} of them are TIME-WAIT: `sysctl -w net.ipv4.tcp_tw_reuse=1` lets new outgoing \
+             connections take a TIME-WAIT's port once it is a second old, where both ends use \
+             TCP timestamps (the default) (this namespace has {}); or ",
+            ctx.tw_reuse
+                .map_or_else(|| "?".to_string(), |v| v.to_string())
+        )
+    } else {
+        String::new()
+    };
     format!(
         "no free local port in ip_local_port_range {}{}{dest} ({in_use}): {tw_fix}{fix}",
         ctx.range_text(),
@@ -839,6 +847,13 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
     let port = req.port;
     match cause {
         Cause::EphemeralExhausted => exhausted_hint(req, ctx),
+        Cause::RefusedBySecurityModule => format!(
+            "port {port} is not below net.ipv4.ip_unprivileged_port_start ({} in this namespace), \
+             so a security module refused the bind: SELinux (`ausearch -m avc -ts recent`; allow \
+             the port for the service's type with `semanage port -a -t <type> -p tcp {port}`) or \
+             AppArmor (its denial is in the audit log)",
+            ctx.unprivileged_start.unwrap_or(1024)
+        ),
         Cause::PrivilegedPort => {
             let start = ctx.unprivileged_start.map_or_else(
                 || "net.ipv4.ip_unprivileged_port_start".to_string(),
@@ -1292,14 +1307,20 @@ fn hint_with_notes(
     } else if primary.is_some_and(|h| {
         h.source == Source::History
             && h.owner_alive == Some(false)
-            && h.state != State::TimeWait
+            && matches!(h.state, State::Listen | State::Bound)
             && h.opened_by.is_none()
     }) {
-        // Still listed, but no process has it open and its owner is gone: it was closing as
-        // bindtrace looked (a server killed just after the failure).
-        hint.push_str(
-            " (that process has exited since, and no process had the socket open when \
-             bindtrace looked: the port is likely free again)",
+        // Still listed, but no process has it open and its owner is gone: either it was closing
+        // as bindtrace looked (a server killed just after the failure), or the kernel holds it
+        // (a socket a short-lived command had the kernel open: a VXLAN or WireGuard device's,
+        // nfsd's).
+        let _ = write!(
+            hint,
+            " (that process has exited since, and no process had the socket open when bindtrace \
+             looked: if `ss -anp sport = :{}` no longer lists it, the port is free again; if it \
+             still does, with no process, the kernel holds it for a device or service that \
+             command set up)",
+            req.port
         );
     }
     hint
@@ -1319,10 +1340,15 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
         EADDRNOTAVAIL if req.syscall == SyscallName::Connect && req.port != 0 => None,
         // A TCP connect() found no port free towards its destination; a UDP socket's found no
         // port to take at all (`inet_autobind()`).
-        EADDRNOTAVAIL | EAGAIN if req.syscall == SyscallName::Connect => {
+        // (An EAGAIN of a socket that had a port is not one: an IPsec SA being negotiated.)
+        EADDRNOTAVAIL | EAGAIN if req.syscall == SyscallName::Connect && req.port == 0 => {
             Some(Cause::EphemeralExhausted)
         }
         EADDRINUSE if req.port == 0 => Some(Cause::EphemeralExhausted),
+        // Not below the threshold: the kernel's own check passed, a security module refused it.
+        EACCES if ctx.unprivileged_start.is_some_and(|n| req.port >= n) => {
+            Some(Cause::RefusedBySecurityModule)
+        }
         EACCES => Some(Cause::PrivilegedPort),
         EADDRNOTAVAIL => Some(Cause::AddressNotLocal),
         EINVAL => Some(invalid_address(req)),
@@ -1918,6 +1944,7 @@ mod tests {
             EphemeralExhausted,
             FourTupleInUse,
             PrivilegedPort,
+            RefusedBySecurityModule,
             AddressNotLocal,
             AlreadyBound,
             LinkLocalWithoutInterface,
@@ -2060,8 +2087,9 @@ mod tests {
     }
 
     /// A listener still listed but open in no process, whose remembered owner has exited: it was
-    /// closing as bindtrace looked; the hint says the port is likely free again. Not said of a
-    /// live holder, nor of a TIME-WAIT (which outlives its process by design).
+    /// closing as bindtrace looked, or the kernel holds it; the hint says how to tell. Not said of
+    /// a live holder, nor of a TIME-WAIT or an orphaned connection (which outlive their process by
+    /// design).
     #[test]
     fn a_holder_whose_owner_just_exited_is_said_to_be_going() {
         let going = |state: State, source: Source| {
@@ -2070,11 +2098,13 @@ mod tests {
             h.owner_alive = Some(false);
             verdict(&req("0.0.0.0", 8080), vec![h], &ctx())
                 .hint
-                .contains("the port is likely free again")
+                .contains("the port is free again; if it still does")
         };
         assert!(going(State::Listen, Source::History));
         assert!(!going(State::Listen, Source::Live));
         assert!(!going(State::TimeWait, Source::History));
+        // An orphaned connection holds the port until it ends: not said of it either.
+        assert!(!going(State::FinWait2, Source::History));
     }
 
     /// An exhausted range's hint says who holds it, how much of it is reserved, and, when
@@ -2160,6 +2190,16 @@ mod tests {
         assert!(d.hint.contains("a port of 500 or more"), "{}", d.hint);
         let d = verdict(&r, vec![], &ctx());
         assert!(d.hint.contains("a port of 1024 or more"), "{}", d.hint);
+        // At or above the threshold, the kernel did not refuse it: a security module did.
+        let mut r = req("0.0.0.0", 8081);
+        r.errno = EACCES;
+        let d = verdict(&r, vec![], &c);
+        assert_eq!(d.cause, Cause::RefusedBySecurityModule);
+        assert!(
+            d.hint.contains("a security module refused the bind"),
+            "{}",
+            d.hint
+        );
     }
 
     /// A JVM cannot set IPV6_V6ONLY, and -Djava.net.preferIPv4Stack=true would bind the same

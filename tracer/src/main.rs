@@ -47,10 +47,11 @@ fn main() -> ExitCode {
         lab::helper::run(args);
         return ExitCode::SUCCESS;
     }
-    if !matches!(cli.command, Command::Watch(_)) {
-        // A one-shot command piped into `head` ends quietly when the reader goes, as Unix tools
-        // do, instead of panicking in println! on EPIPE. `watch` keeps SIGPIPE ignored: it
-        // handles a closed output itself and still detaches and prints its summary.
+    if matches!(cli.command, Command::Report(_) | Command::CheckPort(_)) {
+        // These print and exit: piped into `head`, they end quietly when the reader goes, as
+        // Unix tools do, instead of panicking in println! on EPIPE. The others keep SIGPIPE
+        // ignored: `watch` handles a closed output itself (it still detaches and prints its
+        // summary), and `lab` writes to helpers' stdin pipes, which may have closed already.
         // SAFETY: restoring a signal's default disposition, before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }

@@ -112,6 +112,15 @@ impl Remembered {
         )
     }
 
+    /// The owner's name: the kernel programs record the calling thread's; a process that still
+    /// runs has its own (a JVM's "redis-pool-1" thread in "java").
+    fn process_name(&self) -> String {
+        self.alive
+            .then(|| procfs::process(self.owner.pid))
+            .flatten()
+            .map_or_else(|| self.comm.clone(), |p| p.comm)
+    }
+
     /// The socket this entry describes, on `req`'s port, as it was when it took the port (a
     /// connection as ESTABLISHED); `closed`: gone when looked up.
     fn holder(&self, req: &Request, closed: bool) -> Holder {
@@ -133,12 +142,9 @@ impl Remembered {
     fn apply(&self, h: &mut Holder) {
         h.pid = Some(self.owner.pid);
         h.comm = Some(self.comm.clone());
-        // The kernel programs record the calling thread's name; a running process has its own.
-        if self.alive
-            && let Some(p) = procfs::process(self.owner.pid)
-            && p.comm != self.comm
-        {
-            h.thread = h.comm.replace(p.comm);
+        let name = self.process_name();
+        if name != self.comm {
+            h.thread = h.comm.replace(name);
         }
         h.uid = Some(self.owner.uid);
         h.source = Source::History;
@@ -156,14 +162,14 @@ impl Remembered {
 /// longest a port commonly stays held once its owner is gone.
 const CLOSED_HOLDER_MAX_AGE_NS: u64 = 60_000_000_000;
 
-/// How long a port's holders, once looked up, answer for further failures on the same port: in a
-/// failure storm (a service retrying in a tight loop) one lookup serves them all. Short, so that
-/// a failure after a holder changed is judged on a fresh lookup (a retry every 100 ms or slower
-/// always gets one).
 /// At most this many sockets of an exhausted range have their process looked up: enough to
 /// name the main users, without a /proc walk per socket of a range of 28 000.
 const USERS_SAMPLE: usize = 256;
 
+/// How long a port's holders, once looked up, answer for further failures on the same port: in a
+/// failure storm (a service retrying in a tight loop) one lookup serves them all. Short, so that
+/// a failure after a holder changed is judged on a fresh lookup (a retry every 100 ms or slower
+/// always gets one).
 const LOOKUP_REUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A lookup kept for reuse: (netns, port, protocol) → when, holders, port settings.
@@ -173,6 +179,11 @@ type Lookups =
 /// Looks up holders and decides; owns the caches that make repeated lookups cheap.
 pub struct Investigator {
     recent: Lookups,
+    /// Exhaustion lookups (a whole range's sockets and their users), by namespace, protocol and
+    /// destination (TCP), reused like `recent`: a storm of failing connects is one lookup per
+    /// [`LOOKUP_REUSE`].
+    recent_exhaustion:
+        std::collections::HashMap<(u32, u8, Option<SocketAddr>), (std::time::Instant, PortContext)>,
     containers: crate::container::Resolver,
     sockets: procfs::SocketTable,
     history: Option<History>,
@@ -188,6 +199,7 @@ impl Investigator {
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 8, 0));
         Self {
             recent: Lookups::new(),
+            recent_exhaustion: std::collections::HashMap::new(),
             containers: crate::container::Resolver::default(),
             sockets: procfs::SocketTable::prefilled(),
             history,
@@ -224,7 +236,13 @@ impl Investigator {
 
     /// Works out why `ev` failed. `ns` is the failing namespace (None if it could not be opened).
     pub fn diagnose(&mut self, ev: &Event, ns: Option<&Netns>) -> Diagnosis {
-        self.investigate(&Request::from_event(ev), ev.netns, ns)
+        let mut req = Request::from_event(ev);
+        // The event has the calling thread's name (a JVM's "epollEventLoopG"); the advice fits
+        // the program, by the process's name while it runs.
+        if let Some(p) = procfs::process(ev.pid) {
+            req.comm = p.comm;
+        }
+        self.investigate(&req, ev.netns, ns)
     }
 
     /// Who holds (or would block) `req`'s port in namespace `netns`, and the verdict.
@@ -240,6 +258,15 @@ impl Investigator {
         // port to the same destination exists: the port's sockets are looked up as for a bind.
         let port_conflict =
             (req.errno == EADDRINUSE && !exhaustion) || (connect_refused && req.port != 0);
+        let exhaustion_key = (netns, protocol, req.remote.filter(|_| !req.udp));
+        if exhaustion
+            && let Some((at, ctx)) = self.recent_exhaustion.get(&exhaustion_key)
+            && at.elapsed() < LOOKUP_REUSE
+        {
+            let mut ctx = ctx.clone();
+            ctx.device = self.devices.get(&(netns, req.bound_dev_if)).cloned();
+            return diagnose::verdict(req, Vec::new(), &ctx);
+        }
         let key = (netns, req.port, protocol);
         if port_conflict
             && let Some((at, listed, ctx)) = self.recent.get(&key)
@@ -274,15 +301,27 @@ impl Investigator {
         }
         let listed = started.elapsed();
         if exhaustion && looked_ok {
-            // A TCP port is shared by connections to different destinations; a UDP socket's
-            // port is its own, whatever it sends to.
+            // A TCP port is shared by connections to different destinations, but not with a
+            // socket bound by bind() — a listener, or a client bound before connecting
+            // (`__inet_hash_connect()` skips a port whose bind bucket has fastreuse >= 0); a UDP
+            // socket's port is its own, whatever it sends to.
             let towards = req.remote.filter(|_| !req.udp);
             let using: Vec<&DiagSocket> = socks
                 .iter()
-                .filter(|s| towards.is_none_or(|r| s.remote == r))
+                .filter(|s| {
+                    towards.is_none_or(|r| {
+                        s.remote == r || s.state == tcp_state::LISTEN || s.state == tcp_state::CLOSE
+                    })
+                })
                 .collect();
             ctx.ports_in_use = Some(using.len() as u32);
             ctx.users = Some(self.port_users(&using, netns, protocol));
+            if self.recent_exhaustion.len() > 4096 {
+                self.recent_exhaustion
+                    .retain(|_, (at, _)| at.elapsed() < LOOKUP_REUSE);
+            }
+            self.recent_exhaustion
+                .insert(exhaustion_key, (std::time::Instant::now(), ctx.clone()));
         }
         if !port_conflict {
             return diagnose::verdict(req, Vec::new(), &ctx);
@@ -317,9 +356,6 @@ impl Investigator {
         diagnose::verdict(req, holders, &ctx)
     }
 
-    /// The holders for `req` among those listed on its port: without the caller's own socket,
-    /// and, when none of them would have refused the call, with the socket history names
-    /// (`unlisted`). `remembered`: the port's history, if already read for this call.
     /// Who holds the ports of an exhausted range (`using`: its sockets): a count by state, and
     /// the processes behind at most [`USERS_SAMPLE`] of them — a live socket's from /proc, a
     /// TIME-WAIT's from history (its process may be gone).
@@ -357,7 +393,7 @@ impl Investigator {
                         r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote)
                     })
             {
-                count(r.owner.pid, &r.comm, r.alive);
+                count(r.owner.pid, &r.process_name(), r.alive);
             }
         }
         users.top = who.into_values().collect();
@@ -368,6 +404,9 @@ impl Investigator {
         users
     }
 
+    /// The holders for `req` among those listed on its port: without the caller's own socket,
+    /// and, when none of them would have refused the call, with the socket history names
+    /// (`unlisted`). `remembered`: the port's history, if already read for this call.
     fn settle(
         &mut self,
         mut holders: Vec<Holder>,
@@ -679,7 +718,6 @@ fn own_role(state: State) -> Role {
     }
 }
 
-/// `ip_local_port_range` and `ip_local_reserved_ports` of the calling thread's namespace.
 /// What a failure's lookup reads in the failing namespace (run there): its port settings, the
 /// sockets on the port (or, for exhaustion, on the whole ephemeral range), and the names of the
 /// devices those sockets are bound to.
@@ -717,6 +755,8 @@ fn look_in_namespace(
     (socks, ctx, devices)
 }
 
+/// The port settings of the calling thread's namespace: `ip_local_port_range`,
+/// `ip_local_reserved_ports`, `ip_unprivileged_port_start`, `tcp_tw_reuse`.
 fn port_context() -> PortContext {
     let read = |name: &str| fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok();
     PortContext {

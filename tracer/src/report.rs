@@ -17,6 +17,13 @@ use crate::{
     output::sanitize,
 };
 
+/// A port conflict's errno (holders are looked for).
+const EADDRINUSE: i32 = 98;
+
+/// Distinct incidents kept; past that, new kinds are counted under one entry (a log of random
+/// ports must not make `report` grow without bound).
+const MAX_INCIDENTS: usize = 10_000;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
     #[default]
@@ -150,43 +157,25 @@ impl Summary {
                 }
             });
         self.by_container.entry(container).or_default().add(t);
-        let holder = ev
-            .diagnosis
-            .as_ref()
-            .and_then(|d| d.holders.iter().find(|h| h.conflicts).or(d.holders.first()))
-            .map_or_else(
-                || {
-                    // Only a conflict has a holder to find; the other causes are the caller's
-                    // own (its address, its privileges, the range).
-                    if ev.diagnosis.as_ref().is_some_and(|d| d.cause.is_conflict()) {
-                        "(none found)".to_string()
-                    } else {
-                        "(no holder: not a conflict)".to_string()
-                    }
-                },
-                |h| format!("{} {}", h.comm.as_deref().unwrap_or("?"), h.state.as_str()),
-            );
+        let holder = holder_label(ev);
         self.by_holder.entry(holder.clone()).or_default().add(t);
         self.by_netns
             .entry(ev.netns.to_string())
             .or_default()
             .add(t);
-        let call = match (ev.syscall, &ev.remote_addr) {
-            (SyscallName::Connect, Some(r)) => format!(
-                "connect {} to {}",
-                ev.protocol,
-                endpoint(r, ev.remote_port.unwrap_or(0))
-            ),
-            (s, _) if ev.port == 0 => {
-                format!("{} {} {} (any port)", s.as_str(), ev.protocol, ev.addr)
-            }
-            (s, _) => format!("{} {} {}", s.as_str(), ev.protocol, ev.local()),
-        };
+        let call = call_label(ev);
         let call = format!("{call} netns={}", ev.netns);
-        let incident = self
-            .incidents
-            .entry(format!("{call}|{cause}|{holder}"))
-            .or_default();
+        let mut key = format!("{call}|{cause}|{holder}");
+        let (mut call, mut cause, mut holder) = (call, cause, holder);
+        if self.incidents.len() >= MAX_INCIDENTS && !self.incidents.contains_key(&key) {
+            key = "(other)".to_string();
+            (call, cause, holder) = (
+                format!("(more kinds than {MAX_INCIDENTS})"),
+                "various".to_string(),
+                "various".to_string(),
+            );
+        }
+        let incident = self.incidents.entry(key).or_default();
         if t >= incident.count.last.as_str() {
             incident.hint = ev
                 .diagnosis
@@ -299,6 +288,47 @@ impl Summary {
                 println!("  {m}  {n:>6} {bar}");
             }
         }
+    }
+}
+
+/// The holder a failure is tallied under: the conflicting one (else the first) as "comm STATE",
+/// or why there is none.
+fn holder_label(ev: &Event) -> String {
+    let found = ev
+        .diagnosis
+        .as_ref()
+        .and_then(|d| d.holders.iter().find(|h| h.conflicts).or(d.holders.first()));
+    if let Some(h) = found {
+        return format!("{} {}", h.comm.as_deref().unwrap_or("?"), h.state.as_str());
+    }
+    // A port conflict has a holder to find (one not found is worth seeing); the other failures
+    // are the caller's own (its address, its privileges, the range).
+    let conflict = ev.errno == EADDRINUSE && ev.port != 0
+        || ev.diagnosis.as_ref().is_some_and(|d| d.cause.is_conflict());
+    if ev.diagnosis.is_none() {
+        "(not diagnosed)".to_string()
+    } else if conflict {
+        "(none found)".to_string()
+    } else {
+        "(no holder: not a conflict)".to_string()
+    }
+}
+
+/// The call an incident is about: the address and port asked for, or for a call that wanted any
+/// port, its destination (a TCP connect()'s) or its address.
+fn call_label(ev: &Event) -> String {
+    match (ev.syscall, &ev.remote_addr) {
+        // A UDP socket's port is not per destination: its exhaustion is one incident.
+        (SyscallName::Connect, Some(_)) if ev.port == 0 && ev.protocol == "udp" => {
+            format!("connect udp (any port) from {}", ev.addr)
+        }
+        (SyscallName::Connect, Some(r)) => format!(
+            "connect {} to {}",
+            ev.protocol,
+            endpoint(r, ev.remote_port.unwrap_or(0))
+        ),
+        (s, _) if ev.port == 0 => format!("{} {} {} (any port)", s.as_str(), ev.protocol, ev.addr),
+        (s, _) => format!("{} {} {}", s.as_str(), ev.protocol, ev.local()),
     }
 }
 
