@@ -228,6 +228,15 @@ impl Event {
     }
 }
 
+/// `1.2.3.4` / `[::1]`: an address as it is written before a port.
+pub fn bracketed(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    }
+}
+
 /// `1.2.3.4:80` / `[::1]:80`.
 pub fn endpoint(addr: &str, port: u16) -> String {
     if addr.contains(':') {

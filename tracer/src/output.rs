@@ -231,13 +231,18 @@ pub fn text_line(ev: &Event) -> String {
             ),
             if ev.port == 0 {
                 // No port of its own yet: the call was to choose one.
-                format!("{}, any port", endpoint(&ev.addr, 0).trim_end_matches(":0"))
+                format!("{}, any port", crate::event::bracketed(&ev.addr))
             } else {
                 ev.local()
             }
         ),
         // Port 0 is what was asked: any port (bind(0), listen() without bind()).
-        s if ev.port == 0 => format!("{} {} {} (any port)", s.as_str(), ev.protocol, ev.local()),
+        s if ev.port == 0 => format!(
+            "{} {} {} (any port)",
+            s.as_str(),
+            ev.protocol,
+            crate::event::bracketed(&ev.addr)
+        ),
         s => format!("{} {} {}", s.as_str(), ev.protocol, ev.local()),
     };
     let mut line = format!(
@@ -367,6 +372,26 @@ pub(crate) mod tests {
             "BOUND tcp 127.0.0.1:8080 python3[7] uid=0 (history 3 ms ago, exited, socket closed \
              before lookup) no SO_REUSEADDR/SO_REUSEPORT"
         );
+    }
+
+    /// A call that asked for any port shows its address and "any port", never `0.0.0.0:0`.
+    #[test]
+    fn a_call_for_any_port_is_never_shown_as_port_0() {
+        let mut ev = event();
+        ev.port = 0;
+        let bind = text_line(&ev);
+        assert!(bind.contains("bind tcp [::] (any port)"), "{bind}");
+        ev.syscall = SyscallName::Connect;
+        ev.remote_addr = Some("10.0.0.5".into());
+        ev.remote_port = Some(443);
+        let connect = text_line(&ev);
+        assert!(
+            connect.contains("connect tcp to 10.0.0.5:443 (from [::], any port)"),
+            "{connect}"
+        );
+        for line in [bind, connect] {
+            assert!(!line.contains(":0 ") && !line.contains(":0)"), "{line}");
+        }
     }
 
     #[test]

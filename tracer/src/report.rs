@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    event::{Event, SyscallName, endpoint},
+    event::{Event, SyscallName, bracketed, endpoint},
     output::sanitize,
 };
 
@@ -320,14 +320,19 @@ fn call_label(ev: &Event) -> String {
     match (ev.syscall, &ev.remote_addr) {
         // A UDP socket's port is not per destination: its exhaustion is one incident.
         (SyscallName::Connect, Some(_)) if ev.port == 0 && ev.protocol == "udp" => {
-            format!("connect udp (any port) from {}", ev.addr)
+            format!("connect udp (any port) from {}", bracketed(&ev.addr))
         }
         (SyscallName::Connect, Some(r)) => format!(
             "connect {} to {}",
             ev.protocol,
             endpoint(r, ev.remote_port.unwrap_or(0))
         ),
-        (s, _) if ev.port == 0 => format!("{} {} {} (any port)", s.as_str(), ev.protocol, ev.addr),
+        (s, _) if ev.port == 0 => format!(
+            "{} {} {} (any port)",
+            s.as_str(),
+            ev.protocol,
+            bracketed(&ev.addr)
+        ),
         (s, _) => format!("{} {} {}", s.as_str(), ev.protocol, ev.local()),
     }
 }
