@@ -135,6 +135,13 @@ pub fn hash_connect_done(sk: *const u8, ret: i64) {
         return;
     }
     let v = sock_view(sk);
+    connect_failed(&v, sock_remote(sk, v.family), ret);
+}
+
+/// Reports a connect() that found no local port, from its socket's view `v` and destination
+/// `remote` (address, port).
+#[inline(always)]
+fn connect_failed(v: &SockView, remote: ([u8; 16], u16), ret: i64) {
     let Some(ev) = scratch() else {
         return;
     };
@@ -142,9 +149,9 @@ pub fn hash_connect_done(sk: *const u8, ret: i64) {
     ev.family = v.family;
     ev.addr = v.addr;
     ev.port = v.port;
-    (ev.remote_addr, ev.remote_port) = sock_remote(sk, v.family);
+    (ev.remote_addr, ev.remote_port) = remote;
     ev.flags = flags::ADDR_KNOWN;
-    fill_from_view(ev, &v);
+    fill_from_view(ev, v);
     finish(ev, ret, 0);
 }
 
@@ -177,20 +184,11 @@ pub fn autobind_failed(sk: *const u8, remote: &[u8; 24]) {
     if (v.family != AF_INET && v.family != AF_INET6) || v.protocol != IPPROTO_UDP || v.port != 0 {
         return;
     }
-    let Some(ev) = scratch() else {
-        return;
-    };
-    ev.syscall = Syscall::Connect as u8;
-    ev.family = v.family;
-    ev.addr = v.addr;
-    ev.port = v.port;
     // Every byte of the record is written on every path: 6.1's verifier refuses a read of stack
     // it cannot prove written (an `Option` left unset), which 6.18 allows root.
-    (ev.remote_addr, ev.remote_port) = match parse_sockaddr(remote) {
+    let dest = match parse_sockaddr(remote) {
         Some((_, port, addr)) => (addr, port),
         None => ([0; 16], 0),
     };
-    ev.flags = flags::ADDR_KNOWN;
-    fill_from_view(ev, &v);
-    finish(ev, -EAGAIN, 0);
+    connect_failed(&v, dest, -EAGAIN);
 }

@@ -186,6 +186,21 @@ fn metrics_are_served_on_loopback() {
     }
 }
 
+/// `bindtrace check-port ARGS` run inside `ns`.
+fn check_port_in(ns: &Netns, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            env!("CARGO_BIN_EXE_bindtrace"),
+            "check-port",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_port_names_real_holders_and_protects_listeners() {
     if !can_run("check_port") {
@@ -193,19 +208,7 @@ fn check_port_names_real_holders_and_protects_listeners() {
     }
     let ns = Netns::new();
     let holder = ns.hold_case("helper_listen", &["8620", "0"]);
-    let check = |args: &[&str]| {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                env!("CARGO_BIN_EXE_bindtrace"),
-                "check-port",
-            ])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let check = |args: &[&str]| check_port_in(&ns, args);
     let busy = check(&["8620"]);
     let text = String::from_utf8_lossy(&busy.stdout);
     assert_eq!(
@@ -279,22 +282,8 @@ fn check_port_says_may_fail_when_it_hangs_on_a_time_waits_options() {
     }
     let ns = Netns::new();
     ns.run_case("helper_time_wait", &["8630", "1"]);
-    let check = |args: &[&str]| {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                env!("CARGO_BIN_EXE_bindtrace"),
-                "check-port",
-                "8630",
-                "--addr",
-                "127.0.0.1",
-            ])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let check =
+        |args: &[&str]| check_port_in(&ns, &[&["8630", "--addr", "127.0.0.1"], args].concat());
     let maybe = check(&["--reuseaddr"]);
     let text = String::from_utf8_lossy(&maybe.stdout);
     assert_eq!(maybe.status.code(), Some(0), "{text}");
