@@ -1028,10 +1028,14 @@ fn hint_for_holder(
                     reuseaddr_fix(req, h, "the connection's socket")
                 )
             };
+            let what = if h.protocol == "udp" {
+                "a UDP socket connected".to_string()
+            } else {
+                format!("a connection ({})", h.state.as_str())
+            };
             format!(
-                "{w} has a connection from {local}{remote} ({}) that uses port {port} as its \
-                 source port; {fix}",
-                h.state.as_str()
+                "{w} has {what} from {local}{remote} that uses port {port} as its source port; \
+                 {fix}"
             )
         }
         Cause::AcceptedConnectionConflict => format!(
@@ -1054,24 +1058,7 @@ fn hint_for_holder(
                 either(&ways)
             )
         }
-        Cause::UdpConflict => {
-            // UDP sockets share a port when both set SO_REUSEADDR (multicast receivers: each
-            // gets every datagram) or both SO_REUSEPORT as one user (unicast spread over them).
-            let share = if h.reuseaddr == Some(true) && !req.reuseaddr {
-                "if both are meant to receive its datagrams, set SO_REUSEADDR on this socket \
-                 (that one has it already; each then gets every multicast datagram)"
-            } else {
-                "if both are meant to receive its datagrams, set SO_REUSEPORT on both \
-                 sockets (same user; the kernel then spreads datagrams between them)"
-            };
-            let ways = [
-                Some("stop it"),
-                Some("choose another port"),
-                narrower(req, h),
-                Some(share),
-            ];
-            format!("{w} already has a UDP socket on {local}: {}", either(&ways))
-        }
+        Cause::UdpConflict => udp_hint(req, h, &w, ctx),
         Cause::ReuseportMismatch => format!(
             "both sockets set SO_REUSEPORT but belong to different users (uid {} here, uid {} for \
              {w}); the kernel shares a port only within one user: run both as the same user",
@@ -1092,6 +1079,56 @@ fn hint_for_holder(
             )
         }
         _ => format!("{w} holds {local}"),
+    }
+}
+
+/// Another UDP socket, not connected, holds the port: a receiver, or a client that sent without
+/// bind() and got an ephemeral port.
+fn udp_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String {
+    let (port, local) = (req.port, h.local);
+    // UDP sockets share a port when both set SO_REUSEADDR (multicast receivers: each
+    // gets every datagram) or both SO_REUSEPORT as one user (unicast spread over them).
+    let share = udp_share(req, h);
+    let ways = [
+        Some("stop it"),
+        Some("choose another port"),
+        narrower(req, h),
+        Some(share.as_str()),
+    ];
+    let client = if ctx.in_ephemeral_range(port) {
+        format!(
+            "; if that socket is a client's that sent without bind() (its port then came \
+                 from the ephemeral range), {}",
+            reserve_fix(port, ctx)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{w} already has a UDP socket on {local}: {}{client}",
+        either(&ways)
+    )
+}
+
+/// How two UDP receivers share a port: both with SO_REUSEADDR (each gets every multicast or
+/// broadcast datagram), or both with SO_REUSEPORT as one user (unicast datagrams spread over
+/// them). Names the side that lacks SO_REUSEADDR when one has it.
+fn udp_share(req: &Request, h: &Holder) -> String {
+    let why = "if both are meant to receive its datagrams";
+    match (req.reuseaddr, h.reuseaddr) {
+        (false, Some(true)) => format!(
+            "{why}, set SO_REUSEADDR on this socket (that one has it already; each then gets \
+             every multicast and broadcast datagram)"
+        ),
+        (true, Some(false)) => format!(
+            "{why}, set SO_REUSEADDR on that socket too (this one has it already; each then gets \
+             every multicast and broadcast datagram)"
+        ),
+        _ => format!(
+            "{why}, set SO_REUSEADDR on both sockets (each gets every multicast and broadcast \
+             datagram) or SO_REUSEPORT on both (same user; the kernel spreads unicast datagrams \
+             between them)"
+        ),
     }
 }
 
@@ -1196,17 +1233,31 @@ fn dual_stack_hint(req: &Request, h: &Holder, w: &str) -> String {
     } else {
         "holds"
     };
-    if h.local.is_ipv6() {
+    // UDP receivers may share the port instead (a JVM's MulticastSocket sets SO_REUSEADDR).
+    // `[::ffff:0.0.0.0]` is an IPv4 wildcard however the holder's socket is made: the IPv6
+    // wildcard is then the request's.
+    let (side, how) = if canonical(h.local.ip()).is_ipv6() {
+        ("that", v6only_how(h.comm.as_deref().unwrap_or_default()))
+    } else {
+        ("this", v6only_how(&req.comm))
+    };
+    let v6only = format!("set IPV6_V6ONLY on {side} socket{how}");
+    let share = req.udp.then(|| udp_share(req, h));
+    let ways = either(&[
+        Some("stop it"),
+        Some("choose another port"),
+        Some(v6only.as_str()),
+        share.as_deref(),
+    ]);
+    if side == "that" {
         return format!(
             "{w} {what} {local}, an IPv6 wildcard without IPV6_V6ONLY that also covers IPv4 port \
-             {port}: stop it, choose another port, or set IPV6_V6ONLY on that socket{}",
-            v6only_how(h.comm.as_deref().unwrap_or_default())
+             {port}: {ways}"
         );
     }
     format!(
         "{w} {what} {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also covers IPv4 \
-         port {port}: stop it, choose another port, or set IPV6_V6ONLY on this socket{}",
-        v6only_how(&req.comm)
+         port {port}: {ways}"
     )
 }
 
@@ -1376,8 +1427,15 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
             // A connection's or a TIME-WAIT's port is the matter even when an IPv6 wildcard
             // bind meets it over IPv4 (a JVM's, by default): the hint says how they overlap.
             Cause::DualStackConflict
-        } else if req.udp || h.protocol == "udp" {
+        } else if (req.udp || h.protocol == "udp")
+            && !(h.state.is_connection() && h.remote.is_some())
+        {
             Cause::UdpConflict
+        } else if req.udp || h.protocol == "udp" {
+            // A connected UDP socket: a client's (a resolver's, a metrics agent's), whose port
+            // the kernel took from the ephemeral range unless it bound one — the seed's conflict
+            // in UDP.
+            Cause::OutgoingConnectionConflict
         } else {
             match h.state {
                 State::Listen => Cause::ListenerConflict,
@@ -1724,6 +1782,84 @@ mod tests {
         let mut h = holder(State::Listen, "0.0.0.0:8080");
         h.bound_dev_if = 3;
         assert!(!conflicts(&r, &h), "different devices do not conflict");
+    }
+
+    /// A connected UDP socket on the port is a client's, its port the kernel's choice from the
+    /// ephemeral range: the seed's conflict in UDP, fixed by reserving the port.
+    #[test]
+    fn a_connected_udp_client_on_an_ephemeral_port_gets_the_reserve_fix() {
+        let mut r = req("0.0.0.0", 40000);
+        r.udp = true;
+        let mut h = holder(State::Established, "127.0.0.1:40000");
+        h.protocol = "udp".into();
+        h.remote = Some("127.0.0.1:53".parse().unwrap());
+        let mut c = ctx();
+        c.range = Some((32768, 60999));
+        let d = verdict(&r, vec![h.clone()], &c);
+        assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+        assert!(
+            d.hint
+                .contains("a UDP socket connected from 127.0.0.1:40000 to 127.0.0.1:53")
+        );
+        assert!(
+            d.hint.contains("ip_local_reserved_ports=40000"),
+            "{}",
+            d.hint
+        );
+        // Unconnected, on an ephemeral port: a receiver, or a client that sent without bind().
+        h.state = State::Bound;
+        h.remote = None;
+        let d = verdict(&r, vec![h], &c);
+        assert_eq!(d.cause, Cause::UdpConflict);
+        assert!(d.hint.contains("sent without bind()"), "{}", d.hint);
+        assert!(
+            d.hint.contains("ip_local_reserved_ports=40000"),
+            "{}",
+            d.hint
+        );
+    }
+
+    /// UDP receivers share a port with SO_REUSEADDR on both: the hint names the side without it,
+    /// also across families (a JVM's MulticastSocket on `[::]` has it; a plain socket has not).
+    #[test]
+    fn udp_sharing_names_the_side_without_so_reuseaddr() {
+        let mut r = req("0.0.0.0", 5000);
+        r.udp = true;
+        r.reuseaddr = true;
+        let mut h = holder(State::Bound, "0.0.0.0:5000");
+        h.protocol = "udp".into();
+        let d = verdict(&r, vec![h.clone()], &ctx());
+        assert!(
+            d.hint.contains("set SO_REUSEADDR on that socket too"),
+            "{}",
+            d.hint
+        );
+        let mut jvm = h.clone();
+        jvm.local = "[::]:5000".parse().unwrap();
+        jvm.v6only = Some(false);
+        jvm.comm = Some("java".into());
+        jvm.reuseaddr = Some(true);
+        r.reuseaddr = false;
+        let d = verdict(&r, vec![jvm], &ctx());
+        assert_eq!(d.cause, Cause::DualStackConflict);
+        assert!(
+            d.hint.contains("set SO_REUSEADDR on this socket"),
+            "{}",
+            d.hint
+        );
+        // An IPv6 socket bound to `[::ffff:0.0.0.0]` holds the IPv4 wildcard: the IPv6 wildcard
+        // asked for is this socket's.
+        let mut mapped = holder(State::Listen, "[::ffff:0.0.0.0]:5000");
+        mapped.v6only = Some(false);
+        let mut v6 = req("::", 5000);
+        v6.v6only = Some(false);
+        let d = verdict(&v6, vec![mapped], &ctx());
+        assert_eq!(d.cause, Cause::DualStackConflict);
+        assert!(
+            d.hint.contains("or set IPV6_V6ONLY on this socket"),
+            "{}",
+            d.hint
+        );
     }
 
     #[test]
