@@ -177,7 +177,10 @@ pub struct BindEvent {
     pub syscall: u8,
     /// A [`Backend`] as `u8`.
     pub backend: u8,
-    pub _pad: [u8; 6],
+    /// The port the kernel chose for a bind() that asked for any (`port` 0), read from the
+    /// socket at the call's exit; 0 otherwise.
+    pub chosen_port: u16,
+    pub _pad: [u8; 4],
 }
 
 /// Slots in the kernel programs' table of calls in flight: a thread's call lives in slot
@@ -335,6 +338,10 @@ pub struct KernelOffsets {
     pub files_fdt: FieldLoc,
     pub fdtable_fd: FieldLoc,
     pub file_private_data: FieldLoc,
+    /// `task_struct.group_leader` and `task_struct.comm`: the process's name, which `--comm`
+    /// matches as well as the calling thread's (a JVM binds from threads with names of their own).
+    pub task_group_leader: FieldLoc,
+    pub task_comm: FieldLoc,
     pub _pad: FieldLoc,
 }
 
@@ -423,9 +430,9 @@ pub struct Config {
 }
 
 const _: () = assert!(core::mem::size_of::<FieldLoc>() == 4);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 64);
-const _: () = assert!(core::mem::size_of::<Config>() == 48 + 96 + 64);
+const _: () = assert!(core::mem::size_of::<Config>() == 48 + 104 + 64);
 
 /// Names shared by both sides so a rename cannot split them.
 pub mod names {

@@ -54,6 +54,11 @@ fn fill_from_view(ev: &mut BindEvent, v: &SockView) {
     if ev.family == 0 {
         ev.family = v.family;
     }
+    // Read after the call (fexit), a bind() to port 0 has the port it was given; before it
+    // (kprobe), none yet.
+    if ev.syscall == Syscall::Bind as u8 && ev.port == 0 {
+        ev.chosen_port = v.port;
+    }
 }
 
 /// The shortest address `inet_bind()` (`sizeof(struct sockaddr_in)`) and `inet6_bind()`

@@ -252,6 +252,16 @@ pub fn caller() -> Caller {
     }
 }
 
+/// The current process's name: its thread-group leader's `comm` (`/proc/PID/comm`), where the
+/// calling thread's may differ.
+#[inline(always)]
+pub fn process_comm() -> Option<[u8; 16]> {
+    // SAFETY: a helper without arguments.
+    let task = unsafe { generated::bpf_get_current_task() } as *const u8;
+    let leader = read_ptr(task, conf!(kernel.task_group_leader))?;
+    read_bytes::<16>(leader, conf!(kernel.task_comm))
+}
+
 #[inline(always)]
 pub fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32

@@ -57,18 +57,27 @@ fn wanted(ev: &BindEvent) -> bool {
     if conf!(filter_cgroup) != 0 && !CGROUP_FILTER.current_task_under_cgroup(0).unwrap_or(false) {
         return false;
     }
+    // `--comm`: the calling thread's name or its process's (a JVM's server binds from a thread
+    // named "main" or "http-nio-8080-Acceptor", whose process is "java").
     let comm = conf!(filter_comm);
-    if comm[0] != 0 {
-        let mut i = 0;
-        while i < 16 {
-            if comm[i] != ev.comm[i] {
-                return false;
-            }
-            if comm[i] == 0 {
-                break;
-            }
-            i += 1;
+    if comm[0] != 0 && !same_comm(&comm, &ev.comm) {
+        return kernel::process_comm().is_some_and(|p| same_comm(&comm, &p));
+    }
+    true
+}
+
+/// Whether two NUL-padded command names are equal.
+#[inline(always)]
+fn same_comm(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return false;
         }
+        if a[i] == 0 {
+            break;
+        }
+        i += 1;
     }
     true
 }
@@ -125,6 +134,9 @@ fn add_from_sock(ev: &mut BindEvent, sk: *const u8) {
     ev.flags |= add;
     if ev.syscall == Syscall::Bind as u8 {
         ev.flags |= v.flags & flags::IN_USE;
+        if ev.port == 0 {
+            ev.chosen_port = v.port;
+        }
     }
     if ev.flags & flags::DEV_KNOWN == 0 && v.flags & flags::DEV_KNOWN != 0 {
         ev.bound_dev_if = v.bound_dev_if;

@@ -161,6 +161,8 @@ impl KernelBtf {
             files_fdt: get("files_struct", "fdt"),
             fdtable_fd: get("fdtable", "fd"),
             file_private_data: get("file", "private_data"),
+            task_group_leader: get("task_struct", "group_leader"),
+            task_comm: get("task_struct", "comm"),
             _pad: FieldLoc::NONE,
         };
         (o, missing)
@@ -195,6 +197,8 @@ pub fn fallback_offsets() -> (KernelOffsets, Vec<&'static str>) {
         files_fdt: FieldLoc::NONE,
         fdtable_fd: FieldLoc::NONE,
         file_private_data: FieldLoc::NONE,
+        task_group_leader: FieldLoc::NONE,
+        task_comm: FieldLoc::NONE,
         _pad: FieldLoc::NONE,
     };
     let unknown = vec![

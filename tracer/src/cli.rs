@@ -151,7 +151,8 @@ pub struct FilterArgs {
     #[arg(long, value_parser = parse_pid)]
     pub pid: Option<u32>,
 
-    /// Only processes with this command name (as in /proc/PID/comm, at most 15 bytes).
+    /// Only processes with this command name (as in /proc/PID/comm, at most 15 bytes), or threads
+    /// with it.
     #[arg(long, value_parser = parse_comm)]
     pub comm: Option<String>,
 

@@ -1144,8 +1144,8 @@ fn listener_hint(req: &Request, h: &Holder, w: &str, same: bool) -> String {
     if same {
         return format!(
             "this process already listens on {local}: a second socket cannot bind that port (a \
-             listener never shares it by SO_REUSEADDR); reuse the listening socket, or let the \
-             kernel choose a source port (bind to port 0)"
+             listener never shares it by SO_REUSEADDR); reuse the listening socket, or give the \
+             new one another port (port 0 if it only connects out: the kernel then chooses)"
         );
     }
     let reuseport = match (req.reuseport, h.reuseport) {

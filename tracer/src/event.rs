@@ -119,8 +119,13 @@ pub struct Event {
     pub error: String,
     pub pid: u32,
     pub tid: u32,
-    /// The caller's command name, as the kernel has it (untrusted text).
+    /// The calling process's name (`/proc/PID/comm`; the calling thread's when the process
+    /// had exited before it was looked up). Untrusted text.
     pub comm: String,
+    /// The calling thread's name, where it differs from the process's (a JVM's
+    /// "http-nio-8080-Acceptor").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
     pub uid: u32,
     pub gid: u32,
     /// Network namespace inode number (0: unknown).
@@ -139,6 +144,9 @@ pub struct Event {
     pub remote_addr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_port: Option<u16>,
+    /// The port the kernel chose for a successful bind() to port 0 (`--all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_port: Option<u16>,
     pub reuseaddr: bool,
     pub reuseport: bool,
     /// `IPV6_V6ONLY` of an IPv6 socket (absent when it could not be read).
@@ -191,6 +199,7 @@ impl Event {
             pid: raw.pid,
             tid: raw.tid,
             comm: cstr(&raw.comm),
+            thread: None,
             uid: raw.uid,
             gid: raw.gid,
             netns: raw.netns,
@@ -206,6 +215,8 @@ impl Event {
             remote_addr: (raw.syscall == Syscall::Connect as u8)
                 .then(|| ip(raw.family, &raw.remote_addr).to_string()),
             remote_port: (raw.syscall == Syscall::Connect as u8).then_some(raw.remote_port),
+            chosen_port: (raw.errno == 0 && raw.port == 0 && raw.chosen_port != 0)
+                .then_some(raw.chosen_port),
             reuseaddr: known(flags::REUSEADDR),
             reuseport: known(flags::REUSEPORT),
             v6only: (raw.family == AF_INET6 && known(flags::V6ONLY_KNOWN))
@@ -215,6 +226,20 @@ impl Event {
             backend: Backend::try_from(raw.backend).map_or(BackendName::Unknown, Into::into),
             container: crate::container::Context::default(),
             diagnosis: None,
+        }
+    }
+
+    /// Names the caller by its process, as `/proc/PID/comm` has it, keeping the kernel's name
+    /// (the calling thread's) in `thread` where they differ. Left as it is when the process has
+    /// gone.
+    pub fn name_process(&mut self) {
+        if self.tid == self.pid || self.thread.is_some() {
+            return;
+        }
+        if let Some(p) = crate::procfs::process(self.pid)
+            && p.comm != self.comm
+        {
+            self.thread = Some(std::mem::replace(&mut self.comm, p.comm));
         }
     }
 

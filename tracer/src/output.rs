@@ -238,19 +238,30 @@ pub fn text_line(ev: &Event) -> String {
         ),
         // Port 0 is what was asked: any port (bind(0), listen() without bind()).
         s if ev.port == 0 => format!(
-            "{} {} {} (any port)",
+            "{} {} {} (any port{})",
             s.as_str(),
             ev.protocol,
-            crate::event::bracketed(&ev.addr)
+            crate::event::bracketed(&ev.addr),
+            ev.chosen_port
+                .map(|p| format!(": got {p}"))
+                .unwrap_or_default()
         ),
         s => format!("{} {} {}", s.as_str(), ev.protocol, ev.local()),
     };
+    let thread = ev
+        .thread
+        .as_ref()
+        .map(|t| format!(" (thread {})", sanitize(t)))
+        .unwrap_or_default();
+    // A success's errno is 0: "OK" says it all.
+    let error = if ev.errno == 0 {
+        ev.error.clone()
+    } else {
+        format!("{} ({})", ev.error, crate::errno::text(ev.errno))
+    };
     let mut line = format!(
-        "{} {} ({}) {} by {}[{}] uid={} {} netns={}",
+        "{} {error} {what} by {}[{}]{thread} uid={} {} netns={}",
         ev.time,
-        ev.error,
-        crate::errno::text(ev.errno),
-        what,
         sanitize(&ev.comm),
         ev.pid,
         ev.uid,
@@ -260,7 +271,7 @@ pub fn text_line(ev: &Event) -> String {
     if ev.bound_dev_if != 0 {
         match ev.diagnosis.as_ref().and_then(|d| d.device.as_deref()) {
             Some(name) => write!(line, " dev={}", sanitize(name)),
-            None => write!(line, " dev={}", ev.bound_dev_if),
+            None => write!(line, " dev=#{}", ev.bound_dev_if),
         }
         .ok();
     }
@@ -322,6 +333,7 @@ pub(crate) mod tests {
             pid: 42,
             tid: 42,
             comm: "java".into(),
+            thread: None,
             uid: 0,
             gid: 0,
             netns: 4_026_531_840,
@@ -332,6 +344,7 @@ pub(crate) mod tests {
             port: 8080,
             remote_addr: None,
             remote_port: None,
+            chosen_port: None,
             reuseaddr: true,
             reuseport: false,
             v6only: Some(false),

@@ -236,13 +236,8 @@ impl Investigator {
 
     /// Works out why `ev` failed. `ns` is the failing namespace (None if it could not be opened).
     pub fn diagnose(&mut self, ev: &Event, ns: Option<&Netns>) -> Diagnosis {
-        let mut req = Request::from_event(ev);
-        // The event has the calling thread's name (a JVM's "epollEventLoopG"); the advice fits
-        // the program, by the process's name while it runs.
-        if let Some(p) = procfs::process(ev.pid) {
-            req.comm = p.comm;
-        }
-        self.investigate(&req, ev.netns, ns)
+        // The event names the process (`Event::name_process`), whose name the advice fits.
+        self.investigate(&Request::from_event(ev), ev.netns, ns)
     }
 
     /// Who holds (or would block) `req`'s port in namespace `netns`, and the verdict.

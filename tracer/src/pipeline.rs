@@ -75,6 +75,7 @@ impl Pipeline {
                 for msg in rx {
                     match msg {
                         Msg::Event(mut ev, ns) => {
+                            ev.name_process();
                             ev.container = containers.resolve(ev.pid, ev.cgroup_id, ev.netns);
                             if let Some(inv) = investigator.as_mut()
                                 && ev.is_failure()

@@ -184,6 +184,11 @@ fn all_flag_reports_successes_too() {
         .into_iter()
         .filter(|v| v["pid"] == pid && v["event"] == "bind_success")
         .collect();
+    // A bind to port 0 is shown with the port the kernel chose.
+    let any: Vec<&Value> = ok.iter().filter(|v| v["port"] == 0).collect();
+    assert_eq!(any.len(), 1, "{ok:#?}");
+    assert_eq!(any[0]["chosen_port"], truth["any_port"], "{:#}", any[0]);
+    let ok: Vec<Value> = ok.into_iter().filter(|v| v["port"] != 0).collect();
     let binds = ok.iter().filter(|v| v["syscall"] == "bind").count();
     let listens = ok.iter().filter(|v| v["syscall"] == "listen").count();
     assert_eq!(
@@ -299,11 +304,23 @@ fn comm_filter_keeps_only_that_command() {
     }
     let ns = Netns::new();
     let wanted = ns.spawn_gated(8097, "bt-wanted");
+    // The same name, failing from a thread with a name of its own (a JVM's acceptor): `--comm`
+    // matches the process's name too, and the event names both.
+    let threaded = ns.hold_case("case_gated", &["8099", "bt-wanted", "bt-acceptor"]);
     let tracer = Tracer::start(&["--comm", "bt-wanted"]);
     let other = ns.run_case("case_3_4", &["8098"]);
     let done = wanted.release().expect("the gated workload's final report");
     let ev = tracer.failure(done["pid"].as_u64().unwrap(), 8097);
     assert_eq!(ev["comm"], "bt-wanted");
+    assert!(ev.get("thread").is_none(), "{ev:#}");
+    let done = threaded
+        .release()
+        .expect("the threaded workload's final report");
+    let ev = tracer.failure(done["pid"].as_u64().unwrap(), 8099);
+    assert_eq!(ev["tid"], done["tid"], "{ev:#}");
+    assert_ne!(ev["tid"], ev["pid"], "{ev:#}");
+    assert_eq!(ev["comm"], "bt-wanted", "{ev:#}");
+    assert_eq!(ev["thread"], "bt-acceptor", "{ev:#}");
     let others: Vec<Value> = tracer
         .events()
         .into_iter()

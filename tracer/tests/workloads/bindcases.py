@@ -831,9 +831,12 @@ def case_successes(port, count=50):
         if i % 3 == 0:
             s.listen(4)
         socks.append(s)
+    anyport = sock()
+    anyport.bind((HOST, 0))
     marker = sock()
     err = attempt(lambda: marker.bind(("192.0.2.1", port)))
-    report(case="successes", ok=count, marker_errno=err, marker_port=port, first=port, last=port + count - 1)
+    report(case="successes", ok=count, marker_errno=err, marker_port=port, first=port, last=port + count - 1,
+           any_port=anyport.getsockname()[1])
 
 
 def case_errnos(port):
@@ -926,9 +929,10 @@ def case_storm(port, seconds):
     report(case="storm", stage="done", failures=failures, port=port)
 
 
-def case_gated(port, comm=""):
+def case_gated(port, comm="", thread=""):
     """Reports its pid, waits for a line on stdin, then fails a bind on `port` (which it holds
-    itself). `comm`, if given, renames the process first (as prctl(PR_SET_NAME) would)."""
+    itself). `comm`, if given, renames the process first (as prctl(PR_SET_NAME) would); `thread`,
+    if given, makes the failing bind from a thread of that name (a JVM's acceptor thread)."""
     if comm:
         with open("/proc/self/comm", "w") as f:
             f.write(comm)
@@ -936,9 +940,24 @@ def case_gated(port, comm=""):
     hold.bind((HOST, port))
     report(case="gated", stage="ready", port=port)
     sys.stdin.readline()
-    s = sock()
-    err = attempt(lambda: s.bind((HOST, port)))
-    report(case="gated", stage="done", errno=err, port=port, addr=HOST, reuseaddr=False, reuseport=False)
+    out = {"tid": threading.get_native_id()}
+
+    def fail():
+        if thread:
+            with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+                f.write(thread)
+            out["tid"] = threading.get_native_id()
+        s = sock()
+        out["errno"] = attempt(lambda: s.bind((HOST, port)))
+
+    if thread:
+        t = threading.Thread(target=fail)
+        t.start()
+        t.join()
+    else:
+        fail()
+    report(case="gated", stage="done", errno=out["errno"], tid=out["tid"], port=port, addr=HOST,
+           reuseaddr=False, reuseport=False)
 
 
 def run(name, args):
