@@ -6,7 +6,11 @@
 //! `--listening` instead lists the ports services listen on inside the ephemeral range and
 //! proposes the `net.ipv4.ip_local_reserved_ports` value that protects them all.
 //!
-//! It only looks: no socket is bound, so a check cannot itself take the port from the service.
+//! Before the port, the address: a throwaway socket is bound to the service's address with port
+//! 0 and `IP_BIND_ADDRESS_NO_PORT`, so the kernel runs its own address checks (is it local, does
+//! a link-local one have its interface, may TCP bind a multicast one) without taking any port;
+//! the privileged-port threshold is checked against this process's own capability. The port
+//! itself is only looked at: a check cannot take it from the service.
 
 use std::{collections::BTreeSet, fs, net::IpAddr, os::unix::fs::MetadataExt};
 
@@ -35,9 +39,9 @@ pub struct CheckPortArgs {
     #[arg(value_parser = parse_port, required_unless_present = "listening")]
     pub port: Option<u16>,
 
-    /// The address it will bind.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub addr: IpAddr,
+    /// The address it will bind; an IPv6 link-local one with its interface (`fe80::1%eth0`).
+    #[arg(long, default_value = "0.0.0.0", value_parser = parse_bind_addr)]
+    pub addr: BindAddr,
 
     #[arg(long, value_enum, default_value_t = Proto::Tcp)]
     pub protocol: Proto,
@@ -46,13 +50,8 @@ pub struct CheckPortArgs {
     #[arg(long, value_name = "PID")]
     pub pid_netns: Option<u32>,
 
-    /// The service sets SO_REUSEADDR.
-    #[arg(long)]
-    pub reuseaddr: bool,
-
-    /// The service sets SO_REUSEPORT.
-    #[arg(long)]
-    pub reuseport: bool,
+    #[command(flatten)]
+    pub options: ServiceOptions,
 
     /// List listening ports inside the ephemeral range and propose ip_local_reserved_ports.
     #[arg(long, conflicts_with = "port")]
@@ -61,6 +60,122 @@ pub struct CheckPortArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+/// The socket options the service sets.
+#[derive(Debug, Args)]
+pub struct ServiceOptions {
+    /// The service sets SO_REUSEADDR.
+    #[arg(long)]
+    pub reuseaddr: bool,
+
+    /// The service sets SO_REUSEPORT.
+    #[arg(long)]
+    pub reuseport: bool,
+
+    /// The service sets IPV6_V6ONLY on its IPv6 socket (default: the namespace's
+    /// net.ipv6.bindv6only).
+    #[arg(long)]
+    pub v6only: bool,
+}
+
+/// `--addr`: an IP address and, for an IPv6 one, optionally `%interface` (the scope).
+#[derive(Clone, Debug)]
+pub struct BindAddr {
+    pub ip: IpAddr,
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.scope {
+            Some(dev) => write!(f, "{}%{dev}", self.ip),
+            None => write!(f, "{}", self.ip),
+        }
+    }
+}
+
+fn parse_bind_addr(s: &str) -> Result<BindAddr, String> {
+    let (ip, scope) = match s.split_once('%') {
+        Some((ip, dev)) if !dev.is_empty() => (ip, Some(dev.to_string())),
+        Some(_) => return Err("an empty interface after %".into()),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|e| format!("{ip}: {e}"))?;
+    if scope.is_some() && ip.is_ipv4() {
+        return Err("only an IPv6 address takes %interface".into());
+    }
+    Ok(BindAddr { ip, scope })
+}
+
+/// What the kernel says of the address part of the bind (run in the service's namespace): a
+/// socket of the service's kind, bound to `addr` with port 0 and `IP_BIND_ADDRESS_NO_PORT` —
+/// `__inet_bind()`/`__inet6_bind()` check the address and skip `get_port()` — then closed.
+/// Ok(()) if accepted, else the errno; Err(None) when the probe itself could not run.
+fn address_refusal(addr: &BindAddr, udp: bool, v6only: bool) -> Result<(), Option<i32>> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let (ty, proto) = if udp {
+        (Type::DGRAM, Protocol::UDP)
+    } else {
+        (Type::STREAM, Protocol::TCP)
+    };
+    let domain = if addr.ip.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let sock = Socket::new(domain, ty, Some(proto)).map_err(|_| None)?;
+    if addr.ip.is_ipv6() {
+        sock.set_only_v6(v6only).map_err(|_| None)?;
+    }
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor and a c_int option of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(None);
+    }
+    let target: SockAddr = match addr.ip {
+        IpAddr::V4(a) => std::net::SocketAddr::from((a, 0)).into(),
+        IpAddr::V6(a) => {
+            let scope = match addr.scope.as_deref() {
+                Some(dev) => if_index(dev).ok_or(Some(libc::ENODEV))?,
+                None => 0,
+            };
+            std::net::SocketAddrV6::new(a, 0, 0, scope).into()
+        }
+    };
+    sock.bind(&target).map_err(|e| e.raw_os_error())
+}
+
+/// Whether this process may bind ports below `ip_unprivileged_port_start`: it holds
+/// CAP_NET_BIND_SERVICE (bit 10 of `CapEff`).
+fn can_bind_privileged() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 10) != 0)
+}
+
+/// The namespace's `net.ipv6.bindv6only`: whether an IPv6 socket is IPV6_V6ONLY unless it says
+/// otherwise (run in the namespace).
+fn bindv6only() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|s| s.trim() == "1")
 }
 
 fn open_netns(pid: Option<u32>) -> Result<(netns::Netns, u32)> {
@@ -83,6 +198,10 @@ struct PortCheck<'a> {
     would_fail: bool,
     /// Blocked unless options that could not be read (a TIME-WAIT's SO_REUSEADDR) are set.
     may_fail: bool,
+    /// The error the bind would (or may) fail with: `EADDRINUSE`, or a refusal before any port
+    /// rule (`EADDRNOTAVAIL`, `EINVAL`, `ENODEV`, `EACCES`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
     #[serde(flatten)]
     diagnosis: &'a Diagnosis,
 }
@@ -122,14 +241,33 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
         return listening(&mut inv, &ns, udp, args.output);
     }
     let port = args.port.ok_or_else(|| anyhow!("a port is required"))?;
-    let req = Request::bind(args.addr, port, udp, args.reuseaddr, args.reuseport);
+    let addr = &args.addr;
+    let opts = &args.options;
+    let before = ns
+        .run_in(|| before_the_port(addr, udp, opts.v6only))
+        .context("entering the network namespace")?;
+    let mut req = Request::bind(addr.ip, port, udp, opts.reuseaddr, opts.reuseport);
+    req.v6only = addr.ip.is_ipv6().then_some(before.v6only);
+    req.bound_dev_if = before.bound_dev_if;
+    // Refused before any port rule: the address (the kernel's answer), else the privileged-port
+    // threshold, for this process.
+    let privileged = before
+        .unprivileged_start
+        .is_some_and(|n| port != 0 && port < n);
+    if let Err(Some(errno)) = before.address {
+        req.errno = errno;
+    } else if privileged && !can_bind_privileged() {
+        req.errno = libc::EACCES;
+    }
     let d = inv.investigate(&req, inode, Some(&ns));
-    let blocked = d
-        .holders
-        .iter()
-        .any(|h| h.conflicts && blocks_for_certain(&req, h));
+    let refused = req.errno != libc::EADDRINUSE;
+    let blocked = refused
+        || d.holders
+            .iter()
+            .any(|h| h.conflicts && blocks_for_certain(&req, h));
     // Blocked only if options nobody can read now (a TIME-WAIT's) are not set.
     let uncertain = !blocked && d.holders.iter().any(|h| h.conflicts);
+    let error = crate::errno::name(req.errno);
     let proto = if udp { "udp" } else { "tcp" };
     match args.output {
         OutputFormat::Json => println!(
@@ -137,36 +275,31 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
             serde_json::to_string_pretty(&PortCheck {
                 port,
                 protocol: proto,
-                addr: args.addr.to_string(),
+                addr: addr.to_string(),
                 would_fail: blocked,
                 may_fail: uncertain,
+                error: (blocked || uncertain).then_some(error.as_str()),
                 diagnosis: &d,
             })?
         ),
         OutputFormat::Text => {
-            let what = crate::event::endpoint(&args.addr.to_string(), port);
-            if blocked {
-                println!("{proto} {what}: a bind now would FAIL with EADDRINUSE");
-                for h in d.holders.iter().filter(|h| h.conflicts) {
-                    println!("    held by: {}", sanitize(&crate::output::holder_text(h)));
-                }
+            let what = format!(
+                "{proto} {}",
+                crate::event::endpoint(&addr.to_string(), port)
+            );
+            if refused {
+                println!("{what}: a bind now would FAIL with {error}");
                 println!("    cause: {}: {}", d.cause.as_str(), sanitize(&d.hint));
-            } else if uncertain {
-                println!(
-                    "{proto} {what}: a bind now MAY FAIL with EADDRINUSE: it depends on options \
-                     of the socket below that cannot be read from outside (bindtrace watch, \
-                     running when it was made, knows them)"
-                );
-                for h in d.holders.iter().filter(|h| h.conflicts) {
-                    println!("    held by: {}", sanitize(&crate::output::holder_text(h)));
-                }
-                println!(
-                    "    if it fails: {}: {}",
-                    d.cause.as_str(),
-                    sanitize(&d.hint)
-                );
             } else {
-                println!("{proto} {what}: free now");
+                print_port_verdict(&what, &d, blocked, uncertain);
+                if privileged {
+                    println!(
+                        "    note: {port} is below net.ipv4.ip_unprivileged_port_start ({}): a \
+                         service without CAP_NET_BIND_SERVICE (not root, no \
+                         AmbientCapabilities=) is refused it with EACCES",
+                        before.unprivileged_start.unwrap_or(1024)
+                    );
+                }
             }
             if d.in_ephemeral_range {
                 println!(
@@ -179,6 +312,73 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
         }
     }
     Ok(!blocked)
+}
+
+/// What the service's namespace says before its port is looked at.
+struct BeforeThePort {
+    /// IPV6_V6ONLY as the service's socket will have it.
+    v6only: bool,
+    /// The kernel's answer to the address ([`address_refusal`]).
+    address: Result<(), Option<i32>>,
+    unprivileged_start: Option<u16>,
+    /// The interface `--addr` names (`%eth0`), 0 for none.
+    bound_dev_if: u32,
+}
+
+/// Run in the service's namespace.
+fn before_the_port(addr: &BindAddr, udp: bool, v6only: bool) -> BeforeThePort {
+    let v6only = v6only || bindv6only();
+    BeforeThePort {
+        v6only,
+        address: if addr.ip.is_unspecified() {
+            Ok(())
+        } else {
+            address_refusal(addr, udp, v6only)
+        },
+        unprivileged_start: std::fs::read_to_string(
+            "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+        )
+        .ok()
+        .and_then(|s| s.trim().parse().ok()),
+        bound_dev_if: addr.scope.as_deref().and_then(if_index).unwrap_or(0),
+    }
+}
+
+/// The index of interface `name` in the calling thread's namespace.
+fn if_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// The text verdict on the port itself: who blocks it (certainly, or depending on options that
+/// cannot be read), or free.
+fn print_port_verdict(what: &str, d: &Diagnosis, blocked: bool, uncertain: bool) {
+    let holders = || {
+        for h in d.holders.iter().filter(|h| h.conflicts) {
+            println!("    held by: {}", sanitize(&crate::output::holder_text(h)));
+        }
+    };
+    if blocked {
+        println!("{what}: a bind now would FAIL with EADDRINUSE");
+        holders();
+        println!("    cause: {}: {}", d.cause.as_str(), sanitize(&d.hint));
+    } else if uncertain {
+        println!(
+            "{what}: a bind now MAY FAIL with EADDRINUSE: it depends on options of the socket \
+             below that cannot be read from outside (bindtrace watch, running when it was made, \
+             knows them)"
+        );
+        holders();
+        println!(
+            "    if it fails: {}: {}",
+            d.cause.as_str(),
+            sanitize(&d.hint)
+        );
+    } else {
+        println!("{what}: free now");
+    }
 }
 
 #[derive(Serialize)]
@@ -247,6 +447,20 @@ fn listening(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_take_an_interface_only_when_ipv6() {
+        let a = parse_bind_addr("fe80::1%eth0").unwrap();
+        assert_eq!(
+            (a.ip.to_string(), a.scope.as_deref()),
+            ("fe80::1".into(), Some("eth0"))
+        );
+        assert_eq!(a.to_string(), "fe80::1%eth0");
+        assert!(parse_bind_addr("[::1]").unwrap().scope.is_none());
+        assert!(parse_bind_addr("10.0.0.1%eth0").is_err());
+        assert!(parse_bind_addr("fe80::1%").is_err());
+        assert!(parse_bind_addr("nonsense").is_err());
+    }
 
     #[test]
     fn port_ranges_are_compact() {

@@ -867,7 +867,9 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
                 ctx.unprivileged_start.unwrap_or(1024)
             )
         }
-        Cause::AddressNotLocal => address_hint(req.addr, ctx.address.as_ref()),
+        Cause::AddressNotLocal => {
+            address_hint(req.addr, ctx.address.as_ref(), ctx.device.as_deref())
+        }
         Cause::FourTupleInUse => format!(
             "a connection from {}:{port} to {} already exists (bindtrace found none when it \
              looked: it may have closed since); {TUPLE_FIX}",
@@ -940,7 +942,7 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
 
 /// EADDRNOTAVAIL on bind(): what the namespace has of the address now tells why it had not
 /// then.
-fn address_hint(addr: IpAddr, now: Option<&AddressNow>) -> String {
+fn address_hint(addr: IpAddr, now: Option<&AddressNow>, named: Option<&str>) -> String {
     let v6 = canonical(addr).is_ipv6();
     let (wildcard, freebind, sysctl) = if v6 {
         ("[::]", "IPV6_FREEBIND", "net.ipv6.ip_nonlocal_bind=1")
@@ -948,6 +950,16 @@ fn address_hint(addr: IpAddr, now: Option<&AddressNow>) -> String {
         ("0.0.0.0", "IP_FREEBIND", "net.ipv4.ip_nonlocal_bind=1")
     };
     let early = format!("or set {freebind} / {sysctl} to bind before it is usable");
+    // A link-local address exists per interface: on another one than the call named, it is not
+    // this one's.
+    if let (Some(AddressNow::Present(dev)), Some(named)) = (now, named)
+        && dev != named
+    {
+        return format!(
+            "{addr} is on {dev}, not on {named}, the interface the call named (its scope id or \
+             SO_BINDTODEVICE): name {dev}, or bind an address {named} has"
+        );
+    }
     match now {
         Some(AddressNow::Present(dev)) => format!(
             "{addr} is on {dev} now, but was not usable when bind() ran: the service started \

@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::{Netns, Tracer, can_run};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn bindtrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bindtrace"))
@@ -300,6 +300,107 @@ fn check_port_says_may_fail_when_it_hangs_on_a_time_waits_options() {
     // What the kernel says: the TIME-WAIT had SO_REUSEADDR, so a SO_REUSEADDR bind succeeds.
     let truth = ns.run_case("case_bind_reuseaddr", &["8630"]);
     assert_eq!(truth["errno"], 0, "{truth}");
+}
+
+/// Refusals before any port rule: check-port's answer for each address matches the kernel's own
+/// answer to the same bind (the workload's), and an IPv6 wildcard's IPV6_V6ONLY decides whether
+/// an IPv4 listener blocks it. A port below the threshold fails for a process without
+/// CAP_NET_BIND_SERVICE, and only gets a note for one with it.
+#[test]
+fn check_port_answers_address_and_privilege_refusals_as_the_kernel_does() {
+    if !can_run("check_port_refusals") {
+        return;
+    }
+    let ns = Netns::new();
+    let truth = ns.run_case("case_address_checks", &["8640"]);
+    let verdict = |args: &[&str]| -> (Option<i32>, Value) {
+        let out = check_port_in(&ns, &[args, &["--output", "json"]].concat());
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"));
+        (out.status.code(), v)
+    };
+    for (kind, args, error, cause) in [
+        (
+            "link_local",
+            &["8640", "--addr", "fe80::1"][..],
+            "EINVAL",
+            "link_local_without_interface",
+        ),
+        (
+            "mapped",
+            &["8641", "--addr", "::ffff:127.0.0.1", "--v6only"],
+            "EINVAL",
+            "mapped_address_on_v6only",
+        ),
+        (
+            "multicast",
+            &["8642", "--addr", "ff05::1"],
+            "EINVAL",
+            "multicast_address",
+        ),
+    ] {
+        assert_eq!(
+            truth[kind], 22,
+            "the kernel refuses {kind} with EINVAL: {truth}"
+        );
+        let (code, v) = verdict(args);
+        assert_eq!(code, Some(1), "{kind}: {v:#}");
+        assert_eq!(v["would_fail"], true, "{kind}: {v:#}");
+        assert_eq!(v["error"], error, "{kind}: {v:#}");
+        assert_eq!(v["cause"], cause, "{kind}: {v:#}");
+    }
+    let (code, v) = verdict(&["8643", "--addr", "fe80::1%bt-nosuch"]);
+    assert_eq!((code, &v["error"]), (Some(1), &json!("ENODEV")), "{v:#}");
+    let (code, v) = verdict(&["8644", "--addr", "192.0.2.77"]);
+    assert_eq!(
+        (code, &v["error"]),
+        (Some(1), &json!("EADDRNOTAVAIL")),
+        "{v:#}"
+    );
+    assert_eq!(v["cause"], "address_not_local", "{v:#}");
+    // Addresses the namespace has, and the loopback net's others, are free.
+    for addr in ["127.0.0.1", "127.0.0.2", "::1"] {
+        let (code, v) = verdict(&["8645", "--addr", addr]);
+        assert_eq!(code, Some(0), "{addr}: {v:#}");
+    }
+
+    // [::] over an IPv4 listener: blocked without IPV6_V6ONLY, free with it.
+    let holder = ns.hold_case("helper_listen", &["8646", "0"]);
+    let (code, v) = verdict(&["8646", "--addr", "::"]);
+    assert_eq!(
+        (code, &v["cause"]),
+        (Some(1), &json!("dual_stack_conflict")),
+        "{v:#}"
+    );
+    let (code, v) = verdict(&["8646", "--addr", "::", "--v6only"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    holder.release();
+
+    // Port 80 without CAP_NET_BIND_SERVICE (dropped from the bounding set, so root's exec of
+    // check-port does not get it) is refused; with it, free.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "setpriv",
+            "--bounding-set=-net_bind_service",
+        ])
+        .args([
+            env!("CARGO_BIN_EXE_bindtrace"),
+            "check-port",
+            "80",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(out.status.code(), Some(1), "{v:#}");
+    assert_eq!(v["error"], "EACCES", "{v:#}");
+    assert_eq!(v["cause"], "privileged_port", "{v:#}");
+    let (code, v) = verdict(&["80"]);
+    assert_eq!(code, Some(0), "{v:#}");
 }
 
 /// The cgroup-v2 root (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
