@@ -508,7 +508,18 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Whether two local addresses overlap, with IPV6_V6ONLY deciding whether `[::]` covers IPv4.
+/// `LOOPBACK4_IPV6`, 127.0.0.6: the IPv4 address the kernel gives an IPv6 socket with an IPv6
+/// address of its own (`inet_rcv_saddr`), which IPv4 binds are compared with.
+const LOOPBACK4_IPV6: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
+
+/// Whether the local addresses of a new socket (`a`) and one on the port (`b`) overlap, with
+/// IPV6_V6ONLY deciding whether an IPv6 socket meets IPv4 ones (`inet_rcv_saddr_equal()`).
+///
+/// An IPv6 socket without IPV6_V6ONLY meets an IPv4 bind through its IPv4 face: the mapped
+/// address, 0.0.0.0 for `[::]`, and for any other IPv6 address 127.0.0.6 — which an IPv4
+/// wildcard covers. A bind() to such an address sets IPV6_V6ONLY itself, so this is a socket
+/// that got its address from connect(): a dual-stack client's connection over IPv6 blocks an
+/// IPv4 wildcard bind of its source port (checked on 6.18, TCP and UDP).
 pub fn addresses_overlap(
     a: IpAddr,
     a_v6only: Option<bool>,
@@ -519,7 +530,10 @@ pub fn addresses_overlap(
     match (a, b) {
         (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified() || x == y,
         (IpAddr::V6(x), IpAddr::V6(y)) => x.is_unspecified() || y.is_unspecified() || x == y,
-        (IpAddr::V4(_), IpAddr::V6(y)) => y.is_unspecified() && b_v6only != Some(true),
+        (IpAddr::V4(_), IpAddr::V6(y)) if y.is_unspecified() => b_v6only != Some(true),
+        (IpAddr::V4(x), IpAddr::V6(_)) => {
+            b_v6only == Some(false) && (x.is_unspecified() || x == LOOPBACK4_IPV6)
+        }
         (IpAddr::V6(x), IpAddr::V4(_)) => x.is_unspecified() && a_v6only != Some(true),
     }
 }
@@ -1346,6 +1360,16 @@ fn hint_with_notes(
             " ([{wildcard}] without IPV6_V6ONLY covers IPv4 port {} too)",
             req.port
         );
+    } else if let Some(h) =
+        primary.filter(|h| h.conflicts && req.addr.is_ipv4() && canonical(h.local.ip()).is_ipv6())
+    {
+        let _ = write!(
+            hint,
+            " (an IPv6 socket without IPV6_V6ONLY that got its address from connect() holds \
+             port {} for IPv4's 0.0.0.0 too, as 127.0.0.6: binding a specific IPv4 address \
+             avoids it)",
+            h.local.port()
+        );
     }
     if let Some(h) = primary.filter(|h| h.conflicts && h.bound_dev_if != 0 && req.bound_dev_if == 0)
     {
@@ -1775,6 +1799,31 @@ mod tests {
             !verdict(&v6only, vec![tw], &ctx())
                 .hint
                 .contains("IPV6_V6ONLY covers")
+        );
+    }
+
+    /// A dual-stack client's connection over IPv6 holds its source port against an IPv4
+    /// wildcard (its IPv4 face is 127.0.0.6), not against another IPv4 address; a socket bound to
+    /// an IPv6 address is IPV6_V6ONLY and meets no IPv4 bind.
+    #[test]
+    fn an_ipv6_connection_without_v6only_blocks_the_ipv4_wildcard() {
+        let mut h = holder(State::Established, "[::1]:52888");
+        h.remote = Some("[::1]:7777".parse().unwrap());
+        h.v6only = Some(false);
+        let mut r = req("0.0.0.0", 52888);
+        r.reuseaddr = true;
+        assert!(conflicts(&r, &h));
+        let d = verdict(&r, vec![h.clone()], &ctx());
+        assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+        assert!(d.holders[0].conflicts);
+        assert!(d.hint.contains("as 127.0.0.6"), "{}", d.hint);
+        assert!(!conflicts(&req("127.0.0.1", 52888), &h));
+        h.v6only = Some(true);
+        assert!(!conflicts(&r, &h));
+        h.v6only = None;
+        assert!(
+            !conflicts(&r, &h),
+            "unknown: as bound, which sets IPV6_V6ONLY"
         );
     }
 

@@ -661,6 +661,8 @@ fn live_options(
         .find_map(|&(pid, _)| remembered_socket(remembered, pid, s, state))
     {
         (h.reuseaddr, h.reuseport) = r.port_flags();
+        // sock_diag tells IPV6_V6ONLY of listening and bound sockets only.
+        h.v6only = h.v6only.or_else(|| r.v6only());
         // The socket's own entry (not the listener a connection was accepted from): when it
         // took the port — a holder that took it a moment before the failure raced the caller.
         if r.role == own_role(state) {

@@ -41,6 +41,8 @@ pub struct DiagSocket {
     /// Socket inode (`socket:[N]` in /proc/PID/fd); 0 for TIME-WAIT and orphaned sockets.
     pub inode: u64,
     pub bound_dev_if: u32,
+    /// IPV6_V6ONLY: the kernel reports it for listening and unconnected sockets only
+    /// (`inet_diag_msg_attrs_fill()`), None for the rest.
     pub v6only: Option<bool>,
 }
 

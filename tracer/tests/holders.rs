@@ -409,6 +409,29 @@ fn holders_gone_before_the_lookup_are_named_from_history() {
     tracer.stop();
 }
 
+/// A dual-stack client's IPv6 connection (no IPV6_V6ONLY) holds its ephemeral port for IPv4's
+/// wildcard too: named as the holder, conflicting, with the overlap explained. sock_diag does not
+/// report IPV6_V6ONLY for a connection; the history's record of it does.
+#[test]
+fn an_ipv6_client_connection_blocks_an_ipv4_wildcard_bind() {
+    if !can_run("v6_client_blocks_v4") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_v6_client_blocks_v4_wildcard", 8250);
+    assert_eq!(truth["errno"], 98, "the kernel refuses 0.0.0.0: {truth}");
+    assert_eq!(truth["errno_specific"], 0, "and allows 127.0.0.1: {truth}");
+    assert_eq!(ev["port"], truth["port"], "{ev:#}");
+    assert_eq!(ev["cause"], "outgoing_connection_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["conflicts"], true, "{ev:#}");
+    assert_eq!(h["state"], "ESTABLISHED", "{ev:#}");
+    assert_eq!(h["remote"], "[::1]:8250", "{ev:#}");
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap();
+    assert!(hint.contains("as 127.0.0.6"), "{hint}");
+    run.release();
+}
+
 #[test]
 fn udp_conflict() {
     if !can_run("udp") {

@@ -137,6 +137,16 @@ def helper_connect_and_leave(port, server_port, reuseaddr="0"):
     s.close()
 
 
+def helper_connect_v6(server_port):
+    """A dual-stack client: an IPv6 socket without IPV6_V6ONLY connects to [::1]:server_port
+    from an ephemeral port and holds the connection."""
+    s = sock(socket.AF_INET6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.connect(("::1", int(server_port)))
+    report(role="client", local_port=s.getsockname()[1])
+    sys.stdin.read()
+
+
 def helper_time_wait(port, reuseaddr):
     """Leaves a TIME-WAIT on `port` (a connection from it to a server of this process on port + 1,
     closed first on the connecting side; SO_REUSEADDR on that side if asked) and exits."""
@@ -927,6 +937,27 @@ def case_storm(port, seconds):
         if select.select([sys.stdin], [], [], 0)[0]:
             break
     report(case="storm", stage="done", failures=failures, port=port)
+
+
+def case_v6_client_blocks_v4_wildcard(port):
+    """A server of this process listens on [::1]:P; another process's IPv6 connection to it,
+    from an ephemeral port E, holds E for IPv4's 0.0.0.0 too (its IPv4 face is 127.0.0.6): a
+    SO_REUSEADDR bind of 0.0.0.0:E fails, one of 127.0.0.1:E does not."""
+    srv = sock(socket.AF_INET6, reuseaddr=True)
+    srv.bind(("::1", port))
+    srv.listen(16)
+    client, info = spawn("helper_connect_v6", port)
+    conn, _ = srv.accept()
+    e = info["local_port"]
+    specific = sock(reuseaddr=True)
+    err_specific = attempt(lambda: specific.bind((HOST, e)))
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind(("0.0.0.0", e)))
+    finish(case="v6_client_blocks_v4_wildcard", errno=err, errno_specific=err_specific, port=e,
+           addr="0.0.0.0", reuseaddr=True, reuseport=False, holder_pid=info["pid"],
+           server_port=port)
+    client.stdin.close()
+    client.wait()
 
 
 def case_gated(port, comm="", thread=""):
