@@ -957,11 +957,17 @@ fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext) -> String
 /// EADDRNOTAVAIL on bind(): what the namespace has of the address now tells why it had not
 /// then.
 fn address_hint(addr: IpAddr, now: Option<&AddressNow>, named: Option<&str>) -> String {
-    let v6 = canonical(addr).is_ipv6();
-    let (wildcard, freebind, sysctl) = if v6 {
-        ("[::]", "IPV6_FREEBIND", "net.ipv6.ip_nonlocal_bind=1")
+    // An IPv4-mapped address is checked as IPv4 (`net.ipv4.ip_nonlocal_bind`), on a socket whose
+    // wildcard and option are IPv6's.
+    let (wildcard, freebind) = if addr.is_ipv6() {
+        ("[::]", "IPV6_FREEBIND")
     } else {
-        ("0.0.0.0", "IP_FREEBIND", "net.ipv4.ip_nonlocal_bind=1")
+        ("0.0.0.0", "IP_FREEBIND")
+    };
+    let sysctl = if canonical(addr).is_ipv6() {
+        "net.ipv6.ip_nonlocal_bind=1"
+    } else {
+        "net.ipv4.ip_nonlocal_bind=1"
     };
     let early = format!("or set {freebind} / {sysctl} to bind before it is usable");
     // A link-local address exists per interface: on another one than the call named, it is not
@@ -987,8 +993,9 @@ fn address_hint(addr: IpAddr, now: Option<&AddressNow>, named: Option<&str>) -> 
         ),
         Some(AddressNow::Tentative(dev)) => format!(
             "{addr} is on {dev} but still tentative: IPv6 duplicate address detection has not \
-             finished (it waits for the link to come up), and bind() refuses a tentative \
-             address; start the service after it (systemd: After=network-online.target), \
+             finished (it starts once the link has carrier and takes a second or more), and \
+             bind() refuses a tentative address; start the service after it (systemd: \
+             After=network-online.target), \
              {early}, or add the address without detection (`ip addr add ... nodad`, or \
              net.ipv6.conf.{dev}.accept_dad=0 before adding it)"
         ),
