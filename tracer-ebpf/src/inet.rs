@@ -81,9 +81,11 @@ pub fn bind_request(
         return None;
     }
     // SAFETY: bpf_probe_read_kernel checks the address. The kernel copied the caller's address into
-    // a sockaddr_storage, so 24 bytes are always there.
-    let raw: [u8; 24] = unsafe { bpf_probe_read_kernel(uaddr.cast::<[u8; 24]>()) }.ok()?;
-    let (family, port, addr) = parse_sockaddr(&raw)?;
+    // a sockaddr_storage, so 28 bytes (a sockaddr_in6) are always there.
+    let raw: [u8; 28] = unsafe { bpf_probe_read_kernel(uaddr.cast::<[u8; 28]>()) }.ok()?;
+    let mut head = [0u8; 24];
+    head.copy_from_slice(&raw[..24]);
+    let (family, port, addr) = parse_sockaddr(&head)?;
     let ev = scratch()?;
     ev.syscall = Syscall::Bind as u8;
     ev.family = family;
@@ -92,6 +94,14 @@ pub fn bind_request(
     ev.flags = flags::ADDR_KNOWN;
     if let Some(sk) = read_ptr(sock, conf!(kernel.socket_sk)) {
         fill_from_sock(ev, sk);
+    }
+    // A link-local (or link-scoped multicast) address's scope id names the interface; the kernel
+    // binds the socket to it during the call, so a kprobe at entry has not seen it yet.
+    let scope = u32::from_ne_bytes([raw[24], raw[25], raw[26], raw[27]]);
+    let scoped = (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80)
+        || (addr[0] == 0xff && matches!(addr[1] & 0x0f, 1 | 2));
+    if family == AF_INET6 && addr_len >= 28 && scoped && ev.bound_dev_if == 0 {
+        ev.bound_dev_if = scope;
     }
     Some(ev)
 }

@@ -9,7 +9,14 @@ use aya_ebpf::{
 };
 use tracer_common::{BindEvent, Syscall};
 
-use crate::{inet, kernel::current_tid, maps::CONNECT_ARGS, pending, report::finish};
+use crate::{
+    config::conf,
+    inet,
+    kernel::{current_tid, read_ptr, sock_head_view},
+    maps::CONNECT_ARGS,
+    pending,
+    report::finish,
+};
 
 /// Reports this thread's pending call of kind `syscall` via `f`, and closes it.
 #[inline(always)]
@@ -31,7 +38,8 @@ fn bind_entry(ctx: &ProbeContext, min_len: i32) {
         return;
     };
     if let Some(ev) = inet::bind_request(sock, uaddr, addr_len as i32, min_len) {
-        pending::put(current_tid(), ev, 0);
+        let sk = read_ptr(sock, conf!(kernel.socket_sk)).map_or(0, |p| p as u64);
+        pending::put(current_tid(), ev, sk);
     }
 }
 
@@ -51,7 +59,16 @@ pub fn kp_inet6_bind(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn krp_bind(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    take(Syscall::Bind, |ev| finish(ev, i64::from(ret), 0));
+    let tid = current_tid();
+    if let Some(p) = pending::entry(tid, Syscall::Bind) {
+        // With `--all`, a bind() to port 0 is shown with the port it got: chosen inside the
+        // call, after the entry probe.
+        if ret == 0 && p.ev.port == 0 && p.sk != 0 && conf!(report_success) != 0 {
+            p.ev.chosen_port = sock_head_view(p.sk as *const u8).port;
+        }
+        finish(&mut p.ev, i64::from(ret), 0);
+        pending::done(tid, &mut p.ev);
+    }
     0
 }
 

@@ -960,6 +960,26 @@ def case_v6_client_blocks_v4_wildcard(port):
     client.wait()
 
 
+def case_scoped_link_local(port):
+    """fe80::1 on a veth (bt2, no duplicate address detection): a listener on fe80::1%bt2:P,
+    then a second bind of fe80::1%bt2:P (EADDRINUSE) and one of fe80::1%lo:P+1, where the
+    address is not (EADDRNOTAVAIL). The interface comes only from the scope id."""
+    for args in (["link", "add", "bt2", "type", "veth", "peer", "name", "bt3"],
+                 ["link", "set", "bt2", "up"],
+                 ["-6", "addr", "add", "fe80::1/64", "dev", "bt2", "nodad"]):
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+    dev = socket.if_nametoindex("bt2")
+    lst = sock(socket.AF_INET6)
+    lst.bind(("fe80::1", port, 0, dev))
+    lst.listen(16)
+    again = sock(socket.AF_INET6)
+    err = attempt(lambda: again.bind(("fe80::1", port, 0, dev)))
+    other = sock(socket.AF_INET6)
+    err_lo = attempt(lambda: other.bind(("fe80::1", port + 1, 0, socket.if_nametoindex("lo"))))
+    finish(case="scoped_link_local", errno=err, errno_lo=err_lo, port=port, addr="fe80::1",
+           ifindex=dev, reuseaddr=False, reuseport=False)
+
+
 def case_gated(port, comm="", thread=""):
     """Reports its pid, waits for a line on stdin, then fails a bind on `port` (which it holds
     itself). `comm`, if given, renames the process first (as prctl(PR_SET_NAME) would); `thread`,
