@@ -270,9 +270,8 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
     let error = crate::errno::name(req.errno);
     let proto = if udp { "udp" } else { "tcp" };
     match args.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&PortCheck {
+        OutputFormat::Json => {
+            let mut v = serde_json::to_value(PortCheck {
                 port,
                 protocol: proto,
                 addr: addr.to_string(),
@@ -280,8 +279,17 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                 may_fail: uncertain,
                 error: (blocked || uncertain).then_some(error.as_str()),
                 diagnosis: &d,
-            })?
-        ),
+            })?;
+            // Free: no failure to explain (the holders and the range are still given).
+            if !(blocked || uncertain)
+                && let Some(o) = v.as_object_mut()
+            {
+                for key in ["cause", "hint", "same_process"] {
+                    o.remove(key);
+                }
+            }
+            println!("{v}");
+        }
         OutputFormat::Text => {
             let what = format!(
                 "{proto} {}",
@@ -301,7 +309,9 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                     );
                 }
             }
-            if d.in_ephemeral_range {
+            // Unless the hint printed above says the same.
+            let hinted = (blocked || uncertain) && d.hint.contains("ip_local_reserved_ports");
+            if d.in_ephemeral_range && !hinted {
                 println!(
                     "    warning: {port} lies in the ephemeral range {} and is not reserved: an \
                      outgoing connection can take it at any moment; reserve it with \
@@ -424,7 +434,7 @@ fn listening(
         unprotected,
     };
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
         OutputFormat::Text => {
             let range = report.port_range.as_deref().unwrap_or("?");
             if report.unprotected.is_empty() {

@@ -231,6 +231,9 @@ pub struct Holder {
     pub device: Option<String>,
     /// How long ago the owner took the port (from history).
     pub age_ms: Option<u64>,
+    /// A TIME-WAIT's time left when it was looked up (the kernel's timer, via sock_diag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
     /// Whether the owner process still runs (history owners).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_alive: Option<bool>,
@@ -280,6 +283,7 @@ impl Holder {
             bound_dev_if: 0,
             device: None,
             age_ms: None,
+            expires_ms: None,
             owner_alive: None,
             shared_with: Vec::new(),
             opened_by: None,
@@ -705,25 +709,44 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
     } else {
         ""
     };
+    let left = time_left(h);
     let fix = if h.accepted {
         // The server side closed first: the port is the server's own, the range is beside the
         // point.
-        format!("{SERVER_FIX}, or wait for TIME-WAIT to end (60 s)")
-    } else if ctx.in_ephemeral_range(port) {
-        reserve_fix(port, ctx)
+        format!("{SERVER_FIX}, or wait for the TIME-WAIT to end ({left})")
     } else {
-        format!(
-            "{}, or wait for TIME-WAIT to end (60 s)",
-            reuseaddr_fix(
-                req,
-                h,
-                "the connection's socket (in the program that made it)"
+        // What lets this bind through now, then what keeps the port from being taken again.
+        let now = match (req.reuseaddr, h.reuseaddr) {
+            (false, Some(true)) => format!(
+                "set SO_REUSEADDR on this socket (that connection had it), or wait for the \
+                 TIME-WAIT to end ({left})"
+            ),
+            // Refused with SO_REUSEADDR set: the connection's socket did not have it.
+            (true, _) | (false, Some(false)) => {
+                format!("wait for the TIME-WAIT to end ({left}); it cannot be shared")
+            }
+            (false, None) => format!(
+                "set SO_REUSEADDR on this socket (enough if the connection's socket had it too), \
+                 or wait for the TIME-WAIT to end ({left})"
+            ),
+        };
+        if ctx.in_ephemeral_range(port) {
+            format!("now: {now}; for good: {}", reserve_fix(port, ctx))
+        } else {
+            format!(
+                "{now}; for good: {}",
+                reuseaddr_fix(req, h, "the connection's socket")
             )
-        )
+        }
     };
-    format!(
-        "a TIME-WAIT connection from {local}{remote}{owner}{opt}, holds the port for up \
-             to 60 s; {fix}"
+    format!("a TIME-WAIT connection from {local}{remote}{owner}{opt}, holds the port; {fix}")
+}
+
+/// A TIME-WAIT's time left, as the kernel's timer said at the lookup, else its most.
+fn time_left(h: &Holder) -> String {
+    h.expires_ms.map_or_else(
+        || "up to 60 s".to_string(),
+        |ms| format!("{} s left", ms.div_ceil(1000)),
     )
 }
 
@@ -1053,13 +1076,14 @@ fn hint_for_holder(
         ),
         Cause::OutgoingConnectionConflict => {
             let remote = h.remote.map(|r| format!(" to {r}")).unwrap_or_default();
+            let now = format!(
+                "{}, or stop that connection",
+                reuseaddr_fix(req, h, "the connection's socket")
+            );
             let fix = if ephemeral {
-                reserve_fix(port, ctx)
+                format!("now: {now}; for good: {}", reserve_fix(port, ctx))
             } else {
-                format!(
-                    "{}, or stop that connection",
-                    reuseaddr_fix(req, h, "the connection's socket")
-                )
+                now
             };
             let what = if h.protocol == "udp" {
                 "a UDP socket connected".to_string()
@@ -1568,6 +1592,7 @@ mod tests {
             bound_dev_if: 0,
             device: None,
             age_ms: None,
+            expires_ms: None,
             owner_alive: None,
             shared_with: vec![],
             opened_by: None,
@@ -1850,6 +1875,46 @@ mod tests {
         let mut h = holder(State::Listen, "0.0.0.0:8080");
         h.bound_dev_if = 3;
         assert!(!conflicts(&r, &h), "different devices do not conflict");
+    }
+
+    /// A client's TIME-WAIT on an ephemeral port: what lets the bind through now (SO_REUSEADDR
+    /// when the connection had it, else waiting out the timer) and what keeps it from recurring
+    /// (reserving the port).
+    #[test]
+    fn a_time_wait_hint_gives_the_fix_for_now_and_for_good() {
+        let mut h = holder(State::TimeWait, "10.0.0.1:40000");
+        h.remote = Some("10.0.0.2:443".parse().unwrap());
+        h.expires_ms = Some(41_200);
+        let mut c = ctx();
+        c.range = Some((32768, 60999));
+        let d = verdict(&req("0.0.0.0", 40000), vec![h.clone()], &c);
+        assert!(
+            d.hint
+                .contains("now: wait for the TIME-WAIT to end (42 s left)"),
+            "{}",
+            d.hint
+        );
+        assert!(
+            d.hint
+                .contains("; for good: port 40000 lies in the ephemeral range"),
+            "{}",
+            d.hint
+        );
+        h.reuseaddr = Some(true);
+        let d = verdict(&req("0.0.0.0", 40000), vec![h.clone()], &c);
+        assert!(
+            d.hint
+                .contains("now: set SO_REUSEADDR on this socket (that connection had it)")
+        );
+        // Outside the range: sharing is the fix for good too.
+        h.reuseaddr = Some(false);
+        let d = verdict(&req("0.0.0.0", 8080), vec![h], &c);
+        assert!(
+            d.hint
+                .contains("for good: set SO_REUSEADDR on both sockets"),
+            "{}",
+            d.hint
+        );
     }
 
     /// A connected UDP socket on the port is a client's, its port the kernel's choice from the

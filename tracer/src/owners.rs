@@ -272,6 +272,7 @@ impl Investigator {
             let since = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
             for h in &mut listed {
                 h.age_ms = h.age_ms.map(|a| a.saturating_add(since));
+                h.expires_ms = h.expires_ms.map(|e| e.saturating_sub(since));
             }
             // The reused lookup was another call's: this one's device may differ.
             ctx.device = self.devices.get(&(netns, req.bound_dev_if)).cloned();
@@ -477,6 +478,10 @@ impl Investigator {
             h.remote = (connected && !s.remote.ip().is_unspecified()).then_some(s.remote);
             h.uid = (s.inode != 0).then_some(s.uid);
             h.v6only = s.v6only;
+            h.expires_ms = s
+                .expires_ms
+                .filter(|_| state == State::TimeWait)
+                .map(u64::from);
             h.bound_dev_if = s.bound_dev_if;
             h.inode = s.inode;
             h.accepted = connected && accepted(remembered, s, range);
@@ -637,7 +642,11 @@ fn accepted(remembered: &[Remembered], s: &DiagSocket, range: Option<(u16, u16)>
         r.role == Role::Listening
             && diagnose::addresses_overlap(r.local_ip(), r.v6only(), s.local.ip(), None)
     });
-    let from_client_port = range.is_none_or(|(lo, hi)| (lo..=hi).contains(&s.remote.port()));
+    // A client's port is ephemeral: in this namespace's range — or, when the clients use
+    // another range (other hosts, or this one after its range was moved above the listen
+    // ports), at least the local port is outside it, so no connect() here chose it.
+    let in_range = |port: u16| range.is_none_or(|(lo, hi)| (lo..=hi).contains(&port));
+    let from_client_port = in_range(s.remote.port()) || !in_range(s.local.port());
     !made_here && listened && from_client_port
 }
 
@@ -849,6 +858,7 @@ pub fn parse_proc_net(text: &str, protocol: u8) -> Vec<DiagSocket> {
                 inode: f[9].parse().ok()?,
                 bound_dev_if: 0,
                 v6only: None,
+                expires_ms: None,
             })
         })
         .collect()
@@ -904,6 +914,7 @@ mod tests {
             inode: 1,
             bound_dev_if: 0,
             v6only: None,
+            expires_ms: None,
         }
     }
 

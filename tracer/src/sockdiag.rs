@@ -44,6 +44,8 @@ pub struct DiagSocket {
     /// IPV6_V6ONLY: the kernel reports it for listening and unconnected sockets only
     /// (`inet_diag_msg_attrs_fill()`), None for the rest.
     pub v6only: Option<bool>,
+    /// A TIME-WAIT's time left, in ms (`idiag_expires`); None where not read (from /proc).
+    pub expires_ms: Option<u32>,
 }
 
 fn ip_from(family: u8, words: &[u8; 16]) -> IpAddr {
@@ -106,7 +108,8 @@ fn parse_msg(protocol: u8, mut p: &[u8]) -> Option<DiagSocket> {
     p.copy_to_slice(&mut dst);
     let bound_dev_if = p.get_u32_le();
     p.advance(8); // cookie
-    p.advance(12); // expires, rqueue, wqueue
+    let expires_ms = p.get_u32_le();
+    p.advance(8); // rqueue, wqueue
     let uid = p.get_u32_le();
     let inode = p.get_u32_le();
     let mut v6only = None;
@@ -131,6 +134,7 @@ fn parse_msg(protocol: u8, mut p: &[u8]) -> Option<DiagSocket> {
         inode: u64::from(inode),
         bound_dev_if,
         v6only,
+        expires_ms: Some(expires_ms),
     })
 }
 

@@ -38,6 +38,16 @@ fn assert_time_wait_named_from_history(ev: &Value, truth: &Value, remote: &str) 
     assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
     assert_eq!(h["comm"], truth["holder_comm"], "{ev:#}");
     assert_eq!(h["remote"], remote, "{ev:#}");
+    // The kernel's timer says how long it has left; the hint gives the fix for now and the one
+    // for good.
+    let left = h["expires_ms"].as_u64().expect("a TIME-WAIT's time left");
+    assert!(left <= 60_000, "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap();
+    assert!(hint.contains(" s left)"), "{hint}");
+    assert!(
+        hint.contains("now: ") && hint.contains("; for good: "),
+        "{hint}"
+    );
 }
 
 #[test]
@@ -429,6 +439,32 @@ fn an_ipv6_client_connection_blocks_an_ipv4_wildcard_bind() {
     assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
     let hint = ev["hint"].as_str().unwrap();
     assert!(hint.contains("as 127.0.0.6"), "{hint}");
+    run.release();
+}
+
+/// A link-local address's interface given only by the scope id (no SO_BINDTODEVICE): the
+/// failure carries it (the kernel applies it during the call), so the holder on the same
+/// interface is not said to be on another one, and an address on another interface than the one
+/// named is said so.
+#[test]
+fn a_scope_id_names_the_interface_of_a_link_local_bind() {
+    if !can_run("scoped_link_local") {
+        return;
+    }
+    let (ev, truth, run, tracer, _ns) = held("case_scoped_link_local", 8260);
+    assert_eq!(
+        (truth["errno"].as_i64(), truth["errno_lo"].as_i64()),
+        (Some(98), Some(99))
+    );
+    assert_eq!(ev["port"], 8260, "{ev:#}");
+    assert_eq!(ev["bound_dev_if"], truth["ifindex"], "{ev:#}");
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    assert_eq!(holder(&ev)["device"], "bt2", "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap();
+    assert!(!hint.contains("another device"), "{hint}");
+    let lo = tracer.failure(run.pid(), 8261);
+    let hint = lo["hint"].as_str().unwrap();
+    assert!(hint.contains("is on bt2, not on lo"), "{lo:#}");
     run.release();
 }
 
