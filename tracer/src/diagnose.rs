@@ -202,6 +202,9 @@ pub enum Source {
     Live,
     /// Remembered by bindtrace's kernel programs (the socket has no owner now, e.g. TIME-WAIT).
     History,
+    /// A connection that was open in this process when bindtrace started (its start-up scan),
+    /// since closed into TIME-WAIT: made before bindtrace could see it made.
+    Startup,
     /// Neither: the socket is there but nothing names its process.
     Unknown,
 }
@@ -690,12 +693,14 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
     let port = req.port;
     let local = h.local;
     let remote = h.remote.map(|r| format!(" to {r}")).unwrap_or_default();
-    let owner = if h.source == Source::History {
-        let gone = if h.owner_alive == Some(false) {
-            " (since exited)"
-        } else {
-            ""
-        };
+    let gone = if h.owner_alive == Some(false) {
+        " (since exited)"
+    } else {
+        ""
+    };
+    let owner = if h.source == Source::Startup {
+        format!(", open in {w} when bindtrace started{gone}")
+    } else if h.source == Source::History {
         if h.accepted {
             format!(", accepted by the listener {w} opened{}{gone}", age(h))
         } else {

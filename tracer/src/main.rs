@@ -22,6 +22,7 @@ mod netns;
 mod output;
 mod owners;
 mod pipeline;
+mod preexisting;
 mod procfs;
 mod report;
 mod sockdiag;
@@ -134,6 +135,17 @@ fn release_start_up_memory() {
     }
 }
 
+/// What looks up holders, with the kernel programs' history of owners.
+fn investigator(ebpf: &mut aya::Ebpf) -> owners::Investigator {
+    let history = ebpf
+        .take_map(names::HISTORY)
+        .and_then(owners::History::open);
+    if history.is_none() {
+        eprintln!("bindtrace: note: owner history unavailable; TIME-WAIT owners stay unknown");
+    }
+    owners::Investigator::new(history)
+}
+
 async fn watch(args: WatchArgs) -> Result<()> {
     // Everything that can be wrong with the arguments fails before anything is attached.
     let log = args
@@ -188,16 +200,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         }
     }
     let collector = Collector::new(&mut tracer.ebpf)?;
-    let investigator = (!args.no_holders).then(|| {
-        let history = tracer
-            .ebpf
-            .take_map(names::HISTORY)
-            .and_then(owners::History::open);
-        if history.is_none() {
-            eprintln!("bindtrace: note: owner history unavailable; TIME-WAIT owners stay unknown");
-        }
-        owners::Investigator::new(history)
-    });
+    let investigator = (!args.no_holders).then(|| investigator(&mut tracer.ebpf));
     let mut writers: Vec<Box<dyn pipeline::Writer>> = Vec::new();
     let unwritten = log.as_ref().map(|l| std::sync::Arc::clone(&l.unwritten));
     if let Some(log) = log {
@@ -211,6 +214,11 @@ async fn watch(args: WatchArgs) -> Result<()> {
     // The terminal last: once an event is shown there, the log file and the metrics have it too
     // (what a watcher that reads the output and then scrapes or reads the log relies on).
     writers.push(Box::new(Renderer::stdout(args.output)));
+    // Ready once the owners of connections made before now are known too (the kernel programs
+    // already record every failure meanwhile).
+    if let Some(inv) = &investigator {
+        inv.wait_for_start_scan();
+    }
     if let Some(path) = &args.ready_file {
         write_atomically(path, &format!("{}\n", tracer.backend.as_str()))?;
     }

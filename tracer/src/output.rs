@@ -145,12 +145,20 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
             };
             format!("history{}{alive}{closed}", diagnose::age(h))
         }
-        // No process has a TIME-WAIT (or an orphaned connection) open: its owner is known only
-        // if bindtrace saw the connection made.
-        diagnose::Source::Unknown if h.inode == 0 => {
-            "owner unknown: no process has it; `watch` knows it if it saw the connection made"
-                .to_string()
+        diagnose::Source::Startup => {
+            let alive = match h.owner_alive {
+                Some(false) => ", exited",
+                Some(true) => ", running",
+                None => "",
+            };
+            format!("had it open when bindtrace started{alive}")
         }
+        // No process has a TIME-WAIT (or an orphaned connection) open: its owner is known only
+        // if bindtrace saw the connection made, or open when it started.
+        diagnose::Source::Unknown if h.inode == 0 => "owner unknown: no process has it, and \
+                                                      bindtrace neither saw it made nor found it \
+                                                      open when it started"
+            .to_string(),
         diagnose::Source::Unknown => "owner unknown: no process found with it open".to_string(),
     };
     let _ = write!(s, " ({src})");
@@ -373,8 +381,8 @@ pub(crate) mod tests {
         };
         assert_eq!(
             holder(serde_json::json!({})),
-            "TIME_WAIT tcp 127.0.0.1:8080 -> 127.0.0.1:6379 (owner unknown: no process has it; \
-             `watch` knows it if it saw the connection made) options unknown"
+            "TIME_WAIT tcp 127.0.0.1:8080 -> 127.0.0.1:6379 (owner unknown: no process has it, \
+             and bindtrace neither saw it made nor found it open when it started) options unknown"
         );
         assert_eq!(
             holder(serde_json::json!({

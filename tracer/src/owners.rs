@@ -234,6 +234,12 @@ impl Investigator {
             .collect()
     }
 
+    /// Returns once the start-up scan of the processes' sockets is done (see
+    /// `procfs::SocketTable::wait_for_start_scan`).
+    pub fn wait_for_start_scan(&self) {
+        self.sockets.wait_for_start_scan();
+    }
+
     /// Works out why `ev` failed. `ns` is the failing namespace (None if it could not be opened).
     pub fn diagnose(&mut self, ev: &Event, ns: Option<&Netns>) -> Diagnosis {
         // The event names the process (`Event::name_process`), whose name the advice fits.
@@ -323,7 +329,7 @@ impl Investigator {
             return diagnose::verdict(req, Vec::new(), &ctx);
         }
         let remembered = self.remembered(netns, req.port, protocol);
-        let mut listed_holders = self.holders(&socks, &remembered, req.udp, ctx.range);
+        let mut listed_holders = self.holders(&socks, &remembered, req.udp, ctx.range, netns);
         self.resolve_containers(&mut listed_holders, netns);
         for h in listed_holders.iter_mut().filter(|h| h.bound_dev_if != 0) {
             h.device = self.devices.get(&(netns, h.bound_dev_if)).cloned();
@@ -451,7 +457,7 @@ impl Investigator {
                 state == State::Listen || (udp && state == State::Bound)
             })
             .collect();
-        (self.holders(&waiting, &[], udp, ctx.range), ctx)
+        (self.holders(&waiting, &[], udp, ctx.range, 0), ctx)
     }
 
     /// The sockets the kernel listed, each with its owner: the process that has it open, else
@@ -462,6 +468,7 @@ impl Investigator {
         remembered: &[Remembered],
         udp: bool,
         range: Option<(u16, u16)>,
+        netns: u32,
     ) -> Vec<Holder> {
         let inodes: Vec<u64> = socks.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
         let candidates: Vec<u32> = remembered
@@ -508,6 +515,14 @@ impl Investigator {
                 }
             } else if let Some(r) = history_owner(remembered, s, state) {
                 r.apply(&mut h);
+            } else if connected
+                && let Some(o) = self.sockets.owner_at_start(netns, s.local, s.remote)
+            {
+                h.pid = Some(o.pid);
+                h.comm = Some(o.comm);
+                h.uid = Some(o.uid);
+                h.source = Source::Startup;
+                h.owner_alive = Some(procfs::alive_since(o.pid, o.seen_ns));
             }
             holders.push(h);
         }

@@ -14,7 +14,7 @@ use std::{
     collections::{HashMap, HashSet},
     fs,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::{Arc, Mutex},
+    sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant},
 };
 
@@ -23,6 +23,12 @@ const RESCAN_AFTER: Duration = Duration::from_millis(100);
 
 /// `(pid, fd)` pairs holding a socket.
 pub type Holders = Vec<(u32, u32)>;
+
+type StartConnections = HashMap<crate::preexisting::Key, crate::preexisting::StartOwner>;
+
+/// How long a lookup waits for the start-up scan to finish (it takes a fraction of a second
+/// on a busy host): a failure in bindtrace's first moments still gets the owners it finds.
+const START_SCAN_WAIT: Duration = Duration::from_secs(10);
 
 fn socket_inode(link: &std::path::Path) -> Option<u64> {
     let target = fs::read_link(link).ok()?;
@@ -67,6 +73,9 @@ fn full_scan() -> HashMap<u64, Holders> {
 /// with one `readlink` before use, so a stale table costs a miss, never a wrong answer.
 pub struct SocketTable {
     table: Arc<Mutex<HashMap<u64, Holders>>>,
+    /// TCP connections open at start-up and their processes (`preexisting`); None until the
+    /// start-up scan has listed them.
+    at_start: Arc<(Mutex<Option<StartConnections>>, Condvar)>,
     /// Inodes the last full scans did not find, and when.
     missed: HashMap<u64, Instant>,
 }
@@ -76,19 +85,59 @@ impl SocketTable {
     pub fn empty() -> Self {
         Self {
             table: Arc::default(),
+            at_start: Arc::new((Mutex::new(Some(HashMap::new())), Condvar::new())),
             missed: HashMap::new(),
         }
+    }
+
+    /// Waits (at most `START_SCAN_WAIT`) until the start-up scan has listed the connections
+    /// open at start-up: until then a TIME-WAIT they leave cannot be named.
+    pub fn wait_for_start_scan(&self) {
+        let (lock, done) = &*self.at_start;
+        let guard = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(done.wait_timeout_while(guard, START_SCAN_WAIT, |c| c.is_none()));
+    }
+
+    /// Who had the TCP connection `local`→`remote` of namespace `netns` open when bindtrace
+    /// started, if the start-up scan saw it.
+    pub fn owner_at_start(
+        &self,
+        netns: u32,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+    ) -> Option<crate::preexisting::StartOwner> {
+        let (lock, done) = &*self.at_start;
+        let guard = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (guard, _) = done
+            .wait_timeout_while(guard, START_SCAN_WAIT, |c| c.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.as_ref()?.get(&(netns, local, remote)).cloned()
     }
 
     /// Fills the table in the background (processes that held their sockets before bindtrace
     /// started are in no history; this finds them without a scan at failure time).
     pub fn prefilled() -> Self {
         let t = Self::empty();
+        *t.at_start
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let table = Arc::clone(&t.table);
-        let _ = std::thread::Builder::new()
+        let at_start = Arc::clone(&t.at_start);
+        let spawned = std::thread::Builder::new()
             .name("bindtrace-procscan".into())
             .spawn(move || {
                 let all = full_scan();
+                let connections = crate::preexisting::snapshot(&all);
+                let (lock, done) = &*at_start;
+                *lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connections);
+                done.notify_all();
                 let mut guard = table
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -97,6 +146,13 @@ impl SocketTable {
                     guard.entry(ino).or_insert(h);
                 }
             });
+        if spawned.is_err() {
+            // No scan: nothing to wait for.
+            *t.at_start
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(HashMap::new());
+        }
         t
     }
 

@@ -468,6 +468,37 @@ fn a_scope_id_names_the_interface_of_a_link_local_bind() {
     run.release();
 }
 
+/// A connection made before bindtrace started, closed into TIME-WAIT while it runs (every
+/// keep-alive connection after a bindtrace upgrade): its owner, which no history saw connect and
+/// no process has open any more, comes from the start-up scan.
+#[test]
+fn a_connection_open_before_the_start_is_named_when_its_time_wait_blocks() {
+    if !can_run("connected_before_start") {
+        return;
+    }
+    let ns = Netns::new();
+    let run = ns.hold_case("case_connected_before_start", &["8270"]);
+    let ready = run.report.clone();
+    let tracer = Tracer::start(&[]);
+    let pid = run.pid();
+    let done = run.release().expect("the workload's final report");
+    assert_eq!(done["errno"], 98, "{done}");
+    let ev = tracer.failure(pid, ready["port"].as_u64().unwrap());
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h["source"], "startup", "{ev:#}");
+    assert_eq!(h["pid"], ready["holder_pid"], "{ev:#}");
+    assert_eq!(h["comm"], ready["holder_comm"], "{ev:#}");
+    assert_eq!(h["owner_alive"], false, "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("when bindtrace started (since exited)"),
+        "{hint}"
+    );
+    tracer.stop();
+}
+
 #[test]
 fn udp_conflict() {
     if !can_run("udp") {

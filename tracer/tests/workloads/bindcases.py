@@ -147,6 +147,16 @@ def helper_connect_v6(server_port):
     sys.stdin.read()
 
 
+def helper_client_closes_on_line(server_port):
+    """A client connected to server_port from an ephemeral port; on a line on stdin it closes
+    first (its side goes to TIME-WAIT) and exits."""
+    s = sock()
+    s.connect((HOST, int(server_port)))
+    report(role="client", local_port=s.getsockname()[1])
+    sys.stdin.readline()
+    s.close()
+
+
 def helper_time_wait(port, reuseaddr):
     """Leaves a TIME-WAIT on `port` (a connection from it to a server of this process on port + 1,
     closed first on the connecting side; SO_REUSEADDR on that side if asked) and exits."""
@@ -978,6 +988,29 @@ def case_scoped_link_local(port):
     err_lo = attempt(lambda: other.bind(("fe80::1", port + 1, 0, socket.if_nametoindex("lo"))))
     finish(case="scoped_link_local", errno=err, errno_lo=err_lo, port=port, addr="fe80::1",
            ifindex=dev, reuseaddr=False, reuseport=False)
+
+
+def case_connected_before_start(port):
+    """A client process connects to a server of this process on P from an ephemeral port E and
+    stays connected; after the go-ahead (the test starts bindtrace meanwhile) it closes first and
+    exits, leaving E in TIME-WAIT, and this process binds 0.0.0.0:E: EADDRINUSE, from a
+    connection made before bindtrace started and closed while it ran."""
+    srv = server(port)
+    client, info = spawn("helper_client_closes_on_line", port)
+    conn, _ = srv.accept()
+    e = info["local_port"]
+    report(case="connected_before_start", stage="ready", port=e, holder_pid=info["pid"],
+           holder_comm=info["comm"])
+    sys.stdin.readline()
+    client.stdin.write("close\n")
+    client.stdin.flush()
+    client.wait()
+    conn.recv(1)  # the client's FIN
+    conn.close()
+    wait_for_tcp_state(e, TCP_TIME_WAIT)
+    s = sock()
+    err = attempt(lambda: s.bind(("0.0.0.0", e)))
+    report(case="connected_before_start", stage="done", errno=err, port=e)
 
 
 def case_gated(port, comm="", thread=""):
