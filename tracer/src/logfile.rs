@@ -129,6 +129,45 @@ impl LogFile {
     }
 }
 
+/// Now, as the log's lines give times (RFC 3339, UTC).
+fn now() -> String {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    crate::event::rfc3339(ns)
+}
+
+impl LogFile {
+    /// Marks the start of a `watch` in the log, so that `report` can tell when failures could
+    /// have been logged and when not (bindtrace stopped, or killed).
+    pub fn started(&mut self, backend: &str) {
+        self.record(&serde_json::json!({
+            "time": now(),
+            "event": "watch_started",
+            "backend": backend,
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+        }));
+    }
+
+    fn record(&mut self, v: &serde_json::Value) {
+        let mut line = v.to_string().into_bytes();
+        line.push(b'\n');
+        self.write_line(&line);
+    }
+}
+
+/// A `watch` that ends normally (signal, end of input) says so; a killed one leaves no record.
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        self.record(&serde_json::json!({
+            "time": now(),
+            "event": "watch_stopped",
+            "pid": std::process::id(),
+        }));
+    }
+}
+
 impl Writer for LogFile {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         let mut line = serde_json::to_vec(ev)?;

@@ -203,7 +203,8 @@ async fn watch(args: WatchArgs) -> Result<()> {
     let investigator = (!args.no_holders).then(|| investigator(&mut tracer.ebpf));
     let mut writers: Vec<Box<dyn pipeline::Writer>> = Vec::new();
     let unwritten = log.as_ref().map(|l| std::sync::Arc::clone(&l.unwritten));
-    if let Some(log) = log {
+    if let Some(mut log) = log {
+        log.started(tracer.backend.as_str());
         writers.push(Box::new(log));
     }
     if let Some(listener) = metrics_listener {

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
+    hash::{Hash as _, Hasher as _},
     io::{self, BufRead, BufReader, Read},
     path::PathBuf,
 };
@@ -94,6 +95,22 @@ pub struct Summary {
     incidents: BTreeMap<String, Incident>,
     /// `YYYY-MM-DDTHH:MM` → failures in that minute (UTC).
     timeline: BTreeMap<String, u64>,
+    /// When `watch` was logging: failures outside these spans went unseen.
+    sessions: Vec<Session>,
+    /// Event lines met twice (the same file given twice, or a copy of it): counted once.
+    duplicate_lines: u64,
+    #[serde(skip)]
+    seen: std::collections::HashSet<u64>,
+    #[serde(skip)]
+    marks: Vec<(String, bool)>,
+}
+
+/// A span of time a `watch` was writing the log: from its `watch_started` record to its
+/// `watch_stopped`, or, when it has none (killed, or the log ends), `stopped` is None.
+#[derive(Serialize)]
+struct Session {
+    started: String,
+    stopped: Option<String>,
 }
 
 impl Summary {
@@ -104,15 +121,74 @@ impl Summary {
             return;
         }
         if let Ok(ev) = serde_json::from_str::<Event>(line) {
-            self.event(&ev);
+            // The same failure twice is the same log read twice.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&ev.time, ev.pid, ev.tid, ev.port, ev.errno, &ev.addr).hash(&mut h);
+            if self.seen.insert(h.finish()) {
+                self.event(&ev);
+            } else {
+                self.duplicate_lines += 1;
+            }
             return;
         }
         match serde_json::from_str::<serde_json::Value>(line) {
             Ok(v) if v["event"] == "events_lost" => {
                 self.events_lost += v["lost"].as_u64().unwrap_or(0);
             }
+            Ok(v) if v["event"] == "watch_started" || v["event"] == "watch_stopped" => {
+                let time = v["time"].as_str().unwrap_or_default().to_string();
+                self.marks.push((time, v["event"] == "watch_started"));
+            }
             _ => self.corrupt_lines += 1,
         }
+    }
+
+    /// Pairs the start and stop records, in time order (files may come in any order), into
+    /// sessions. Call once every line is in.
+    pub fn finish(&mut self) {
+        let mut marks = std::mem::take(&mut self.marks);
+        marks.sort();
+        marks.dedup();
+        let mut sessions: Vec<Session> = Vec::new();
+        for (time, start) in marks {
+            match sessions.last_mut() {
+                Some(s) if !start && s.stopped.is_none() => s.stopped = Some(time),
+                _ if start => sessions.push(Session {
+                    started: time,
+                    stopped: None,
+                }),
+                // A stop without its start: the start is in a file not given.
+                _ => sessions.push(Session {
+                    started: String::new(),
+                    stopped: Some(time),
+                }),
+            }
+        }
+        self.sessions = sessions;
+    }
+
+    fn print_sessions(&self) {
+        if self.sessions.is_empty() {
+            return;
+        }
+        println!(
+            "
+when bindtrace was watching ({} run(s)):",
+            self.sessions.len()
+        );
+        for s in &self.sessions {
+            let from = if s.started.is_empty() {
+                "(start not in these files)"
+            } else {
+                s.started.as_str()
+            };
+            let to = s
+                .stopped
+                .as_deref()
+                .unwrap_or("(no stop record: killed, or still running)");
+            println!("  {from} to {to}");
+        }
+        println!("  (failures outside these spans were not seen)");
     }
 
     fn event(&mut self, ev: &Event) {
@@ -268,6 +344,13 @@ impl Summary {
             "{} failure(s), {} success(es) logged; {} event(s) lost in the kernel; {} corrupt line(s) skipped",
             self.failures, self.successes, self.events_lost, self.corrupt_lines
         );
+        if self.duplicate_lines > 0 {
+            println!(
+                "{} duplicate line(s) counted once (a file given twice?)",
+                self.duplicate_lines
+            );
+        }
+        self.print_sessions();
         if let (Some(f), Some(l)) = (&self.first, &self.last) {
             println!("first failure {f}, last {l}");
         }
@@ -349,6 +432,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         s.read(io::stdin().lock())
             .context("reading standard input")?;
     }
+    s.finish();
     match args.output {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
         ReportFormat::Text => s.print_text(),
@@ -368,8 +452,12 @@ mod tests {
         let mut b = event();
         b.time = "2026-11-25T15:42:09.9Z".into();
         b.port = 9090;
+        // The same failure again, a moment later (another thread's).
+        let mut again = a.clone();
+        again.time = "2026-11-25T15:41:07.2Z".into();
+        again.tid += 1;
         let mut log = String::new();
-        for e in [&a, &b, &a] {
+        for e in [&a, &b, &again] {
             log.push_str(&serde_json::to_string(e).unwrap());
             log.push('\n');
         }
@@ -399,8 +487,45 @@ mod tests {
             .find(|i| i.call.starts_with("bind tcp [::]:8080"))
             .expect("the 8080 incident");
         assert_eq!(i.count.failures, 2);
-        assert_eq!(i.count.last, "2026-11-25T15:41:07.1Z");
+        assert_eq!(i.count.last, "2026-11-25T15:41:07.2Z");
         assert!(i.failing.contains("java"));
+    }
+
+    /// The start and stop records of each `watch` give the spans the log covers, whatever the
+    /// order the files come in; a run killed leaves a span without an end. A log read twice
+    /// counts its failures once.
+    #[test]
+    fn sessions_and_duplicates() {
+        let mark = |t: &str, e: &str| format!("{{\"time\":\"{t}\",\"event\":\"{e}\"}}\n");
+        let mut a = event();
+        a.time = "2026-11-25T10:05:00Z".into();
+        let line = format!("{}\n", serde_json::to_string(&a).unwrap());
+        let mut s = Summary::default();
+        // The later file first, as a shell glob may give them.
+        s.read(mark("2026-11-25T11:00:00Z", "watch_started").as_bytes())
+            .unwrap();
+        let first = [
+            mark("2026-11-25T10:00:00Z", "watch_started"),
+            line.clone(),
+            mark("2026-11-25T10:30:00Z", "watch_stopped"),
+        ]
+        .concat();
+        s.read(first.as_bytes()).unwrap();
+        s.read(line.as_bytes()).unwrap();
+        s.finish();
+        assert_eq!((s.failures, s.duplicate_lines, s.corrupt_lines), (1, 1, 0));
+        let spans: Vec<(&str, Option<&str>)> = s
+            .sessions
+            .iter()
+            .map(|x| (x.started.as_str(), x.stopped.as_deref()))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                ("2026-11-25T10:00:00Z", Some("2026-11-25T10:30:00Z")),
+                ("2026-11-25T11:00:00Z", None)
+            ]
+        );
     }
 
     /// A failure that wanted any port is grouped with the others towards its destination, not
