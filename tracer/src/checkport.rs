@@ -50,6 +50,11 @@ pub struct CheckPortArgs {
     #[arg(long, value_name = "PID")]
     pub pid_netns: Option<u32>,
 
+    /// Check in this network namespace: its inode number, or a path such as /run/netns/NAME
+    /// or /proc/PID/ns/net.
+    #[arg(long, value_name = "NETNS", value_parser = crate::cli::parse_netns, conflicts_with = "pid_netns")]
+    pub netns: Option<u32>,
+
     #[command(flatten)]
     pub options: ServiceOptions,
 
@@ -178,7 +183,13 @@ fn bindv6only() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|s| s.trim() == "1")
 }
 
-fn open_netns(pid: Option<u32>) -> Result<(netns::Netns, u32)> {
+fn open_netns(pid: Option<u32>, inode: Option<u32>) -> Result<(netns::Netns, u32)> {
+    if let Some(inode) = inode {
+        let ns = netns::Finder::default()
+            .open(u64::from(inode), 0, 0)
+            .ok_or_else(|| anyhow!("cannot open network namespace {inode}"))?;
+        return Ok((ns, inode));
+    }
     let pid = pid.unwrap_or_else(std::process::id);
     let path = format!("/proc/{pid}/ns/net");
     let inode = fs::metadata(&path)
@@ -234,7 +245,7 @@ fn blocks_for_certain(req: &Request, h: &Holder) -> bool {
 }
 
 pub fn run(args: &CheckPortArgs) -> Result<bool> {
-    let (ns, inode) = open_netns(args.pid_netns)?;
+    let (ns, inode) = open_netns(args.pid_netns, args.netns)?;
     let mut inv = Investigator::new(None);
     let udp = args.protocol == Proto::Udp;
     if args.listening {

@@ -146,6 +146,28 @@ fn investigator(ebpf: &mut aya::Ebpf) -> owners::Investigator {
     owners::Investigator::new(history)
 }
 
+/// What the kernel programs are told: the filters, applied there, and the switches.
+fn kernel_config(args: &WatchArgs) -> Config {
+    if let Some(pid) = args.filters.pid
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    {
+        eprintln!(
+            "bindtrace: note: --pid {pid}: no such process now (nothing is reported unless a \
+             process with that pid makes the calls)"
+        );
+    }
+    Config {
+        filter_pid: args.filters.pid.unwrap_or(0),
+        filter_port: args.filters.port.unwrap_or(0),
+        filter_comm: args.filters.comm_bytes(),
+        filter_netns: args.filters.netns.unwrap_or(0),
+        self_pid: std::process::id(),
+        report_success: u8::from(args.all),
+        debug: u8::from(args.debug_ebpf),
+        ..Config::default()
+    }
+}
+
 async fn watch(args: WatchArgs) -> Result<()> {
     // Everything that can be wrong with the arguments fails before anything is attached.
     let log = args
@@ -165,16 +187,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
             fs::File::open(p).with_context(|| format!("--cgroup {}: cannot open", p.display()))
         })
         .transpose()?;
-    let config = Config {
-        filter_pid: args.filters.pid.unwrap_or(0),
-        filter_port: args.filters.port.unwrap_or(0),
-        filter_comm: args.filters.comm_bytes(),
-        filter_netns: args.filters.netns.unwrap_or(0),
-        self_pid: std::process::id(),
-        report_success: u8::from(args.all),
-        debug: u8::from(args.debug_ebpf),
-        ..Config::default()
-    };
+    let config = kernel_config(&args);
     let mut tracer = backend::start(&backend::Settings {
         choice: args.backend,
         kernel_btf: args.kernel_btf.clone(),

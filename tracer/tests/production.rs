@@ -106,7 +106,10 @@ fn log_file_rotates_loses_nothing_and_report_reads_it_back() {
     // The run's start and its stop (SIGINT) are in the log: the span it covered.
     let sessions = r["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 1, "{r:#}");
-    assert!(sessions[0]["started"].as_str().unwrap().starts_with("20"), "{r:#}");
+    assert!(
+        sessions[0]["started"].as_str().unwrap().starts_with("20"),
+        "{r:#}"
+    );
     assert!(sessions[0]["stopped"].is_string(), "{r:#}");
     assert_eq!(r["by_port"]["8600/tcp"]["failures"], 6);
     assert_eq!(r["by_port"]["8601/tcp"]["failures"], 12);
