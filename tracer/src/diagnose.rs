@@ -345,6 +345,10 @@ pub struct PortUsers {
     /// The processes behind the `sampled` sockets looked up, most sockets first (at most five).
     pub top: Vec<PortUser>,
     pub sampled: u32,
+    /// Of the `sampled` sockets, those no process was found for (closed or exiting as they were
+    /// looked up, and made before bindtrace saw them).
+    #[serde(default)]
+    pub unattributed: u32,
 }
 
 /// A process holding ports of an exhausted range.
@@ -881,6 +885,9 @@ fn users_text(u: &PortUsers) -> String {
             String::new()
         };
         let _ = write!(text, "; by {}{of}", who.join(", "));
+    }
+    if u.unattributed > 0 {
+        let _ = write!(text, "; {} with no process found", u.unattributed);
     }
     text
 }
@@ -2392,10 +2399,10 @@ mod tests {
         let mut c = ctx();
         c.range = Some((40000, 40003));
         c.reserved = vec![(40003, 40010)];
-        c.ports_in_use = Some(3);
+        c.ports_in_use = Some(4);
         c.tw_reuse = Some(0);
         c.users = Some(PortUsers {
-            by_state: [("ESTABLISHED".to_string(), 1), ("TIME_WAIT".to_string(), 2)].into(),
+            by_state: [("ESTABLISHED".to_string(), 2), ("TIME_WAIT".to_string(), 2)].into(),
             top: vec![
                 PortUser {
                     pid: 7,
@@ -2410,19 +2417,21 @@ mod tests {
                     sockets: 1,
                 },
             ],
-            sampled: 3,
+            sampled: 4,
+            unattributed: 1,
         });
         let d = verdict(&r, vec![], &c);
         assert_eq!(d.cause, Cause::EphemeralExhausted);
         for part in [
             "40000-40003 (1 of its 4 ports reserved) towards 10.0.0.5:443",
-            "(3 in use: 1 ESTABLISHED, 2 TIME_WAIT; by curl (pid 7, exited) 2, python3 (pid 42) 1)",
+            "(4 in use: 2 ESTABLISHED, 2 TIME_WAIT; by curl (pid 7, exited) 2, python3 (pid 42) 1; \
+             1 with no process found)",
             "2 of them are TIME-WAIT: `sysctl -w net.ipv4.tcp_tw_reuse=1`",
             "(this namespace has 0)",
         ] {
             assert!(d.hint.contains(part), "{part} in: {}", d.hint);
         }
-        assert_eq!(d.port_users.as_ref().map(|u| u.sampled), Some(3));
+        assert_eq!(d.port_users.as_ref().map(|u| u.sampled), Some(4));
         // With TIME-WAIT reuse on, or for a bind(0), the sysctl is not offered.
         c.tw_reuse = Some(1);
         assert!(!verdict(&r, vec![], &c).hint.contains("tcp_tw_reuse"));

@@ -383,21 +383,29 @@ impl Investigator {
         };
         let inodes: Vec<u64> = sample.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
         let owners = self.sockets.owners(&inodes, &[]);
+        let mut unattributed = 0;
         for s in sample {
+            // The process that has it open; else (a TIME-WAIT, or a socket of a process exiting
+            // as it was looked up: a failing client that gives up at once) the one that made it,
+            // as the history or the start-up scan saw it.
             if let Some(&(pid, _)) = owners.get(&s.inode).and_then(|h| h.first()) {
                 let comm = procfs::process(pid).map(|p| p.comm).unwrap_or_default();
                 count(pid, &comm, true);
-            } else if s.inode == 0
-                && let Some(r) = self
-                    .remembered(netns, s.local.port(), protocol)
-                    .into_iter()
-                    .find(|r| {
-                        r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote)
-                    })
+            } else if let Some(r) = self
+                .remembered(netns, s.local.port(), protocol)
+                .into_iter()
+                .find(|r| {
+                    r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote)
+                })
             {
                 count(r.owner.pid, &r.process_name(), r.alive);
+            } else if let Some(o) = self.sockets.owner_at_start(netns, s.local, s.remote) {
+                count(o.pid, &o.comm, procfs::alive_since(o.pid, o.seen_ns));
+            } else {
+                unattributed += 1;
             }
         }
+        users.unattributed = unattributed;
         users.top = who.into_values().collect();
         users
             .top
