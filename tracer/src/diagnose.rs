@@ -731,9 +731,10 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
                  TIME-WAIT to end ({left})"
             ),
             // Refused with SO_REUSEADDR set: the connection's socket did not have it.
-            (true, _) | (false, Some(false)) => {
-                format!("wait for the TIME-WAIT to end ({left}); it cannot be shared")
-            }
+            (true, _) | (false, Some(false)) => format!(
+                "wait for the TIME-WAIT to end ({left}): its socket had no SO_REUSEADDR, so no \
+                 socket can share the port with it"
+            ),
             (false, None) => format!(
                 "set SO_REUSEADDR on this socket (enough if the connection's socket had it too), \
                  or wait for the TIME-WAIT to end ({left})"
@@ -743,7 +744,7 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
             format!("now: {now}; for good: {}", reserve_fix(port, ctx))
         } else {
             format!(
-                "{now}; for good: {}",
+                "now: {now}; for good: {}",
                 reuseaddr_fix(req, h, "the connection's socket")
             )
         }
