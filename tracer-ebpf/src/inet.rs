@@ -96,11 +96,12 @@ pub fn bind_request(
         fill_from_sock(ev, sk);
     }
     // A link-local (or link-scoped multicast) address's scope id names the interface; the kernel
-    // binds the socket to it during the call, so a kprobe at entry has not seen it yet.
+    // binds the socket to it during the call, over any SO_BINDTODEVICE, so a kprobe at entry has
+    // not seen it yet.
     let scope = u32::from_ne_bytes([raw[24], raw[25], raw[26], raw[27]]);
     let scoped = (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80)
         || (addr[0] == 0xff && matches!(addr[1] & 0x0f, 1 | 2));
-    if family == AF_INET6 && addr_len >= 28 && scoped && ev.bound_dev_if == 0 {
+    if family == AF_INET6 && addr_len >= 28 && scoped && scope != 0 {
         ev.bound_dev_if = scope;
     }
     Some(ev)

@@ -141,10 +141,10 @@ fn add_from_sock(ev: &mut BindEvent, sk: *const u8) {
     if ev.flags & flags::DEV_KNOWN == 0 && v.flags & flags::DEV_KNOWN != 0 {
         ev.bound_dev_if = v.bound_dev_if;
         ev.flags |= flags::DEV_KNOWN;
-    } else if ev.syscall == Syscall::Bind as u8 && ev.bound_dev_if == 0 {
+    } else if ev.syscall == Syscall::Bind as u8 && v.flags & flags::DEV_KNOWN != 0 {
         // A link-local address's scope id: `__inet6_bind()` binds the socket to that interface
-        // during the call, after the cgroup hook read the device, and leaves it so when the call
-        // fails (checked on 6.18).
+        // during the call (over any SO_BINDTODEVICE), after the cgroup hook read the device, and
+        // leaves it so when the call fails (checked on 6.18). Nothing else changes it meanwhile.
         ev.bound_dev_if = v.bound_dev_if;
     }
     if ev.syscall == Syscall::Connect as u8 {

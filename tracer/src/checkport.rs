@@ -361,7 +361,13 @@ fn before_the_port(addr: &BindAddr, udp: bool, v6only: bool) -> BeforeThePort {
         )
         .ok()
         .and_then(|s| s.trim().parse().ok()),
-        bound_dev_if: addr.scope.as_deref().and_then(if_index).unwrap_or(0),
+        // The kernel takes a scope id only for an address that needs one (link-local).
+        bound_dev_if: addr
+            .scope
+            .as_deref()
+            .filter(|_| diagnose::needs_scope_addr(addr.ip))
+            .and_then(if_index)
+            .unwrap_or(0),
     }
 }
 

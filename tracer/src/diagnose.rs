@@ -1010,6 +1010,7 @@ fn address_hint(addr: IpAddr, now: Option<&AddressNow>, named: Option<&str>) -> 
     // this one's.
     if let (Some(AddressNow::Present(dev)), Some(named)) = (now, named)
         && dev != named
+        && (needs_scope_addr(addr) || addr.is_loopback())
     {
         return format!(
             "{addr} is on {dev}, not on {named}, the interface the call named (its scope id or \
@@ -1051,7 +1052,9 @@ fn address_hint(addr: IpAddr, now: Option<&AddressNow>, named: Option<&str>) -> 
     }
 }
 
-fn needs_scope_addr(addr: IpAddr) -> bool {
+/// Whether the kernel takes a scope id (an interface) for `addr`: IPv6 link-local and
+/// link-scoped multicast.
+pub fn needs_scope_addr(addr: IpAddr) -> bool {
     matches!(addr, IpAddr::V6(a) if needs_scope(a))
 }
 
@@ -1404,9 +1407,15 @@ fn hint_with_notes(
             " ([{wildcard}] without IPV6_V6ONLY covers IPv4 port {} too)",
             req.port
         );
-    } else if let Some(h) =
-        primary.filter(|h| h.conflicts && req.addr.is_ipv4() && canonical(h.local.ip()).is_ipv6())
-    {
+    } else if let Some(h) = primary.filter(|h| {
+        // Only a socket with an IPv6 address of its own (from connect()), not `[::]`, whose
+        // overlap the dual-stack hint explains.
+        cause != Cause::DualStackConflict
+            && h.conflicts
+            && req.addr.is_ipv4()
+            && canonical(h.local.ip()).is_ipv6()
+            && !h.local.ip().is_unspecified()
+    }) {
         let _ = write!(
             hint,
             " (an IPv6 socket without IPV6_V6ONLY that got its address from connect() holds \
@@ -1830,6 +1839,13 @@ mod tests {
                 d.hint
             );
         }
+        // An IPv4 bind refused by a `[::]` listener: the dual-stack hint, not the note about an
+        // IPv6 connection's IPv4 face.
+        let mut jvm_listener = holder(State::Listen, "[::]:8080");
+        jvm_listener.v6only = Some(false);
+        let d = verdict(&req("0.0.0.0", 8080), vec![jvm_listener], &ctx());
+        assert_eq!(d.cause, Cause::DualStackConflict);
+        assert!(!d.hint.contains("127.0.0.6"), "{}", d.hint);
         // No wildcard in between, or one with IPV6_V6ONLY: no such note.
         let mut h = holder(State::Established, "[2001:db8::1]:8080");
         h.remote = Some("[2001:db8::2]:6379".parse().unwrap());

@@ -236,8 +236,10 @@ impl Event {
         if self.tid == self.pid || self.thread.is_some() {
             return;
         }
+        // A pid recycled since belongs to a process that started after the call.
         if let Some(p) = crate::procfs::process(self.pid)
             && p.comm != self.comm
+            && (self.ts_ns == 0 || crate::procfs::alive_since(self.pid, self.ts_ns))
         {
             self.thread = Some(std::mem::replace(&mut self.comm, p.comm));
         }

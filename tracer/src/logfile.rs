@@ -56,6 +56,8 @@ pub struct LogFile {
     /// Lines that could not be written (shared with the summary and the metrics).
     pub unwritten: Arc<AtomicU64>,
     warned: bool,
+    /// Whether this run's `watch_started` record was written: only then does it write its stop.
+    started: bool,
 }
 
 fn open(path: &Path) -> io::Result<File> {
@@ -80,6 +82,7 @@ impl LogFile {
             keep,
             unwritten: Arc::default(),
             warned: false,
+            started: false,
         })
     }
 
@@ -141,6 +144,7 @@ impl LogFile {
     /// Marks the start of a `watch` in the log, so that `report` can tell when failures could
     /// have been logged and when not (bindtrace stopped, or killed).
     pub fn started(&mut self, backend: &str) {
+        self.started = true;
         self.record(&serde_json::json!({
             "time": now(),
             "event": "watch_started",
@@ -157,9 +161,13 @@ impl LogFile {
     }
 }
 
-/// A `watch` that ends normally (signal, end of input) says so; a killed one leaves no record.
+/// A `watch` that ends normally (signal, end of input) says so; a killed one leaves no record,
+/// and one that failed to start, none either.
 impl Drop for LogFile {
     fn drop(&mut self) {
+        if !self.started {
+            return;
+        }
         self.record(&serde_json::json!({
             "time": now(),
             "event": "watch_stopped",
@@ -205,6 +213,28 @@ mod tests {
         assert!(parse_size("12").is_err());
         assert!(parse_size("10X").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    /// A run that started writes its start and, when it ends, its stop; one that failed to start
+    /// (the log was opened first) writes neither.
+    #[test]
+    fn a_run_marks_its_start_and_stop_and_a_failed_start_nothing() {
+        let dir = std::env::temp_dir().join(format!("bindtrace-logmarks-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bind.log");
+        drop(LogFile::open(&path, 1 << 20, 1).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "");
+        let mut log = LogFile::open(&path, 1 << 20, 1).unwrap();
+        log.started("tracepoint");
+        drop(log);
+        let kinds: Vec<String> = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+            .collect();
+        assert_eq!(kinds, ["\"watch_started\"", "\"watch_stopped\""]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

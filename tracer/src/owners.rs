@@ -201,7 +201,9 @@ impl Investigator {
             recent: Lookups::new(),
             recent_exhaustion: std::collections::HashMap::new(),
             containers: crate::container::Resolver::default(),
-            sockets: procfs::SocketTable::prefilled(),
+            // The connections open at start-up complement a history, which begins then; a
+            // one-off lookup (check-port) has neither.
+            sockets: procfs::SocketTable::prefilled(history.is_some()),
             history,
             devices: std::collections::HashMap::new(),
             lists_bound_sockets,
@@ -531,6 +533,7 @@ impl Investigator {
                 h.uid = Some(o.uid);
                 h.source = Source::Startup;
                 h.owner_alive = Some(procfs::alive_since(o.pid, o.seen_ns));
+                h.accepted = h.accepted || o.accepted;
             }
             holders.push(h);
         }
@@ -652,10 +655,11 @@ fn opener(
 }
 
 /// Whether the connection `s` is a server's side, accepted on its port: no connection from the
-/// port to its peer was seen made, a listener covering its address was seen on the port, and its
-/// peer's port is an ephemeral one (a client's; `range`, the namespace's, when known) — an
-/// outgoing connection made before bindtrace started, from a port once listened on, goes to a
-/// service's port instead. Accepts themselves are not recorded: that would cost every server's
+/// port to its peer was seen made, a listener covering its address was seen on the port, and
+/// either its peer's port is an ephemeral one (a client's; `range`, the namespace's, when known)
+/// or its own port is not (no connect() here chose it). Misjudged as accepted: an outgoing
+/// connection made before bindtrace started, explicitly bound to a port outside the range that
+/// was once listened on, towards a peer's port outside it too. Accepts themselves are not recorded: that would cost every server's
 /// every connection.
 fn accepted(remembered: &[Remembered], s: &DiagSocket, range: Option<(u16, u16)>) -> bool {
     let made_here = remembered

@@ -14,7 +14,7 @@ use tracer_common::tcp_state;
 
 use crate::{event, owners, procfs::Holders};
 
-/// Connections kept at most (about 100 bytes each).
+/// Connections kept at most (about 150 bytes each).
 const MAX_CONNECTIONS: usize = 200_000;
 
 /// (network namespace inode, local address, remote address).
@@ -29,6 +29,8 @@ pub struct StartOwner {
     /// When the scan saw it (CLOCK_MONOTONIC, ns): the process still runs if it had started by
     /// then (`procfs::alive_since`).
     pub seen_ns: u64,
+    /// A server's side: its local port had a listener in its namespace then.
+    pub accepted: bool,
 }
 
 /// The TCP connections of every network namespace a process is in, by addresses, with the
@@ -38,37 +40,43 @@ pub fn snapshot(open: &HashMap<u64, Holders>) -> HashMap<Key, StartOwner> {
     let mut out = HashMap::new();
     let mut names: HashMap<u32, Option<(String, u32)>> = HashMap::new();
     for (netns, pid) in one_process_per_netns() {
-        for file in ["tcp", "tcp6"] {
-            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+        let sockets: Vec<_> = ["tcp", "tcp6"]
+            .iter()
+            .filter_map(|f| fs::read_to_string(format!("/proc/{pid}/net/{f}")).ok())
+            .flat_map(|text| owners::parse_proc_net(&text, 6))
+            .collect();
+        let listening: std::collections::HashSet<u16> = sockets
+            .iter()
+            .filter(|s| s.state == tcp_state::LISTEN)
+            .map(|s| s.local.port())
+            .collect();
+        for s in sockets {
+            if s.state == tcp_state::LISTEN || s.state == tcp_state::CLOSE || s.inode == 0 {
+                continue;
+            }
+            let Some(&(owner, _)) = open.get(&s.inode).and_then(|h| h.first()) else {
                 continue;
             };
-            for s in owners::parse_proc_net(&text, 6) {
-                if s.state == tcp_state::LISTEN || s.state == tcp_state::CLOSE || s.inode == 0 {
-                    continue;
-                }
-                let Some(&(owner, _)) = open.get(&s.inode).and_then(|h| h.first()) else {
-                    continue;
-                };
-                let Some((comm, uid)) = names
-                    .entry(owner)
-                    .or_insert_with(|| crate::procfs::process(owner).map(|p| (p.comm, p.uid)))
-                    .clone()
-                else {
-                    continue;
-                };
-                if out.len() >= MAX_CONNECTIONS {
-                    return out;
-                }
-                out.insert(
-                    (netns, s.local, s.remote),
-                    StartOwner {
-                        pid: owner,
-                        comm,
-                        uid,
-                        seen_ns,
-                    },
-                );
+            let Some((comm, uid)) = names
+                .entry(owner)
+                .or_insert_with(|| crate::procfs::process(owner).map(|p| (p.comm, p.uid)))
+                .clone()
+            else {
+                continue;
+            };
+            if out.len() >= MAX_CONNECTIONS {
+                return out;
             }
+            out.insert(
+                (netns, s.local, s.remote),
+                StartOwner {
+                    pid: owner,
+                    comm,
+                    uid,
+                    seen_ns,
+                    accepted: listening.contains(&s.local.port()),
+                },
+            );
         }
     }
     out

@@ -97,7 +97,11 @@ impl SocketTable {
         let guard = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        drop(done.wait_timeout_while(guard, START_SCAN_WAIT, |c| c.is_none()));
+        let (mut guard, _) = done
+            .wait_timeout_while(guard, START_SCAN_WAIT, |c| c.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Given up after that: no lookup waits again.
+        guard.get_or_insert_with(HashMap::new);
     }
 
     /// Who had the TCP connection `local`→`remote` of namespace `netns` open when bindtrace
@@ -112,32 +116,44 @@ impl SocketTable {
         let guard = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (guard, _) = done
+        let (mut guard, _) = done
             .wait_timeout_while(guard, START_SCAN_WAIT, |c| c.is_none())
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.as_ref()?.get(&(netns, local, remote)).cloned()
+        // Not done in all that time (a huge host, or the scan died): given up, so that no later
+        // lookup waits again.
+        guard
+            .get_or_insert_with(HashMap::new)
+            .get(&(netns, local, remote))
+            .cloned()
     }
 
     /// Fills the table in the background (processes that held their sockets before bindtrace
     /// started are in no history; this finds them without a scan at failure time).
-    pub fn prefilled() -> Self {
+    ///
+    /// With `connections`, the scan also lists the TCP connections open now and their processes
+    /// (`preexisting`), which lookups then wait for.
+    pub fn prefilled(connections: bool) -> Self {
         let t = Self::empty();
-        *t.at_start
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        if connections {
+            *t.at_start
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
         let table = Arc::clone(&t.table);
         let at_start = Arc::clone(&t.at_start);
         let spawned = std::thread::Builder::new()
             .name("bindtrace-procscan".into())
             .spawn(move || {
                 let all = full_scan();
-                let connections = crate::preexisting::snapshot(&all);
-                let (lock, done) = &*at_start;
-                *lock
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connections);
-                done.notify_all();
+                if connections {
+                    let found = crate::preexisting::snapshot(&all);
+                    let (lock, done) = &*at_start;
+                    *lock
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(found);
+                    done.notify_all();
+                }
                 let mut guard = table
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);

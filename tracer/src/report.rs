@@ -101,8 +101,9 @@ pub struct Summary {
     duplicate_lines: u64,
     #[serde(skip)]
     seen: std::collections::HashSet<u64>,
+    /// (time, whether a start, the run's pid) of each start and stop record.
     #[serde(skip)]
-    marks: Vec<(String, bool)>,
+    marks: Vec<(String, bool, u64)>,
 }
 
 /// A span of time a `watch` was writing the log: from its `watch_started` record to its
@@ -137,33 +138,59 @@ impl Summary {
             }
             Ok(v) if v["event"] == "watch_started" || v["event"] == "watch_stopped" => {
                 let time = v["time"].as_str().unwrap_or_default().to_string();
-                self.marks.push((time, v["event"] == "watch_started"));
+                let pid = v["pid"].as_u64().unwrap_or(0);
+                self.marks.push((time, v["event"] == "watch_started", pid));
             }
             _ => self.corrupt_lines += 1,
         }
     }
 
-    /// Pairs the start and stop records, in time order (files may come in any order), into
-    /// sessions. Call once every line is in.
+    /// Pairs each run's start and stop records (by the run's pid, the stop the first after the
+    /// start), in time order whatever order the files came in, into sessions. Call once every
+    /// line is in.
     pub fn finish(&mut self) {
         let mut marks = std::mem::take(&mut self.marks);
         marks.sort();
         marks.dedup();
+        let mut used = vec![false; marks.len()];
         let mut sessions: Vec<Session> = Vec::new();
-        for (time, start) in marks {
-            match sessions.last_mut() {
-                Some(s) if !start && s.stopped.is_none() => s.stopped = Some(time),
-                _ if start => sessions.push(Session {
-                    started: time,
-                    stopped: None,
-                }),
-                // A stop without its start: the start is in a file not given.
-                _ => sessions.push(Session {
+        for (i, (time, start, pid)) in marks.iter().enumerate() {
+            if !*start {
+                continue;
+            }
+            let stop =
+                (i + 1..marks.len()).find(|&j| !used[j] && !marks[j].1 && marks[j].2 == *pid);
+            // A later start of the same pid ends the search: pids are reused.
+            let next_start = (i + 1..marks.len()).find(|&j| marks[j].1 && marks[j].2 == *pid);
+            let stop = stop.filter(|&j| next_start.is_none_or(|n| j < n));
+            if let Some(j) = stop {
+                used[j] = true;
+            }
+            sessions.push(Session {
+                started: time.clone(),
+                stopped: stop.map(|j| marks[j].0.clone()),
+            });
+        }
+        // A stop whose start is in a file not given.
+        for (j, (time, start, _)) in marks.iter().enumerate() {
+            if !start && !used[j] {
+                sessions.push(Session {
                     started: String::new(),
-                    stopped: Some(time),
-                }),
+                    stopped: Some(time.clone()),
+                });
             }
         }
+        // By the first time each is known at.
+        sessions.sort_by(|a, b| {
+            let key = |s: &Session| {
+                if s.started.is_empty() {
+                    s.stopped.clone().unwrap_or_default()
+                } else {
+                    s.started.clone()
+                }
+            };
+            key(a).cmp(&key(b))
+        });
         self.sessions = sessions;
     }
 
@@ -496,18 +523,23 @@ mod tests {
     /// counts its failures once.
     #[test]
     fn sessions_and_duplicates() {
-        let mark = |t: &str, e: &str| format!("{{\"time\":\"{t}\",\"event\":\"{e}\"}}\n");
+        let mark = |t: &str, e: &str, pid: u32| {
+            format!("{{\"time\":\"{t}\",\"event\":\"{e}\",\"pid\":{pid}}}\n")
+        };
         let mut a = event();
         a.time = "2026-11-25T10:05:00Z".into();
         let line = format!("{}\n", serde_json::to_string(&a).unwrap());
         let mut s = Summary::default();
         // The later file first, as a shell glob may give them.
-        s.read(mark("2026-11-25T11:00:00Z", "watch_started").as_bytes())
+        s.read(mark("2026-11-25T11:00:00Z", "watch_started", 200).as_bytes())
             .unwrap();
         let first = [
-            mark("2026-11-25T10:00:00Z", "watch_started"),
+            mark("2026-11-25T10:00:00Z", "watch_started", 100),
             line.clone(),
-            mark("2026-11-25T10:30:00Z", "watch_stopped"),
+            // Another run's stop in between (one that failed to start wrote none; an older
+            // build's): it does not end run 100.
+            mark("2026-11-25T10:10:00Z", "watch_stopped", 150),
+            mark("2026-11-25T10:30:00Z", "watch_stopped", 100),
         ]
         .concat();
         s.read(first.as_bytes()).unwrap();
@@ -523,6 +555,7 @@ mod tests {
             spans,
             [
                 ("2026-11-25T10:00:00Z", Some("2026-11-25T10:30:00Z")),
+                ("", Some("2026-11-25T10:10:00Z")),
                 ("2026-11-25T11:00:00Z", None)
             ]
         );
