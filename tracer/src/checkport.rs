@@ -356,11 +356,7 @@ fn before_the_port(addr: &BindAddr, udp: bool, v6only: bool) -> BeforeThePort {
         } else {
             address_refusal(addr, udp, v6only)
         },
-        unprivileged_start: std::fs::read_to_string(
-            "/proc/sys/net/ipv4/ip_unprivileged_port_start",
-        )
-        .ok()
-        .and_then(|s| s.trim().parse().ok()),
+        unprivileged_start: crate::owners::unprivileged_port_start(),
         // The kernel takes a scope id only for an address that needs one (link-local).
         bound_dev_if: addr
             .scope

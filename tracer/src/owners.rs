@@ -402,7 +402,7 @@ impl Investigator {
             {
                 count(r.owner.pid, &r.process_name(), r.alive);
             } else if let Some(o) = self.sockets.owner_at_start(netns, s.local, s.remote) {
-                count(o.pid, &o.comm, procfs::alive_since(o.pid, o.seen_ns));
+                count(o.pid, &o.comm, o.alive());
             } else {
                 unattributed += 1;
             }
@@ -528,11 +528,11 @@ impl Investigator {
             } else if connected
                 && let Some(o) = self.sockets.owner_at_start(netns, s.local, s.remote)
             {
+                h.owner_alive = Some(o.alive());
                 h.pid = Some(o.pid);
                 h.comm = Some(o.comm);
                 h.uid = Some(o.uid);
                 h.source = Source::Startup;
-                h.owner_alive = Some(procfs::alive_since(o.pid, o.seen_ns));
                 h.accepted = h.accepted || o.accepted;
             }
             holders.push(h);
@@ -800,10 +800,17 @@ fn port_context() -> PortContext {
         ports_in_use: None,
         device: None,
         address: None,
-        unprivileged_start: read("ip_unprivileged_port_start").and_then(|s| s.trim().parse().ok()),
+        unprivileged_start: unprivileged_port_start(),
         tw_reuse: read("tcp_tw_reuse").and_then(|s| s.trim().parse().ok()),
         users: None,
     }
+}
+
+/// The calling thread's namespace's `net.ipv4.ip_unprivileged_port_start`.
+pub fn unprivileged_port_start() -> Option<u16> {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 /// The name of interface `index` in the calling thread's namespace.

@@ -33,6 +33,13 @@ pub struct StartOwner {
     pub accepted: bool,
 }
 
+impl StartOwner {
+    /// Whether that process still runs (the pid not recycled since the scan).
+    pub fn alive(&self) -> bool {
+        crate::procfs::alive_since(self.pid, self.seen_ns)
+    }
+}
+
 /// The TCP connections of every network namespace a process is in, by addresses, with the
 /// process holding each (from `open`, inode → holders, a full fd scan).
 pub fn snapshot(open: &HashMap<u64, Holders>) -> HashMap<Key, StartOwner> {

@@ -93,15 +93,7 @@ impl SocketTable {
     /// Waits (at most `START_SCAN_WAIT`) until the start-up scan has listed the connections
     /// open at start-up: until then a TIME-WAIT they leave cannot be named.
     pub fn wait_for_start_scan(&self) {
-        let (lock, done) = &*self.at_start;
-        let guard = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (mut guard, _) = done
-            .wait_timeout_while(guard, START_SCAN_WAIT, |c| c.is_none())
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Given up after that: no lookup waits again.
-        guard.get_or_insert_with(HashMap::new);
+        drop(self.start_connections());
     }
 
     /// Who had the TCP connection `local`→`remote` of namespace `netns` open when bindtrace
@@ -112,6 +104,16 @@ impl SocketTable {
         local: std::net::SocketAddr,
         remote: std::net::SocketAddr,
     ) -> Option<crate::preexisting::StartOwner> {
+        self.start_connections()
+            .as_ref()?
+            .get(&(netns, local, remote))
+            .cloned()
+    }
+
+    /// The start-up scan's connections, once it is done (at most `START_SCAN_WAIT` later). Not
+    /// done in all that time (a huge host, or the scan died): given up, so that no later lookup
+    /// waits again.
+    fn start_connections(&self) -> std::sync::MutexGuard<'_, Option<StartConnections>> {
         let (lock, done) = &*self.at_start;
         let guard = lock
             .lock()
@@ -119,12 +121,8 @@ impl SocketTable {
         let (mut guard, _) = done
             .wait_timeout_while(guard, START_SCAN_WAIT, |c| c.is_none())
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Not done in all that time (a huge host, or the scan died): given up, so that no later
-        // lookup waits again.
+        guard.get_or_insert_with(HashMap::new);
         guard
-            .get_or_insert_with(HashMap::new)
-            .get(&(netns, local, remote))
-            .cloned()
     }
 
     /// Fills the table in the background (processes that held their sockets before bindtrace
