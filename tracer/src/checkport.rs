@@ -10,7 +10,9 @@
 //! 0 and `IP_BIND_ADDRESS_NO_PORT`, so the kernel runs its own address checks (is it local, does
 //! a link-local one have its interface, may TCP bind a multicast one) without taking any port;
 //! the privileged-port threshold is checked against this process's own capability. The port
-//! itself is only looked at: a check cannot take it from the service.
+//! itself is only looked at: a check cannot take it from the service. What no socket shows from
+//! outside (a TIME-WAIT's SO_REUSEADDR, who opened it) comes from the history of any `bindtrace
+//! watch` running on the host (`owners::History::of_running_watches`).
 
 use std::{collections::BTreeSet, fs, net::IpAddr, os::unix::fs::MetadataExt};
 
@@ -57,6 +59,11 @@ pub struct CheckPortArgs {
 
     #[command(flatten)]
     pub options: ServiceOptions,
+
+    /// Answer from the sockets alone, without a running `bindtrace watch`'s history (which
+    /// tells a TIME-WAIT socket's SO_REUSEADDR and who opened it).
+    #[arg(long)]
+    pub no_history: bool,
 
     /// List listening ports inside the ephemeral range and propose ip_local_reserved_ports.
     #[arg(long, conflicts_with = "port")]
@@ -246,14 +253,16 @@ fn blocks_for_certain(req: &Request, h: &Holder) -> bool {
 
 pub fn run(args: &CheckPortArgs) -> Result<bool> {
     let (ns, inode) = open_netns(args.pid_netns, args.netns)?;
-    let mut inv = Investigator::new(None);
     let udp = args.protocol == Proto::Udp;
     if args.listening {
+        let mut inv = Investigator::new(None);
         return listening(&mut inv, &ns, udp, args.output);
     }
     let port = args.port.ok_or_else(|| anyhow!("a port is required"))?;
     let addr = &args.addr;
     let opts = &args.options;
+    // A running watch's history tells what a TIME-WAIT socket's options were.
+    let mut inv = Investigator::one_off(!args.no_history);
     let before = ns
         .run_in(|| before_the_port(addr, udp, opts.v6only))
         .context("entering the network namespace")?;
@@ -310,7 +319,7 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                 println!("{what}: a bind now would FAIL with {error}");
                 println!("    cause: {}: {}", d.cause.as_str(), sanitize(&d.hint));
             } else {
-                print_port_verdict(&what, &d, blocked, uncertain);
+                print_port_verdict(&what, &d, blocked, uncertain, inv.has_history());
                 if privileged {
                     println!(
                         "    note: {port} is below net.ipv4.ip_unprivileged_port_start ({}): a \
@@ -377,7 +386,8 @@ fn if_index(name: &str) -> Option<u32> {
 
 /// The text verdict on the port itself: who blocks it (certainly, or depending on options that
 /// cannot be read), or free.
-fn print_port_verdict(what: &str, d: &Diagnosis, blocked: bool, uncertain: bool) {
+/// `watched`: a running watch's history was consulted.
+fn print_port_verdict(what: &str, d: &Diagnosis, blocked: bool, uncertain: bool, watched: bool) {
     let holders = || {
         for h in d.holders.iter().filter(|h| h.conflicts) {
             println!("    held by: {}", sanitize(&crate::output::holder_text(h)));
@@ -388,10 +398,14 @@ fn print_port_verdict(what: &str, d: &Diagnosis, blocked: bool, uncertain: bool)
         holders();
         println!("    cause: {}: {}", d.cause.as_str(), sanitize(&d.hint));
     } else if uncertain {
+        let who_knows = if watched {
+            "the running bindtrace watch did not see it made"
+        } else {
+            "no bindtrace watch is running; one running when it was made would know them"
+        };
         println!(
             "{what}: a bind now MAY FAIL with EADDRINUSE: it depends on options of the socket \
-             below that cannot be read from outside (bindtrace watch, running when it was made, \
-             knows them)"
+             below that cannot be read from outside ({who_knows})"
         );
         holders();
         println!(

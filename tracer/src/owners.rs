@@ -27,15 +27,43 @@ const EADDRINUSE: i32 = 98;
 const EADDRNOTAVAIL: i32 = 99;
 const EAGAIN: i32 = 11;
 
-/// Read access to the kernel's owner history (`tracer_common::history`).
+/// Read access to the kernel's owner history (`tracer_common::history`): this watch's, or, for a
+/// one-off lookup, those of the watches running on the host.
 pub struct History {
-    map: Array<MapData, HistorySet>,
+    maps: Vec<Array<MapData, HistorySet>>,
 }
 
 impl History {
     /// The `HISTORY` map, if it is the array of sets this build writes.
     pub fn open(map: aya::maps::Map) -> Option<Self> {
-        Array::try_from(map).ok().map(|map| Self { map })
+        Array::try_from(map)
+            .ok()
+            .map(|map| Self { maps: vec![map] })
+    }
+
+    /// The histories of the `bindtrace watch` instances running now, found among the kernel's
+    /// maps by name (`HISTORY`) and shape (an array of this build's sets, so a watch of another
+    /// version is passed over); None if there is none or this process may not read them (it
+    /// needs CAP_SYS_ADMIN). A watch knows what no socket shows from outside: the options of the
+    /// socket behind a TIME-WAIT, and who opened it.
+    pub fn of_running_watches() -> Option<Self> {
+        let mut maps = Vec::new();
+        for info in aya::maps::loaded_maps().flatten() {
+            if info.name_as_str() != Some(tracer_common::names::HISTORY)
+                || info.key_size() as usize != std::mem::size_of::<u32>()
+                || info.value_size() as usize != std::mem::size_of::<HistorySet>()
+                || !info.max_entries().is_power_of_two()
+            {
+                continue;
+            }
+            let map = MapData::from_id(info.id())
+                .ok()
+                .and_then(|m| Array::try_from(aya::maps::Map::Array(m)).ok());
+            if let Some(map) = map {
+                maps.push(map);
+            }
+        }
+        (!maps.is_empty()).then_some(Self { maps })
     }
 
     /// The owners remembered for the port in this role, newest first: one per peer for outgoing
@@ -47,7 +75,21 @@ impl History {
             protocol,
             role: role as u8,
         };
-        let Some(mask) = self.map.len().checked_sub(1) else {
+        let mut owners: Vec<Owner> = self
+            .maps
+            .iter()
+            .flat_map(|map| Self::find(map, key))
+            .collect();
+        owners.sort_by_key(|o| std::cmp::Reverse(o.ts_ns));
+        // Two watches remember the same call alike.
+        owners.dedup_by(|a, b| {
+            a.ts_ns == b.ts_ns && a.pid == b.pid && a.remote_port == b.remote_port
+        });
+        owners
+    }
+
+    fn find(map: &Array<MapData, HistorySet>, key: HistoryKey) -> Vec<Owner> {
+        let Some(mask) = map.len().checked_sub(1) else {
             return Vec::new();
         };
         let set = history::set_of(&key, mask);
@@ -56,7 +98,7 @@ impl History {
         // so by two writers racing, and holds nothing.
         let mut found = None;
         for _ in 0..3 {
-            let Ok(value) = self.map.get(&set, 0) else {
+            let Ok(value) = map.get(&set, 0) else {
                 break;
             };
             let f = value.find(&key);
@@ -65,11 +107,9 @@ impl History {
                 break;
             }
         }
-        let mut owners: Vec<Owner> = found
+        found
             .map(|f| f.owners.into_iter().flatten().collect())
-            .unwrap_or_default();
-        owners.sort_by_key(|o| std::cmp::Reverse(o.ts_ns));
-        owners
+            .unwrap_or_default()
     }
 }
 
@@ -194,16 +234,35 @@ pub struct Investigator {
 }
 
 impl Investigator {
+    /// For a watch: `history` is its own, begun at its start, which the start-up scan of the
+    /// connections open then complements.
     pub fn new(history: Option<History>) -> Self {
+        let prefill = history.is_some();
+        Self::with(history, prefill)
+    }
+
+    /// For a one-off lookup (check-port): the running watches' histories, if any and asked for,
+    /// and no start-up scan of connections to wait for.
+    pub fn one_off(with_history: bool) -> Self {
+        Self::with(
+            with_history.then(History::of_running_watches).flatten(),
+            false,
+        )
+    }
+
+    /// Whether it has a history of owners to consult.
+    pub fn has_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    fn with(history: Option<History>, connections_at_start: bool) -> Self {
         let lists_bound_sockets = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 8, 0));
         Self {
             recent: Lookups::new(),
             recent_exhaustion: std::collections::HashMap::new(),
             containers: crate::container::Resolver::default(),
-            // The connections open at start-up complement a history, which begins then; a
-            // one-off lookup (check-port) has neither.
-            sockets: procfs::SocketTable::prefilled(history.is_some()),
+            sockets: procfs::SocketTable::prefilled(connections_at_start),
             history,
             devices: std::collections::HashMap::new(),
             lists_bound_sockets,

@@ -290,8 +290,13 @@ fn check_port_says_may_fail_when_it_hangs_on_a_time_waits_options() {
     }
     let ns = Netns::new();
     ns.run_case("helper_time_wait", &["8630", "1"]);
-    let check =
-        |args: &[&str]| check_port_in(&ns, &[&["8630", "--addr", "127.0.0.1"], args].concat());
+    // Without a watch's history (another test's watch may be running and have seen it made).
+    let check = |args: &[&str]| {
+        check_port_in(
+            &ns,
+            &[&["8630", "--addr", "127.0.0.1", "--no-history"], args].concat(),
+        )
+    };
     let maybe = check(&["--reuseaddr"]);
     let text = String::from_utf8_lossy(&maybe.stdout);
     assert_eq!(maybe.status.code(), Some(0), "{text}");
@@ -308,6 +313,55 @@ fn check_port_says_may_fail_when_it_hangs_on_a_time_waits_options() {
     // What the kernel says: the TIME-WAIT had SO_REUSEADDR, so a SO_REUSEADDR bind succeeds.
     let truth = ns.run_case("case_bind_reuseaddr", &["8630"]);
     assert_eq!(truth["errno"], 0, "{truth}");
+}
+
+/// With a watch running, check-port takes a TIME-WAIT socket's SO_REUSEADDR from its history
+/// and answers for certain where it would say MAY FAIL (the seed's JVM, which sets SO_REUSEADDR,
+/// against a client's TIME-WAIT): each verdict against the kernel's answer to the same bind.
+#[test]
+fn check_port_takes_a_time_waits_options_from_a_running_watch() {
+    if !can_run("check_port_watch_history") {
+        return;
+    }
+    let ns = Netns::new();
+    let tracer = Tracer::start(&["--netns", &format!("/run/netns/{}", ns.name)]);
+    let without = ns.run_case("helper_time_wait", &["8632", "0"]);
+    ns.run_case("helper_time_wait", &["8634", "1"]);
+    let verdict = |port: &str| -> (Option<i32>, Value) {
+        let out = check_port_in(
+            &ns,
+            &[
+                port,
+                "--addr",
+                "127.0.0.1",
+                "--reuseaddr",
+                "--output",
+                "json",
+            ],
+        );
+        let v: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{port}: {e}: {out:?}"));
+        (out.status.code(), v)
+    };
+    let (code, v) = verdict("8632");
+    assert_eq!(code, Some(1), "the client had no SO_REUSEADDR: {v:#}");
+    assert_eq!(v["would_fail"], true, "{v:#}");
+    assert_eq!(v["may_fail"], false, "{v:#}");
+    assert_eq!(v["cause"], "time_wait_conflict", "{v:#}");
+    let h = &v["holders"][0];
+    assert_eq!(h["state"], "TIME_WAIT", "{v:#}");
+    assert_eq!(h["reuseaddr"], false, "{v:#}");
+    assert_eq!(h["pid"], without["pid"], "names who opened it: {v:#}");
+    let (code, v) = verdict("8634");
+    assert_eq!(code, Some(0), "the client had SO_REUSEADDR: {v:#}");
+    assert_eq!(v["would_fail"], false, "{v:#}");
+    assert_eq!(v["may_fail"], false, "{v:#}");
+    // What the kernel says of the same binds.
+    let truth = ns.run_case("case_bind_reuseaddr", &["8632"]);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    let truth = ns.run_case("case_bind_reuseaddr", &["8634"]);
+    assert_eq!(truth["errno"], 0, "{truth}");
+    tracer.stop();
 }
 
 /// Refusals before any port rule: check-port's answer for each address matches the kernel's own
