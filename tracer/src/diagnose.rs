@@ -644,6 +644,16 @@ pub fn conflicts(req: &Request, h: &Holder) -> bool {
     }
 }
 
+/// The first way out of a conflict with `h`: stop its process — all of them when several share
+/// the socket, since the port stays taken until the last one closes it.
+fn stop(h: &Holder) -> &'static str {
+    if h.shared_with.is_empty() {
+        "stop it"
+    } else {
+        "stop all of them"
+    }
+}
+
 fn who(h: &Holder) -> String {
     match (&h.comm, h.pid) {
         (Some(c), Some(p)) => format!("{c} (pid {p})"),
@@ -1081,6 +1091,16 @@ fn hint_for_holder(
     {
         return inherited_hint(h, o, &w, same, req.pid);
     }
+    // Processes sharing the socket (a pre-fork server's workers): each keeps the port.
+    let w = if same || h.shared_with.is_empty() {
+        w
+    } else {
+        let others: Vec<String> = h.shared_with.iter().map(u32::to_string).collect();
+        format!(
+            "{w} (with pids {}, which share its socket)",
+            others.join(", ")
+        )
+    };
     match cause {
         Cause::ListenerConflict => listener_hint(req, h, &w, same),
         Cause::TimeWaitConflict => time_wait_hint(req, h, &w, ctx),
@@ -1163,7 +1183,7 @@ fn udp_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String {
     // gets every datagram) or both SO_REUSEPORT as one user (unicast spread over them).
     let share = udp_share(req, h);
     let ways = [
-        Some("stop it"),
+        Some(stop(h)),
         Some("choose another port"),
         narrower(req, h),
         Some(share.as_str()),
@@ -1229,11 +1249,7 @@ fn listener_hint(req: &Request, h: &Holder, w: &str, same: bool) -> String {
         }
         _ => "",
     };
-    let ways = [
-        Some("stop it"),
-        Some("choose another port"),
-        narrower(req, h),
-    ];
+    let ways = [Some(stop(h)), Some("choose another port"), narrower(req, h)];
     format!(
         "{w} is already listening on {local}{reuseport}: {}",
         either(&ways)
@@ -1317,7 +1333,7 @@ fn dual_stack_hint(req: &Request, h: &Holder, w: &str) -> String {
     let v6only = format!("set IPV6_V6ONLY on {side} socket{how}");
     let share = req.udp.then(|| udp_share(req, h));
     let ways = either(&[
-        Some("stop it"),
+        Some(stop(h)),
         Some("choose another port"),
         Some(v6only.as_str()),
         share.as_deref(),
@@ -2268,6 +2284,24 @@ mod tests {
         };
         assert!(hint(SyscallName::Listen).contains("bind() the port"));
         assert!(hint(SyscallName::Bind).contains("bind() to port 0"));
+    }
+
+    #[test]
+    fn a_listener_shared_by_forked_workers_asks_to_stop_them_all() {
+        let mut h = holder(State::Listen, "0.0.0.0:8080");
+        h.comm = Some("gunicorn".into());
+        h.shared_with = vec![201, 202];
+        let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+        assert_eq!(d.cause, Cause::ListenerConflict);
+        assert!(
+            d.hint.contains(
+                "gunicorn (pid 200) (with pids 201, 202, which share its socket) is already \
+                 listening"
+            ),
+            "{}",
+            d.hint
+        );
+        assert!(d.hint.contains("stop all of them"), "{}", d.hint);
     }
 
     #[test]

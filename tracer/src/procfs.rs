@@ -56,6 +56,50 @@ fn scan_pid(pid: u32, wanted: Option<&HashSet<u64>>, out: &mut HashMap<u64, Hold
     }
 }
 
+/// How many processes below a socket's holders [`add_inheritors`] looks at, at most.
+const INHERITOR_SEARCH_MAX: usize = 512;
+
+/// Adds, to each socket's holders, their descendants that have it open too: a pre-fork server's
+/// workers, a daemon's helpers. A cached holder or one the history names is verified alone, and
+/// a child forked since shares its socket unseen; naming only the parent sends an operator to
+/// stop one process while the port stays taken. Children come from `/proc/PID/task/TID/children`
+/// (`CONFIG_PROC_CHILDREN`, on in Debian's, Ubuntu's and Fedora's kernels; without it nothing is
+/// added). A child whose parent exited is re-parented away; the full scan finds it then.
+fn add_inheritors(found: &mut HashMap<u64, Holders>) {
+    for (&ino, list) in found.iter_mut() {
+        let mut seen: HashSet<u32> = list.iter().map(|&(pid, _)| pid).collect();
+        let mut queue: Vec<u32> = seen.iter().copied().collect();
+        let wanted = HashSet::from([ino]);
+        'search: while let Some(pid) = queue.pop() {
+            for child in children(pid) {
+                if seen.len() >= INHERITOR_SEARCH_MAX {
+                    break 'search;
+                }
+                if !seen.insert(child) {
+                    continue;
+                }
+                // Its own children too: a worker's helper, a double fork.
+                queue.push(child);
+                let mut own = HashMap::new();
+                scan_pid(child, Some(&wanted), &mut own);
+                list.extend(own.remove(&ino).unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    numeric_entries(&format!("/proc/{pid}/task"))
+        .filter_map(|tid| fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// Whether descriptor `fd` of `pid` is still socket `inode`.
 fn still_holds(pid: u32, fd: u32, inode: u64) -> bool {
     socket_inode(std::path::Path::new(&format!("/proc/{pid}/fd/{fd}"))) == Some(inode)
@@ -171,8 +215,15 @@ impl SocketTable {
     }
 
     /// Holders of each of `inodes`: verified cached entries first, then the `candidates` (pids
-    /// the history names), then a full scan of /proc for what is still missing.
+    /// the history names), then a full scan of /proc for what is still missing; and the
+    /// processes that inherited a holder's socket since (`add_inheritors`).
     pub fn owners(&mut self, inodes: &[u64], candidates: &[u32]) -> HashMap<u64, Holders> {
+        let mut found = self.found_owners(inodes, candidates);
+        add_inheritors(&mut found);
+        found
+    }
+
+    fn found_owners(&mut self, inodes: &[u64], candidates: &[u32]) -> HashMap<u64, Holders> {
         let wanted: HashSet<u64> = inodes.iter().copied().filter(|&i| i != 0).collect();
         let mut found: HashMap<u64, Holders> = HashMap::new();
         if wanted.is_empty() {

@@ -761,6 +761,29 @@ fn an_inherited_listener_names_the_process_that_opened_it() {
     run.release();
 }
 
+/// A pre-fork server and its worker share the listener, both running: the server is named (the
+/// history saw it take the port) and so is the worker, forked after the history was written;
+/// the hint asks to stop both.
+#[test]
+fn a_listener_shared_with_a_forked_worker_names_both() {
+    if !can_run("forked_workers") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_forked_workers", 7055);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(
+        h["shared_with"],
+        serde_json::json!([truth["worker_pid"]]),
+        "{ev:#}"
+    );
+    let hint = ev["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("stop all of them"), "{ev:#}");
+    run.release();
+}
+
 /// A SO_REUSEPORT group whose latest member left: the history saw that one take the port, but
 /// the member still listening ran before it did, so it opened its own socket — no `opened_by`,
 /// no talk of inheriting.

@@ -352,6 +352,20 @@ def helper_listen_and_leak(port):
     report(child_pid=child.pid)
 
 
+def helper_listen_and_fork(port):
+    """Listens on P and forks a worker that keeps the listener, as a pre-fork server does;
+    reports the worker's pid and holds until stdin closes (the worker until it is killed)."""
+    lst = sock()
+    lst.bind((HOST, int(port)))
+    lst.listen(4)
+    child = os.fork()
+    if child == 0:
+        time.sleep(120)
+        os._exit(0)
+    report(worker_pid=child)
+    sys.stdin.read()
+
+
 def helper_connect_from(port, server_port, reuseaddr):
     """Connects to server_port from local port `port`, holds the connection until stdin closes."""
     s = sock(reuseaddr=reuseaddr == "1")
@@ -746,6 +760,20 @@ def case_inherited(port):
                opener_comm=info["comm"])
     finally:
         os.kill(info["child_pid"], 9)
+
+
+def case_forked_workers(port):
+    """A server listens on P and forks a worker that shares the listener, both running: bind P.
+    The worker keeps the port as much as the server does."""
+    server, info = spawn("helper_listen_and_fork", port)
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    try:
+        finish(case="forked_workers", errno=err, port=port, addr=HOST, reuseaddr=False,
+               reuseport=False, holder_pid=info["pid"], worker_pid=info["worker_pid"])
+    finally:
+        os.kill(info["worker_pid"], 9)
+        server.kill()
 
 
 def case_reuseport_sibling_left(port):
