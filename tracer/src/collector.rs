@@ -80,11 +80,13 @@ impl Collector {
         self.counters.get(&index, 0).map_or(0, |v| v.iter().sum())
     }
 
-    /// Reads every record in the ring buffer; returns how many there were.
-    fn drain(&mut self, sink: &mut (dyn Sink + Send)) -> Result<u64> {
+    /// Reads the records in the ring buffer, at most `limit`; returns how many there were.
+    fn drain(&mut self, sink: &mut (dyn Sink + Send), limit: u64) -> Result<u64> {
         let ring = self.ring.get_mut();
         let mut read = 0;
-        while let Some(item) = ring.next() {
+        while read < limit
+            && let Some(item) = ring.next()
+        {
             read += 1;
             match event::decode(&item) {
                 Ok((kind, raw)) => {
@@ -130,11 +132,13 @@ impl Collector {
         Ok(())
     }
 
-    /// Runs until `shutdown` completes, then drains what is left and returns the statistics.
+    /// Runs until `shutdown` completes, then calls `detach` (which stops the kernel programs),
+    /// drains what they left and returns the statistics.
     pub async fn run(
         mut self,
         sink: &mut (dyn Sink + Send),
         shutdown: impl Future<Output = ()>,
+        detach: impl FnOnce(),
     ) -> Result<Stats> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -144,33 +148,53 @@ impl Collector {
         // a little later, until a read finds none. Idle, nothing is scheduled.
         let follow_up_after = Duration::from_nanos(WAKEUP_FOLLOW_UP_NS);
         let mut follow_up: Option<tokio::time::Instant> = None;
+        // A read stops after a batch, so that in a storm (records arriving as fast as they are
+        // read) the loop still sees the tick, which reports what the kernel dropped, and a
+        // signal; the next batch is read at once.
+        let next = |read: u64| {
+            let now = tokio::time::Instant::now();
+            match read {
+                0 => None,
+                r if r >= DRAIN_BATCH => Some(now),
+                _ => Some(now + follow_up_after),
+            }
+        };
         loop {
             tokio::select! {
                 ready = self.ring.readable_mut() => {
                     let mut guard = ready.context("waiting on the ring buffer")?;
                     guard.clear_ready();
                     drop(guard);
-                    if self.drain(sink)? > 0 {
-                        follow_up = Some(tokio::time::Instant::now() + follow_up_after);
+                    let read = self.drain(sink, DRAIN_BATCH)?;
+                    if read > 0 {
+                        follow_up = next(read);
                     }
                 }
                 () = sleep_until_some(follow_up) => {
-                    follow_up = (self.drain(sink)? > 0)
-                        .then(|| tokio::time::Instant::now() + follow_up_after);
+                    follow_up = next(self.drain(sink, DRAIN_BATCH)?);
                 }
                 // The tick also reads: the safety net for a record that missed its follow-up.
                 _ = tick.tick() => {
-                    self.drain(sink)?;
+                    let read = self.drain(sink, DRAIN_BATCH)?;
+                    if read >= DRAIN_BATCH {
+                        follow_up = next(read);
+                    }
                     self.check_lost(sink)?;
                 }
                 () = &mut shutdown => break,
             }
         }
-        self.drain(sink)?;
+        // No program writes once detached: what is in the ring buffer then is all there is, and
+        // the kernel's counters are final.
+        detach();
+        self.drain(sink, u64::MAX)?;
         self.check_lost(sink)?;
         Ok(self.stats)
     }
 }
+
+/// Records read before the loop looks at its other work (the tick, a signal).
+const DRAIN_BATCH: u64 = 4096;
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {

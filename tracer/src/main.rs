@@ -104,6 +104,51 @@ async fn shutdown_signal() {
     }
 }
 
+/// Completes on SIGINT or SIGTERM, or when the output's reader has gone.
+async fn stop_requested() {
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = reader_gone() => {}
+    }
+}
+
+/// Completes when stdout is a pipe or socket whose reader has gone (`bindtrace watch | head
+/// -1`): without a write to fail, a quiet host would keep the programs attached for nobody.
+/// Checked once a second (a `poll()` of stdout reports `POLLERR` then).
+async fn reader_gone() {
+    use std::os::fd::AsRawFd;
+    let stdout = std::io::stdout();
+    let fd = stdout.as_raw_fd();
+    let is_pipe = fs::metadata("/proc/self/fd/1").is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_fifo() || m.file_type().is_socket()
+    });
+    if !is_pipe {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let mut p = libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&raw mut p, 1, 0) };
+        if n > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            return;
+        }
+    }
+}
+
+/// Whether `e` is a write to a reader that has gone.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    }) || e.to_string().contains("Broken pipe")
+}
+
 /// Writes `contents` to `path` atomically, so a reader never sees half of it.
 fn write_atomically(path: &Path, contents: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -242,8 +287,19 @@ async fn watch(args: WatchArgs) -> Result<()> {
     );
     release_start_up_memory();
     let mut pipeline = Pipeline::start(pipeline::Fanout(writers), investigator);
-    let stats = collector.run(&mut pipeline, shutdown_signal()).await;
-    pipeline.finish()?;
+    let stats = collector
+        .run(&mut pipeline, stop_requested(), move || drop(tracer))
+        .await;
+    let finished = pipeline.finish();
+    // `bindtrace watch | head -1`: the reader leaving is the end of the run, not a failure.
+    let (stats, finished) = match (stats, finished) {
+        (Err(e), _) | (_, Err(e)) if broken_pipe(&e) => {
+            eprintln!("bindtrace: the output's reader went away; stopped");
+            return Ok(());
+        }
+        (stats, finished) => (stats, finished),
+    };
+    finished?;
     let stats = stats?;
     let unwritten = unwritten.map_or(0, |u| u.load(std::sync::atomic::Ordering::Relaxed));
     let mut extra = String::new();

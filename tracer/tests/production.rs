@@ -636,3 +636,130 @@ fn netns_filter_keeps_only_that_namespace() {
         "--netns let another namespace through"
     );
 }
+
+/// Starts `bindtrace watch` limited to `ns`, stdout piped, and returns once it is attached.
+fn watch_in(ns: &Netns, dir: &Path) -> std::process::Child {
+    let ready = dir.join("ready");
+    let mut child = bindtrace()
+        .args(["watch", "--backend", &common::backend(), "--netns"])
+        .arg(format!("/run/netns/{}", ns.name))
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..3000 {
+        if ready.exists() {
+            return child;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "bindtrace exited before attaching"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("bindtrace did not attach");
+}
+
+/// Waits for `child` to exit; panics if it has not after a minute (a hang, not a timing claim).
+fn exited(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    for _ in 0..3000 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("bindtrace did not exit {what}");
+}
+
+/// `bindtrace watch | head -1` on a quiet host: once the reader has gone, the tracer stops by
+/// itself (nothing is written that could fail) and exits 0.
+#[test]
+fn watch_stops_when_its_reader_goes_away() {
+    if !can_run("reader_gone") {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = tempdir("reader-gone");
+    let mut child = watch_in(&ns, &dir);
+    drop(child.stdout.take());
+    let status = exited(&mut child, "after its reader went away");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+}
+
+/// SIGTERM in a failure storm that does not end (a crash-looping service): the tracer stops
+/// reading, accounts for what it saw and exits while the storm still runs, rather than once it
+/// ends (`systemctl stop` would otherwise wait for its timeout and SIGKILL).
+#[test]
+fn sigterm_stops_watch_during_a_failure_storm() {
+    if !can_run("sigterm_storm") {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = tempdir("sigterm-storm");
+    let mut child = watch_in(&ns, &dir);
+    let mut out = child.stdout.take().unwrap();
+    // Keep reading, as a terminal or journald would.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let mut storm = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c"])
+        .arg(
+            "import socket\n\
+             h = socket.socket(); h.bind(('127.0.0.1', 8650)); h.listen()\n\
+             s = socket.socket()\n\
+             print('storming', flush=True)\n\
+             while True:\n\
+             \x20   try: s.bind(('127.0.0.1', 8650))\n\
+             \x20   except OSError: pass\n",
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 9];
+    storm
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = exited(&mut child, "after SIGTERM while the storm went on");
+    let storm_running = storm.try_wait().unwrap().is_none();
+    let _ = storm.kill();
+    let _ = storm.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(storm_running, "the storm ended by itself");
+    let summary = err
+        .lines()
+        .find(|l| l.contains("failure(s) reported"))
+        .unwrap_or_else(|| panic!("no summary: {err}"));
+    let count = |label: &str| -> u64 {
+        summary
+            .split(", ")
+            .find_map(|p| p.trim_start_matches("bindtrace: ").strip_suffix(label))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {label:?} in {summary:?}"))
+    };
+    assert!(
+        count("failure(s) reported") + count("event(s) lost") > 0,
+        "saw the storm: {summary}"
+    );
+}

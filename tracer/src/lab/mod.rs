@@ -311,9 +311,14 @@ pub async fn run(args: LabArgs) -> Result<bool> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let collecting = tokio::spawn(async move {
         let r = collector
-            .run(&mut pipeline, async {
-                let _ = stop_rx.await;
-            })
+            .run(
+                &mut pipeline,
+                async {
+                    let _ = stop_rx.await;
+                },
+                // The cases are over by then; the tracer is dropped below.
+                || {},
+            )
             .await;
         let _ = pipeline.finish();
         r
