@@ -452,6 +452,11 @@ pub mod names {
 /// not wake it normally waits at most that long (one committed over a millisecond after its
 /// timestamp waits for the next waking record or the collector's 1 s tick, which also reads).
 pub const WAKEUP_INTERVAL_NS: u64 = 5_000_000;
+
+/// The name of the thread from which `check-port` puts an address to the kernel (a bind with
+/// port 0 that takes no port): the kernel programs do not report its calls, which are bindtrace's
+/// own doing, not a service's failure.
+pub const PROBE_THREAD_COMM: [u8; 16] = *b"bindtrace-probe\0";
 /// The collector's follow-up read after records: one interval plus a margin for the record being
 /// committed after its timestamp was taken.
 pub const WAKEUP_FOLLOW_UP_NS: u64 = WAKEUP_INTERVAL_NS + 1_000_000;

@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
-    ABI_VERSION, BIND_EVENT_SIZE, BindEvent, EventHeader, EventKind, HistoryKey, Owner, Role,
-    Syscall, WAKEUP_INTERVAL_NS, counter, flags, history,
+    ABI_VERSION, BIND_EVENT_SIZE, BindEvent, EventHeader, EventKind, HistoryKey, Owner,
+    PROBE_THREAD_COMM, Role, Syscall, WAKEUP_INTERVAL_NS, counter, flags, history,
 };
 
 use crate::{
@@ -36,6 +36,10 @@ pub fn bump(index: u32) {
 #[inline(always)]
 fn wanted(ev: &BindEvent) -> bool {
     if ev.pid == conf!(self_pid) {
+        return false;
+    }
+    // check-port's address probe (port 0, from a thread of this name).
+    if ev.port == 0 && ev.comm == PROBE_THREAD_COMM {
         return false;
     }
     let pid = conf!(filter_pid);

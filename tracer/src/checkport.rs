@@ -168,7 +168,17 @@ fn address_refusal(addr: &BindAddr, udp: bool, v6only: bool) -> Result<(), Optio
             std::net::SocketAddrV6::new(a, 0, 0, scope).into()
         }
     };
-    sock.bind(&target).map_err(|e| e.raw_os_error())
+    // From a thread of the name the kernel programs pass over: a running watch does not report
+    // this check as a failure. (A thread made here shares this one's network namespace.)
+    let name = String::from_utf8_lossy(&tracer_common::PROBE_THREAD_COMM)
+        .trim_end_matches('\0')
+        .to_string();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || sock.bind(&target).map_err(|e| e.raw_os_error()))
+        .map_err(|_| None)?
+        .join()
+        .map_err(|_| None)?
 }
 
 /// Whether this process may bind ports below `ip_unprivileged_port_start`: it holds

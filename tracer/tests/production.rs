@@ -374,6 +374,8 @@ fn check_port_answers_address_and_privilege_refusals_as_the_kernel_does() {
         return;
     }
     let ns = Netns::new();
+    // A watch of the namespace: the workload's refusals are reported, check-port's probes not.
+    let tracer = Tracer::start(&["--netns", &format!("/run/netns/{}", ns.name)]);
     let truth = ns.run_case("case_address_checks", &["8640"]);
     let verdict = |args: &[&str]| -> (Option<i32>, Value) {
         let out = check_port_in(&ns, &[args, &["--output", "json"]].concat());
@@ -463,6 +465,34 @@ fn check_port_answers_address_and_privilege_refusals_as_the_kernel_does() {
     assert_eq!(v["cause"], "privileged_port", "{v:#}");
     let (code, v) = verdict(&["80"]);
     assert_eq!(code, Some(0), "{v:#}");
+
+    assert_probes_unreported(&tracer, &ns, &truth);
+    tracer.stop();
+}
+
+/// The workload's refusals (`truth`) were reported, and a failure after every check-port run
+/// before this, but none of check-port's probes.
+fn assert_probes_unreported(tracer: &Tracer, ns: &Netns, truth: &Value) {
+    tracer.wait_for("the workload's refusals", |e| {
+        e["pid"] == truth["pid"] && e["event"] == "bind_failure" && e["errno"] == 22
+    });
+    let holder = ns.hold_case("helper_listen", &["8648", "0"]);
+    let last = ns.run_case("case_bind_reuseaddr", &["8648"]);
+    assert_eq!(last["errno"], 98, "{last}");
+    tracer.wait_for("the last failure", |e| {
+        e["pid"] == last["pid"] && e["event"] == "bind_failure"
+    });
+    holder.release();
+    // ...and none of check-port's probes.
+    let probes: Vec<Value> = tracer
+        .events()
+        .into_iter()
+        .filter(|e| e["comm"] == "bindtrace" || e["thread"] == "bindtrace-probe")
+        .collect();
+    assert!(
+        probes.is_empty(),
+        "check-port's probes reported: {probes:#?}"
+    );
 }
 
 /// The cgroup-v2 root (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
