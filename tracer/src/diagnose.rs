@@ -695,6 +695,8 @@ fn reuseaddr_fix(req: &Request, h: &Holder, theirs: &str) -> String {
         (true, Some(false)) => {
             format!("this socket has SO_REUSEADDR already but {theirs} has not: set it there too")
         }
+        // Unknown (a TIME-WAIT bindtrace did not see made), but this side is not what lacks it.
+        (true, None) => format!("this socket has SO_REUSEADDR already: set it on {theirs} too"),
         (false, Some(true)) => {
             format!("set SO_REUSEADDR on this socket ({theirs} has it already)")
         }
@@ -740,10 +742,14 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
                 "set SO_REUSEADDR on this socket (that connection had it), or wait for the \
                  TIME-WAIT to end ({left})"
             ),
-            // Refused with SO_REUSEADDR set: the connection's socket did not have it.
-            (true, _) | (false, Some(false)) => format!(
+            (true | false, Some(false)) => format!(
                 "wait for the TIME-WAIT to end ({left}): its socket had no SO_REUSEADDR, so no \
                  socket can share the port with it"
+            ),
+            // Refused with SO_REUSEADDR set: the connection's socket cannot have had it.
+            (true, _) => format!(
+                "wait for the TIME-WAIT to end ({left}): this socket's SO_REUSEADDR does not let \
+                 it share the port, so the connection's socket was made without it"
             ),
             (false, None) => format!(
                 "set SO_REUSEADDR on this socket (enough if the connection's socket had it too), \
@@ -759,7 +765,9 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
             )
         }
     };
-    format!("a TIME-WAIT connection from {local}{remote}{owner}{opt}, holds the port; {fix}")
+    // "from A to B, opened by X, holds the port": the comma only around what the owner adds.
+    let comma = if owner.is_empty() { "" } else { "," };
+    format!("a TIME-WAIT connection from {local}{remote}{owner}{opt}{comma} holds the port; {fix}")
 }
 
 /// A TIME-WAIT's time left, as the kernel's timer said at the lookup, else its most.
@@ -1355,8 +1363,9 @@ fn v6only_how(comm: &str) -> &'static str {
     match comm {
         // -Djava.net.preferIPv4Stack=true would bind 0.0.0.0 instead: the same IPv4 port.
         "java" => {
-            " (a JVM cannot set it: bind the JVM to a specific IPv6 address instead of the \
-             wildcard)"
+            " (a JVM cannot set it, and binds its wildcard as [::] even when given 0.0.0.0: if \
+             the service is to serve IPv4 too, this is a plain clash over the port; to serve \
+             IPv6 only, bind the JVM to a specific IPv6 address)"
         }
         "node" => " (Node: `ipv6Only: true` in listen() or dgram.createSocket() options)",
         _ => "",
@@ -1902,6 +1911,46 @@ mod tests {
             !conflicts(&r, &h),
             "unknown: as bound, which sets IPV6_V6ONLY"
         );
+    }
+
+    /// A TIME-WAIT whose owner and options are unknown (made before bindtrace started), refused
+    /// a bind with SO_REUSEADDR: the hint infers what the connection lacked and asks only for
+    /// what is missing; no dangling comma where no owner is named.
+    #[test]
+    fn an_unknown_time_wait_refusing_reuseaddr_asks_only_for_the_missing_side() {
+        let mut h = holder(State::TimeWait, "127.0.0.1:9060");
+        h.remote = Some("127.0.0.1:9041".parse().unwrap());
+        h.pid = None;
+        h.comm = None;
+        h.reuseaddr = None;
+        h.reuseport = None;
+        let mut r = req("0.0.0.0", 9060);
+        r.reuseaddr = true;
+        let mut c = ctx();
+        c.range = Some((32768, 60999));
+        let d = verdict(&r, vec![h], &c);
+        assert_eq!(d.cause, Cause::TimeWaitConflict);
+        assert!(
+            d.hint
+                .starts_with("a TIME-WAIT connection from 127.0.0.1:9060 to 127.0.0.1:9041 holds"),
+            "{}",
+            d.hint
+        );
+        assert!(
+            d.hint
+                .contains("so the connection's socket was made without it"),
+            "{}",
+            d.hint
+        );
+        assert!(
+            d.hint.contains(
+                "for good: this socket has SO_REUSEADDR already: set it on the connection's \
+                 socket too"
+            ),
+            "{}",
+            d.hint
+        );
+        assert!(!d.hint.contains("on both sockets"), "{}", d.hint);
     }
 
     #[test]
