@@ -176,7 +176,27 @@ pub fn parse_netns(s: &str) -> Result<u32, String> {
         };
     }
     let m = std::fs::metadata(s).map_err(|e| format!("{s}: {e}"))?;
-    u32::try_from(m.ino()).map_err(|_| format!("{s}: not a namespace file"))
+    let not_netns = || {
+        format!(
+            "{s}: not a network namespace file (give /run/netns/NAME, /proc/PID/ns/net or the \
+             namespace's inode number)"
+        )
+    };
+    // Namespace files all live on the kernel's nsfs: the same device as this process's own.
+    let nsfs = std::fs::metadata("/proc/self/ns/net").map(|own| own.dev());
+    if nsfs.is_ok_and(|dev| dev != m.dev()) {
+        return Err(not_netns());
+    }
+    // Of what kind (4.11+; older kernels cannot tell, and the device check stands alone).
+    if let Ok(f) = std::fs::File::open(s) {
+        const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+        // SAFETY: an ioctl without arguments on a descriptor we own.
+        let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), NS_GET_NSTYPE) };
+        if kind >= 0 && kind != libc::CLONE_NEWNET {
+            return Err(not_netns());
+        }
+    }
+    u32::try_from(m.ino()).map_err(|_| not_netns())
 }
 
 pub fn parse_port(s: &str) -> Result<u16, String> {

@@ -104,6 +104,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// `--cgroup`'s directory, which must be on the cgroup-v2 hierarchy (a v1 directory, or any
+/// other, cannot be matched in the kernel).
+fn open_cgroup2_dir(p: &Path) -> Result<fs::File> {
+    const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
+    let f = fs::File::open(p).with_context(|| format!("--cgroup {}: cannot open", p.display()))?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs fills `st` on success, the only case read.
+    let ok = unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&f), st.as_mut_ptr()) } == 0;
+    // SAFETY: see above.
+    let v2 = ok && unsafe { st.assume_init() }.f_type as libc::c_long == CGROUP2_SUPER_MAGIC;
+    if !v2 || !f.metadata()?.is_dir() {
+        anyhow::bail!(
+            "--cgroup {}: not a cgroup-v2 directory (give one under the cgroup2 mount that \
+             `findmnt -t cgroup2` shows, such as a pod's kubepods.slice/... directory)",
+            p.display()
+        );
+    }
+    Ok(f)
+}
+
 /// Completes on SIGINT or SIGTERM, or when the output's reader has gone.
 async fn stop_requested() {
     tokio::select! {
@@ -201,6 +221,16 @@ fn kernel_config(args: &WatchArgs) -> Config {
              process with that pid makes the calls)"
         );
     }
+    if let Some(inode) = args.filters.netns
+        && crate::netns::Finder::default()
+            .open(u64::from(inode), 0, 0)
+            .is_none()
+    {
+        eprintln!(
+            "bindtrace: note: --netns {inode}: no process or /run/netns entry is in such a \
+             network namespace now (nothing is reported unless one is made with that inode)"
+        );
+    }
     Config {
         filter_pid: args.filters.pid.unwrap_or(0),
         filter_port: args.filters.port.unwrap_or(0),
@@ -228,9 +258,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         .filters
         .cgroup
         .as_deref()
-        .map(|p| {
-            fs::File::open(p).with_context(|| format!("--cgroup {}: cannot open", p.display()))
-        })
+        .map(open_cgroup2_dir)
         .transpose()?;
     let config = kernel_config(&args);
     let mut tracer = backend::start(&backend::Settings {

@@ -97,12 +97,24 @@ fn clear_messages_for_bad_arguments_and_missing_privileges() {
     );
     fails(&["watch", "--kernel-btf", "/no/such/btf"], "no such file");
     fails(&["watch", "--netns", "/no/such/ns"], "/no/such/ns");
+    fails(
+        &["watch", "--netns", "/etc/hostname"],
+        "not a network namespace file",
+    );
+    fails(
+        &["watch", "--netns", "/proc/self/ns/mnt"],
+        "not a network namespace file",
+    );
     fails(&["check-port", "http"], "not a port");
     if !can_run("privileges") {
         return;
     }
     fails(&["watch", "--kernel-btf", "/etc/hostname"], "not BTF");
     fails(&["watch", "--cgroup", "/tmp"], "not a cgroup-v2 directory");
+    fails(
+        &["lab", "--check", "--case", "1B"],
+        "--case 1B: no such case",
+    );
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
     fails(&["watch", "--metrics-addr", &port], "cannot listen");

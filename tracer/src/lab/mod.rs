@@ -267,6 +267,14 @@ fn run_cases(mut ctx: Ctx, only: &[String], seen: &Seen) -> Vec<CaseResult> {
 
 /// Runs the lab. Returns false when `--check` finds bindtrace wrong.
 pub async fn run(args: LabArgs) -> Result<bool> {
+    // A mistyped id would otherwise run nothing and pass.
+    let ids: Vec<&str> = cases::all().iter().map(|c| c.id).collect();
+    if let Some(unknown) = args.cases.iter().find(|c| !ids.contains(&c.as_str())) {
+        anyhow::bail!(
+            "--case {unknown}: no such case (the cases: {})",
+            ids.join(", ")
+        );
+    }
     let seen = Seen::default();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<u64>>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
