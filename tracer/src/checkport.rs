@@ -89,6 +89,28 @@ pub struct ServiceOptions {
     /// net.ipv6.bindv6only).
     #[arg(long)]
     pub v6only: bool,
+
+    /// The user the service runs as, a name or a uid (default: the one running check-port):
+    /// SO_REUSEPORT shares a port only between sockets of one user.
+    #[arg(long, value_name = "USER", value_parser = parse_user)]
+    pub user: Option<u32>,
+}
+
+/// `--user`: a uid, or a name from the user database.
+fn parse_user(s: &str) -> Result<u32, String> {
+    if let Ok(uid) = s.parse::<u32>() {
+        return Ok(uid);
+    }
+    let name = std::ffi::CString::new(s).map_err(|_| format!("{s:?} is not a user name"))?;
+    // SAFETY: a NUL-terminated name; the entry is read before any other getpw* call.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(format!(
+            "no user {s:?} (give a name from the user database or a uid)"
+        ));
+    }
+    // SAFETY: non-null, as returned by getpwnam.
+    Ok(unsafe { (*pw).pw_uid })
 }
 
 /// `--addr`: an IP address and, for an IPv6 one, optionally `%interface` (the scope).
@@ -277,6 +299,7 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
         .run_in(|| before_the_port(addr, udp, opts.v6only))
         .context("entering the network namespace")?;
     let mut req = Request::bind(addr.ip, port, udp, opts.reuseaddr, opts.reuseport);
+    req.uid = opts.user.unwrap_or(req.uid);
     req.v6only = addr.ip.is_ipv6().then_some(before.v6only);
     req.bound_dev_if = before.bound_dev_if;
     // Refused before any port rule: the address (the kernel's answer), else the privileged-port

@@ -315,6 +315,32 @@ fn check_port_says_may_fail_when_it_hangs_on_a_time_waits_options() {
     assert_eq!(truth["errno"], 0, "{truth}");
 }
 
+/// SO_REUSEPORT shares a port within one user only: check-port answers for the user the service
+/// runs as (`--user`), not for the one running it.
+#[test]
+fn check_port_answers_a_reuseport_group_for_the_services_user() {
+    if !can_run("check_port_user") {
+        return;
+    }
+    let ns = Netns::new();
+    let group = ns.hold_case("helper_listen", &["8623", "0", "1"]);
+    let check = |args: &[&str]| {
+        let out = check_port_in(
+            &ns,
+            &[&["8623", "--reuseport", "--output", "json"], args].concat(),
+        );
+        let v: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        (out.status.code(), v)
+    };
+    let (code, v) = check(&[]);
+    assert_eq!(code, Some(0), "root joins root's group: {v:#}");
+    let (code, v) = check(&["--user", "65534"]);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["cause"], "reuseport_mismatch", "{v:#}");
+    group.release();
+}
+
 /// With a watch running, check-port takes a TIME-WAIT socket's SO_REUSEADDR from its history
 /// and answers for certain where it would say MAY FAIL (the seed's JVM, which sets SO_REUSEADDR,
 /// against a client's TIME-WAIT): each verdict against the kernel's answer to the same bind.
