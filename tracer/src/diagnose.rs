@@ -770,6 +770,61 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
     format!("a TIME-WAIT connection from {local}{remote}{owner}{opt}{comma} holds the port; {fix}")
 }
 
+/// A TCP connection its process has closed (or exited with) while the close is still under
+/// way: no process holds it (sock_diag lists it without an inode), so no option can be set on
+/// it and nobody can stop it.
+fn orphaned(h: &Holder) -> bool {
+    h.protocol == "tcp"
+        && h.inode == 0
+        && matches!(
+            h.state,
+            State::FinWait1 | State::FinWait2 | State::Closing | State::LastAck
+        )
+}
+
+/// An orphaned connection on the port (`orphaned`): how long the kernel keeps it, and what
+/// works meanwhile.
+fn orphan_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String {
+    let (port, local) = (req.port, h.local);
+    let remote = h
+        .remote
+        .map_or_else(|| "its peer".to_string(), |r| r.to_string());
+    let made = if w == "an unknown process" {
+        String::new()
+    } else {
+        format!(", made by {w},")
+    };
+    let until = if h.state == State::FinWait2 {
+        format!(
+            "until {remote}, which holds its end in CLOSE_WAIT, closes it too, or for at most \
+             net.ipv4.tcp_fin_timeout (60 s by default)"
+        )
+    } else {
+        format!(
+            "until {remote} acknowledges the close (retransmitted for up to minutes: \
+             net.ipv4.tcp_orphan_retries)"
+        )
+    };
+    let now = if !req.reuseaddr && h.reuseaddr == Some(true) {
+        "set SO_REUSEADDR on this socket (that connection had it), or wait for it to end".into()
+    } else {
+        "wait for it to end: no process holds it, so none can be stopped or changed".to_string()
+    };
+    let fix = if ctx.in_ephemeral_range(port) {
+        format!("now: {now}; for good: {}", reserve_fix(port, ctx))
+    } else {
+        format!(
+            "now: {now}; for good: {}",
+            reuseaddr_fix(req, h, "the connection's socket")
+        )
+    };
+    format!(
+        "a connection from {local} to {remote} ({}){made} uses port {port} as its source port; \
+         its process has closed it, and the kernel keeps it {until}; {fix}",
+        h.state.as_str()
+    )
+}
+
 /// A TIME-WAIT's time left, as the kernel's timer said at the lookup, else its most.
 fn time_left(h: &Holder) -> String {
     h.expires_ms.map_or_else(
@@ -1118,6 +1173,7 @@ fn hint_for_holder(
             h.remote.map_or_else(|| "?".to_string(), |r| r.to_string()),
             reuseaddr_fix(req, h, "the connection's socket")
         ),
+        Cause::OutgoingConnectionConflict if orphaned(h) => orphan_hint(req, h, &w, ctx),
         Cause::OutgoingConnectionConflict => {
             let remote = h.remote.map(|r| format!(" to {r}")).unwrap_or_default();
             let now = format!(
@@ -1951,6 +2007,37 @@ mod tests {
             d.hint
         );
         assert!(!d.hint.contains("on both sockets"), "{}", d.hint);
+    }
+
+    /// A connection its process closed before exiting, still in FIN_WAIT2: nothing to stop or
+    /// set an option on; the hint says how long the kernel keeps it and who keeps it open.
+    #[test]
+    fn an_orphaned_connection_is_waited_out_not_stopped() {
+        let mut h = holder(State::FinWait2, "127.0.0.1:9103");
+        h.remote = Some("127.0.0.1:9102".parse().unwrap());
+        h.inode = 0;
+        h.owner_alive = Some(false);
+        h.source = Source::History;
+        let mut r = req("127.0.0.1", 9103);
+        r.reuseaddr = true;
+        let mut c = ctx();
+        c.range = Some((32768, 60999));
+        let d = verdict(&r, vec![h.clone()], &c);
+        assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+        for part in [
+            "(FIN_WAIT2), made by redis-cli (pid 200), uses port 9103",
+            "its process has closed it",
+            "127.0.0.1:9102, which holds its end in CLOSE_WAIT",
+            "net.ipv4.tcp_fin_timeout",
+            "now: wait for it to end",
+        ] {
+            assert!(d.hint.contains(part), "{part:?} in {}", d.hint);
+        }
+        assert!(!d.hint.contains("stop that connection"), "{}", d.hint);
+        // One a process still holds is not orphaned.
+        h.inode = 4242;
+        let d = verdict(&r, vec![h], &c);
+        assert!(d.hint.contains("stop that connection"), "{}", d.hint);
     }
 
     #[test]

@@ -784,6 +784,26 @@ fn a_listener_shared_with_a_forked_worker_names_both() {
     run.release();
 }
 
+/// A client's connection left in FIN_WAIT2 by its exit (the server never closes its end): no
+/// process holds it, so the hint does not ask to stop it, but says who keeps it and how long.
+#[test]
+fn an_orphaned_connection_is_named_and_waited_out() {
+    if !can_run("orphaned_connection") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_orphaned_connection", 7057);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["cause"], "outgoing_connection_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "FIN_WAIT2", "{ev:#}");
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("its process has closed it"), "{ev:#}");
+    assert!(hint.contains("CLOSE_WAIT"), "{ev:#}");
+    assert!(!hint.contains("stop that connection"), "{ev:#}");
+    run.release();
+}
+
 /// A SO_REUSEPORT group whose latest member left: the history saw that one take the port, but
 /// the member still listening ran before it did, so it opened its own socket — no `opened_by`,
 /// no talk of inheriting.

@@ -776,6 +776,21 @@ def case_forked_workers(port):
         server.kill()
 
 
+def case_orphaned_connection(port):
+    """A client connected from P to a server of this process, closed and exited; the server
+    does not close its end (CLOSE_WAIT), so the client's end stays in FIN_WAIT2 with no process
+    holding it. Bind P with SO_REUSEADDR."""
+    srv = server(port + 1)
+    client, info = spawn("helper_connect_and_leave", port, port + 1)
+    client.wait()
+    conn, _ = srv.accept()
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind((HOST, port)))
+    finish(case="orphaned_connection", errno=err, port=port, addr=HOST, reuseaddr=True,
+           reuseport=False, holder_pid=info["pid"])
+    conn.close()
+
+
 def case_reuseport_sibling_left(port):
     """A listens on P with SO_REUSEPORT; B, started later, joins the group and exits; a bind of
     P without SO_REUSEPORT fails against A. The history saw B take the port last, but A ran
