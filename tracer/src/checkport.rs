@@ -45,8 +45,9 @@ pub struct CheckPortArgs {
     #[arg(long, default_value = "0.0.0.0", value_parser = parse_bind_addr)]
     pub addr: BindAddr,
 
-    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
-    pub protocol: Proto,
+    /// The service's protocol (default tcp; with --listening, both unless given).
+    #[arg(long, value_enum)]
+    pub protocol: Option<Proto>,
 
     /// Check in the network namespace of this process (default: this one).
     #[arg(long, value_name = "PID")]
@@ -285,10 +286,15 @@ fn blocks_for_certain(req: &Request, h: &Holder) -> bool {
 
 pub fn run(args: &CheckPortArgs) -> Result<bool> {
     let (ns, inode) = open_netns(args.pid_netns, args.netns)?;
-    let udp = args.protocol == Proto::Udp;
+    let udp = args.protocol == Some(Proto::Udp);
     if args.listening {
         let mut inv = Investigator::new(None);
-        return listening(&mut inv, &ns, udp, args.output);
+        // A UDP service loses its port to a client's ephemeral socket just as a TCP one does.
+        let protocols: &[bool] = match args.protocol {
+            Some(p) => &[p == Proto::Udp],
+            None => &[false, true],
+        };
+        return listening(&mut inv, &ns, protocols, args.output);
     }
     let port = args.port.ok_or_else(|| anyhow!("a port is required"))?;
     let addr = &args.addr;
@@ -464,21 +470,31 @@ struct Listening {
 fn listening(
     inv: &mut Investigator,
     ns: &netns::Netns,
-    udp: bool,
+    protocols: &[bool],
     output: OutputFormat,
 ) -> Result<bool> {
-    let (holders, ctx) = inv.listeners(ns, udp);
-    let mut unprotected: Vec<(u16, String)> = holders
-        .iter()
-        .filter(|h| ctx.in_ephemeral_range(h.local.port()))
-        .map(|h| {
-            let who = match (&h.comm, h.pid) {
-                (Some(c), Some(p)) => format!("{c}[{p}]"),
-                _ => "?".to_string(),
-            };
-            (h.local.port(), who)
-        })
-        .collect();
+    let mut unprotected: Vec<(u16, String)> = Vec::new();
+    let mut ctx = None;
+    for &udp in protocols {
+        let (holders, c) = inv.listeners(ns, udp);
+        unprotected.extend(
+            holders
+                .iter()
+                .filter(|h| c.in_ephemeral_range(h.local.port()))
+                .map(|h| {
+                    let who = match (&h.comm, h.pid) {
+                        (Some(c), Some(p)) => format!("{c}[{p}]"),
+                        _ => "?".to_string(),
+                    };
+                    (
+                        h.local.port(),
+                        if udp { format!("{who} (udp)") } else { who },
+                    )
+                }),
+        );
+        ctx = Some(c);
+    }
+    let ctx = ctx.unwrap_or_default();
     unprotected.sort();
     unprotected.dedup();
     let mut reserved: BTreeSet<u16> = BTreeSet::new();

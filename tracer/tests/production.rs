@@ -273,10 +273,19 @@ fn check_port_names_real_holders_and_protects_listeners() {
         warn.contains("lies in the ephemeral range 8000-9000"),
         "{warn}"
     );
+    // A UDP receiver's port is taken by clients' ephemeral sockets alike: listed too.
+    let udp = ns.hold_case("helper_udp_bound", &["8622"]);
     let l: Value =
         serde_json::from_slice(&check(&["--listening", "--output", "json"]).stdout).unwrap();
     assert_eq!(l["unprotected"][0][0], 8620, "{l:#}");
-    assert_eq!(l["proposed_reserved_ports"], "8620");
+    assert_eq!(l["unprotected"][1][0], 8622, "{l:#}");
+    assert_eq!(l["proposed_reserved_ports"], "8620,8622");
+    let l: Value = serde_json::from_slice(
+        &check(&["--listening", "--protocol", "tcp", "--output", "json"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(l["proposed_reserved_ports"], "8620", "{l:#}");
+    udp.release();
     holder.release();
 }
 

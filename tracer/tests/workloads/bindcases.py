@@ -342,6 +342,14 @@ def helper_listen_named(port, name):
     sys.stdin.readline()
 
 
+def helper_udp_bound(port):
+    """A UDP socket bound to 0.0.0.0:P (a receiver), held until stdin closes."""
+    s = sock(kind=socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", int(port)))
+    report(role="udp")
+    sys.stdin.read()
+
+
 def helper_listen_and_leak(port):
     """Listens on P, starts `sleep` with the listener passed on (as a program started without
     closing its descriptors would), reports sleep's pid and exits."""
