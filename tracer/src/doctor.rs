@@ -68,7 +68,9 @@ fn lockdown() -> (bool, String) {
         }
         None => (
             true,
-            "unknown: securityfs is not mounted (mount -t securityfs none /sys/kernel/security)"
+            "mode not readable (securityfs is not mounted: mount -t securityfs none \
+             /sys/kernel/security); assumed not to refuse kernel reads, which the backends' \
+             self-tests below confirm or not"
                 .to_string(),
         ),
     }

@@ -339,10 +339,34 @@ pub fn suspended_ns() -> u64 {
 }
 
 /// Converts a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) stamp to wall-clock nanoseconds, using the
-/// offset between the two clocks now (so NTP steps during a long run are followed).
+/// offset between the two clocks, measured at most once a second (so NTP steps during a long run
+/// are followed). Measured at every call, the offset jittered by the time between its two clock
+/// reads, and events of one thread came out microseconds out of order.
 pub fn monotonic_to_wall(mono_ns: u64) -> i128 {
-    let offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
-    offset + mono_ns as i128
+    use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+    static OFFSET: AtomicI64 = AtomicI64::new(0);
+    static MEASURED_AT: AtomicI64 = AtomicI64::new(i64::MIN);
+    let now = clock_ns(libc::CLOCK_MONOTONIC) as i64;
+    if now.saturating_sub(MEASURED_AT.load(Relaxed)) >= 1_000_000_000 {
+        OFFSET.store(measure_wall_offset() as i64, Relaxed);
+        MEASURED_AT.store(now, Relaxed);
+    }
+    i128::from(OFFSET.load(Relaxed)) + mono_ns as i128
+}
+
+/// CLOCK_REALTIME − CLOCK_MONOTONIC, from the tightest of a few reads of the wall clock between
+/// two of the monotonic one.
+fn measure_wall_offset() -> i128 {
+    let mut best = (i128::MAX, 0);
+    for _ in 0..5 {
+        let before = clock_ns(libc::CLOCK_MONOTONIC);
+        let wall = clock_ns(libc::CLOCK_REALTIME);
+        let after = clock_ns(libc::CLOCK_MONOTONIC);
+        if after - before < best.0 {
+            best = (after - before, wall - i128::midpoint(before, after));
+        }
+    }
+    best.1
 }
 
 #[cfg(test)]

@@ -184,26 +184,28 @@ impl Writer for Metrics {
 }
 
 fn handle(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
-    let response = if req.method() == Method::GET && req.uri().path() == "/metrics" {
-        let mut body = String::new();
-        match encode(&mut body, registry) {
-            Ok(()) => Response::builder()
-                .header(
-                    "content-type",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )
-                .body(Full::new(Bytes::from(body))),
-            Err(_) => Response::builder()
-                .status(StatusCode::INTERNAL_SERVER_ERROR)
-                .body(Full::new(Bytes::from_static(b"encoding failed\n"))),
-        }
-    } else {
-        Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(
-                b"bindtrace serves /metrics only\n",
-            )))
-    };
+    // HEAD as GET (hyper leaves the body out): what uptime checks send.
+    let response =
+        if matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path() == "/metrics" {
+            let mut body = String::new();
+            match encode(&mut body, registry) {
+                Ok(()) => Response::builder()
+                    .header(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                    .body(Full::new(Bytes::from(body))),
+                Err(_) => Response::builder()
+                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .body(Full::new(Bytes::from_static(b"encoding failed\n"))),
+            }
+        } else {
+            Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(Full::new(Bytes::from_static(
+                    b"bindtrace serves /metrics only\n",
+                )))
+        };
     response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
