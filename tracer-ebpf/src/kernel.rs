@@ -262,6 +262,19 @@ pub fn process_comm() -> Option<[u8; 16]> {
     read_bytes::<16>(leader, conf!(kernel.task_comm))
 }
 
+/// The name an owner record keeps for a call by thread `tid` (named `comm`) of process `pid`:
+/// the process's, which outlives neither but is what an operator looks for once it has exited
+/// (a JVM's "java", not its "pool-conn-1" thread). Read only for a thread other than the main
+/// one, whose name is the process's.
+#[inline(always)]
+pub fn owner_comm(pid: u32, tid: u32, comm: &[u8; 16]) -> [u8; 16] {
+    if pid == tid {
+        *comm
+    } else {
+        process_comm().unwrap_or(*comm)
+    }
+}
+
 #[inline(always)]
 pub fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32

@@ -200,7 +200,7 @@ pub fn finish(ev: &mut BindEvent, ret: i64, sk: u64) {
                 cgroup_id: ev.cgroup_id,
                 pid: ev.pid,
                 uid: ev.uid,
-                comm: ev.comm,
+                comm: kernel::owner_comm(ev.pid, ev.tid, &ev.comm),
                 local_addr: ev.addr,
                 remote_addr: [0; 16],
                 remote_port: 0,

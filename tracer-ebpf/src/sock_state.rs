@@ -157,7 +157,7 @@ fn connection_owner(c: &Caller, family: u16, local: [u8; 16], view: &SockView) -
         cgroup_id: c.cgroup_id,
         pid: c.pid,
         uid: c.uid,
-        comm: c.comm,
+        comm: kernel::owner_comm(c.pid, c.tid, &c.comm),
         local_addr: local,
         remote_addr: [0; 16],
         remote_port: 0,

@@ -152,8 +152,8 @@ impl Remembered {
         )
     }
 
-    /// The owner's name: the kernel programs record the calling thread's; a process that still
-    /// runs has its own (a JVM's "redis-pool-1" thread in "java").
+    /// The owner's name: the kernel programs record the process's (`kernel::owner_comm`); one
+    /// that still runs may have been renamed since.
     fn process_name(&self) -> String {
         self.alive
             .then(|| procfs::process(self.owner.pid))

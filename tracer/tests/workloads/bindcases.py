@@ -843,6 +843,37 @@ def case_thread_time_wait(port):
            reuseport=False, thread="pool-conn-1")
 
 
+def helper_thread_connect_and_leave(port, server_port):
+    """A thread named `pool-conn-1` connects from P to server_port and closes first (TIME-WAIT
+    on its side); then the process exits."""
+    def work():
+        ctypes.CDLL(None).prctl(15, b"pool-conn-1", 0, 0, 0)  # PR_SET_NAME, this thread only
+        c = sock()
+        c.bind((HOST, int(port)))
+        c.connect((HOST, int(server_port)))
+        c.close()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    report(role="client")
+
+
+def case_exited_thread_time_wait(port):
+    """A thread named `pool-conn-1` of another process left a TIME-WAIT on P, and that process
+    has exited: the history kept the process's name. Bind P."""
+    srv = server(port + 1)
+    client, info = spawn("helper_thread_connect_and_leave", port, port + 1)
+    client.wait()
+    a, _ = srv.accept()
+    a.close()
+    wait_for_tcp_state(port, TCP_TIME_WAIT)
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    finish(case="exited_thread_time_wait", errno=err, port=port, addr=HOST, reuseaddr=False,
+           reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"])
+
+
 def case_bind_reuseaddr(port):
     """Binds 127.0.0.1:P with SO_REUSEADDR and reports the errno (0: bound)."""
     s = sock(reuseaddr=True)
