@@ -23,6 +23,10 @@ pub trait Sink {
     fn untracked(&mut self, _new: u64) -> Result<()> {
         Ok(())
     }
+    /// Whether `event` would take an event now without waiting.
+    fn has_room(&self) -> bool {
+        true
+    }
 }
 
 /// What a run saw, for the summary at exit.
@@ -80,11 +84,13 @@ impl Collector {
         self.counters.get(&index, 0).map_or(0, |v| v.iter().sum())
     }
 
-    /// Reads the records in the ring buffer, at most `limit`; returns how many there were.
-    fn drain(&mut self, sink: &mut (dyn Sink + Send), limit: u64) -> Result<u64> {
+    /// Reads the records in the ring buffer, at most `limit`, and, unless `wait`, only while
+    /// the sink has room; returns how many there were.
+    fn drain(&mut self, sink: &mut (dyn Sink + Send), limit: u64, wait: bool) -> Result<u64> {
         let ring = self.ring.get_mut();
         let mut read = 0;
         while read < limit
+            && (wait || sink.has_room())
             && let Some(item) = ring.next()
         {
             read += 1;
@@ -148,15 +154,21 @@ impl Collector {
         // a little later, until a read finds none. Idle, nothing is scheduled.
         let follow_up_after = Duration::from_nanos(WAKEUP_FOLLOW_UP_NS);
         let mut follow_up: Option<tokio::time::Instant> = None;
-        // A read stops after a batch, so that in a storm (records arriving as fast as they are
-        // read) the loop still sees the tick, which reports what the kernel dropped, and a
-        // signal; the next batch is read at once.
-        let next = |read: u64| {
+        // A read stops after a batch, or when the sink is full (the diagnosis thread behind:
+        // records wait in the ring buffer, and what it has no room for the kernel counts as
+        // lost), so that in a storm the loop still sees the tick, which reports what the kernel
+        // dropped, and a signal, never blocked on a full queue. The next batch is read at once,
+        // or when the sink has had a moment to make room.
+        let next = |read: u64, sink: &(dyn Sink + Send)| {
             let now = tokio::time::Instant::now();
-            match read {
-                0 => None,
-                r if r >= DRAIN_BATCH => Some(now),
-                _ => Some(now + follow_up_after),
+            if sink.has_room() {
+                match read {
+                    0 => None,
+                    r if r >= DRAIN_BATCH => Some(now),
+                    _ => Some(now + follow_up_after),
+                }
+            } else {
+                Some(now + BACKLOG_RETRY)
             }
         };
         loop {
@@ -165,19 +177,20 @@ impl Collector {
                     let mut guard = ready.context("waiting on the ring buffer")?;
                     guard.clear_ready();
                     drop(guard);
-                    let read = self.drain(sink, DRAIN_BATCH)?;
-                    if read > 0 {
-                        follow_up = next(read);
+                    let read = self.drain(sink, DRAIN_BATCH, false)?;
+                    if read > 0 || !sink.has_room() {
+                        follow_up = next(read, sink);
                     }
                 }
                 () = sleep_until_some(follow_up) => {
-                    follow_up = next(self.drain(sink, DRAIN_BATCH)?);
+                    let read = self.drain(sink, DRAIN_BATCH, false)?;
+                    follow_up = next(read, sink);
                 }
                 // The tick also reads: the safety net for a record that missed its follow-up.
                 _ = tick.tick() => {
-                    let read = self.drain(sink, DRAIN_BATCH)?;
-                    if read >= DRAIN_BATCH {
-                        follow_up = next(read);
+                    let read = self.drain(sink, DRAIN_BATCH, false)?;
+                    if read >= DRAIN_BATCH || !sink.has_room() {
+                        follow_up = next(read, sink);
                     }
                     self.check_lost(sink)?;
                 }
@@ -187,7 +200,7 @@ impl Collector {
         // No program writes once detached: what is in the ring buffer then is all there is, and
         // the kernel's counters are final.
         detach();
-        self.drain(sink, u64::MAX)?;
+        self.drain(sink, u64::MAX, true)?;
         self.check_lost(sink)?;
         Ok(self.stats)
     }
@@ -195,6 +208,9 @@ impl Collector {
 
 /// Records read before the loop looks at its other work (the tick, a signal).
 const DRAIN_BATCH: u64 = 4096;
+
+/// How long a full sink is given before the ring buffer is read again.
+const BACKLOG_RETRY: Duration = Duration::from_millis(2);
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {

@@ -4,7 +4,11 @@
 //! collector keeps draining the ring buffer meanwhile.
 
 use std::{
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     thread::{self, JoinHandle},
 };
 
@@ -53,10 +57,13 @@ enum Msg {
 /// Events waiting for the diagnosis thread. When it falls this far behind, the collector waits,
 /// the kernel's ring buffer fills, and the kernel counts what it drops: memory stays bounded and
 /// nothing is lost silently.
-const QUEUE: usize = 16 * 1024;
+const QUEUE: usize = 4 * 1024;
 
 pub struct Pipeline {
     tx: Option<mpsc::SyncSender<Msg>>,
+    /// Events sent and not yet taken by the diagnosis thread: the collector reads the ring
+    /// buffer only while there is room, so that it never blocks on a full queue.
+    queued: Arc<AtomicUsize>,
     worker: Option<JoinHandle<Result<()>>>,
     finder: netns::Finder,
     diagnose: bool,
@@ -67,12 +74,15 @@ impl Pipeline {
     pub fn start(mut renderer: impl Writer, investigator: Option<Investigator>) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let diagnose = investigator.is_some();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = Arc::clone(&queued);
         let worker = thread::Builder::new()
             .name("bindtrace-diagnose".into())
             .spawn(move || -> Result<()> {
                 let mut investigator = investigator;
                 let mut containers = crate::container::Resolver::default();
                 for msg in rx {
+                    taken.fetch_sub(1, Ordering::Relaxed);
                     match msg {
                         Msg::Event(mut ev, ns) => {
                             ev.name_process();
@@ -93,6 +103,7 @@ impl Pipeline {
             .expect("spawning the diagnosis thread");
         Self {
             tx: Some(tx),
+            queued,
             worker: Some(worker),
             finder: netns::Finder::default(),
             diagnose,
@@ -100,6 +111,7 @@ impl Pipeline {
     }
 
     fn send(&mut self, msg: Msg) -> Result<()> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
         if let Some(tx) = &self.tx
             && tx.send(msg).is_ok()
         {
@@ -142,5 +154,10 @@ impl Sink for Pipeline {
 
     fn untracked(&mut self, new: u64) -> Result<()> {
         self.send(Msg::Untracked(new))
+    }
+
+    fn has_room(&self) -> bool {
+        // The lost and untracked notices the collector sends besides events need room too.
+        self.queued.load(Ordering::Relaxed) + 8 < QUEUE
     }
 }
