@@ -358,7 +358,14 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                 println!("{what}: a bind now would FAIL with {error}");
                 println!("    cause: {}: {}", d.cause.as_str(), sanitize(&d.hint));
             } else {
-                print_port_verdict(&what, &d, blocked, uncertain, inv.has_history());
+                let who_knows = if args.no_history {
+                    "--no-history: no running watch's history was consulted"
+                } else if inv.has_history() {
+                    "the running bindtrace watch did not see it made"
+                } else {
+                    "no bindtrace watch is running; one running when it was made would know them"
+                };
+                print_port_verdict(&what, &d, blocked, uncertain, who_knows);
                 if privileged {
                     println!(
                         "    note: {port} is below net.ipv4.ip_unprivileged_port_start ({}): a \
@@ -425,8 +432,8 @@ fn if_index(name: &str) -> Option<u32> {
 
 /// The text verdict on the port itself: who blocks it (certainly, or depending on options that
 /// cannot be read), or free.
-/// `watched`: a running watch's history was consulted.
-fn print_port_verdict(what: &str, d: &Diagnosis, blocked: bool, uncertain: bool, watched: bool) {
+/// `who_knows`: why the options stay unknown (no watch, or it did not see the socket made).
+fn print_port_verdict(what: &str, d: &Diagnosis, blocked: bool, uncertain: bool, who_knows: &str) {
     let holders = || {
         for h in d.holders.iter().filter(|h| h.conflicts) {
             println!("    held by: {}", sanitize(&crate::output::holder_text(h)));
@@ -437,11 +444,6 @@ fn print_port_verdict(what: &str, d: &Diagnosis, blocked: bool, uncertain: bool,
         holders();
         println!("    cause: {}: {}", d.cause.as_str(), sanitize(&d.hint));
     } else if uncertain {
-        let who_knows = if watched {
-            "the running bindtrace watch did not see it made"
-        } else {
-            "no bindtrace watch is running; one running when it was made would know them"
-        };
         println!(
             "{what}: a bind now MAY FAIL with EADDRINUSE: it depends on options of the socket \
              below that cannot be read from outside ({who_knows})"

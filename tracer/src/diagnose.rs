@@ -688,6 +688,11 @@ fn reserve_fix(port: u16, ctx: &PortContext) -> String {
 const SERVER_FIX: &str = "set SO_REUSEADDR on the listening socket before bind() (on the \
                           previous server's too: its connections keep its setting)";
 
+/// Why a new server with SO_REUSEADDR is still refused by its predecessor's connections.
+const OLD_SERVER_LACKED: &str = "this socket has SO_REUSEADDR already, but the previous \
+                                 server's listening socket had not, and its connections keep \
+                                 that";
+
 /// SO_REUSEADDR on both sockets lifts a conflict with a socket that does not listen: the fix names
 /// the side that lacks it. `theirs`: the holder's socket, as the sentence names it.
 fn reuseaddr_fix(req: &Request, h: &Holder, theirs: &str) -> String {
@@ -731,7 +736,14 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
         ""
     };
     let left = time_left(h);
-    let fix = if h.accepted {
+    let fix = if h.accepted && req.reuseaddr {
+        // This listener has the option: the previous server's lacked it, and its connections
+        // keep that.
+        format!(
+            "now: wait for the TIME-WAIT to end ({left}): {OLD_SERVER_LACKED}; for good: set \
+             SO_REUSEADDR on that server's listening socket too"
+        )
+    } else if h.accepted {
         // The server side closed first: the port is the server's own, the range is beside the
         // point.
         format!("{SERVER_FIX}, or wait for the TIME-WAIT to end ({left})")
@@ -822,6 +834,25 @@ fn orphan_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String 
         "a connection from {local} to {remote} ({}){made} uses port {port} as its source port; \
          its process has closed it, and the kernel keeps it {until}; {fix}",
         h.state.as_str()
+    )
+}
+
+/// A server's own accepted connection, still open, on the port no socket listens on now.
+fn accepted_hint(req: &Request, h: &Holder, w: &str) -> String {
+    let local = h.local;
+    format!(
+        "{w} still has a connection it accepted on {local} (from {}, {}), though no socket \
+         listens there now: a server being replaced still serving its clients; {}",
+        h.remote.map_or_else(|| "?".to_string(), |r| r.to_string()),
+        h.state.as_str(),
+        if req.reuseaddr {
+            format!(
+                "now: wait for those connections to end: {OLD_SERVER_LACKED}; for good: set \
+                 SO_REUSEADDR on that server's listening socket too"
+            )
+        } else {
+            format!("{SERVER_FIX}, or wait for those connections to end")
+        }
     )
 }
 
@@ -1195,13 +1226,7 @@ fn hint_for_holder(
                  {fix}"
             )
         }
-        Cause::AcceptedConnectionConflict => format!(
-            "{w} still has a connection it accepted on {local} (from {}, {}), though no socket \
-             listens there now: a server being replaced still serving its clients; {SERVER_FIX}, \
-             or wait for those connections to end",
-            h.remote.map_or_else(|| "?".to_string(), |r| r.to_string()),
-            h.state.as_str()
-        ),
+        Cause::AcceptedConnectionConflict => accepted_hint(req, h, &w),
         Cause::BoundSocketConflict => {
             let reuse = reuseaddr_fix(req, h, "that socket");
             let ways = [Some("close it"), narrower(req, h), Some(reuse.as_str())];
@@ -1511,8 +1536,8 @@ fn hint_with_notes(
         // meets them all.
         let _ = write!(
             hint,
-            " (that socket is bound to device {} only: this one, bound to another device \
-             (SO_BINDTODEVICE), could have the port beside it)",
+            " (that socket is bound to device {} only: bound to another device with \
+             SO_BINDTODEVICE, this socket could have the port beside it)",
             h.device
                 .clone()
                 .unwrap_or_else(|| format!("#{}", h.bound_dev_if))
@@ -1622,7 +1647,10 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     };
     let same_process =
         primary.is_some_and(|h| h.pid == Some(req.pid) || h.shared_with.contains(&req.pid));
-    let hint = hint_with_notes(cause, req, primary, same_process, ctx);
+    let mut hint = hint_with_notes(cause, req, primary, same_process, ctx);
+    if let Some(p) = primary {
+        hint.push_str(&others_blocking(p, &holders));
+    }
     let holders = if fixed.is_some() && cause != Cause::EphemeralExhausted {
         Vec::new()
     } else {
@@ -1652,6 +1680,38 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
         holders,
         hint,
     }
+}
+
+/// Other processes' listening or bound sockets that block the call beside `primary` (listeners
+/// on other devices, a port taken twice): stopping the one the hint names would not free the
+/// port. Empty when there are none.
+fn others_blocking(primary: &Holder, holders: &[Holder]) -> String {
+    let others: Vec<String> = holders
+        .iter()
+        .filter(|h| h.conflicts && !std::ptr::eq(*h, primary))
+        .filter(|h| matches!(h.state, State::Listen | State::Bound))
+        .filter(|h| {
+            h.pid
+                .is_none_or(|p| Some(p) != primary.pid && !primary.shared_with.contains(&p))
+        })
+        .map(|h| {
+            let dev = h
+                .device
+                .clone()
+                .or_else(|| (h.bound_dev_if != 0).then(|| format!("#{}", h.bound_dev_if)))
+                .map(|d| format!(" on device {d}"))
+                .unwrap_or_default();
+            format!("{} at {}{dev}", who(h), h.local)
+        })
+        .collect();
+    if others.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; it is not alone: {} also hold{} the port against this bind",
+        others.join(", "),
+        if others.len() == 1 { "s" } else { "" }
+    )
 }
 
 #[cfg(test)]
@@ -2038,6 +2098,46 @@ mod tests {
         h.inode = 4242;
         let d = verdict(&r, vec![h], &c);
         assert!(d.hint.contains("stop that connection"), "{}", d.hint);
+    }
+
+    /// A new server with SO_REUSEADDR refused by its predecessor's server-side TIME-WAIT: the
+    /// predecessor lacked it; the hint does not ask for what this socket has.
+    #[test]
+    fn a_predecessor_without_reuseaddr_is_what_refuses_a_server_with_it() {
+        let mut h = holder(State::TimeWait, "10.77.0.1:7002");
+        h.remote = Some("10.77.0.2:51000".parse().unwrap());
+        h.accepted = true;
+        let mut r = req("0.0.0.0", 7002);
+        r.reuseaddr = true;
+        let d = verdict(&r, vec![h.clone()], &ctx());
+        assert_eq!(d.cause, Cause::TimeWaitConflict);
+        assert!(d.hint.contains(OLD_SERVER_LACKED), "{}", d.hint);
+        assert!(!d.hint.contains("before bind()"), "{}", d.hint);
+        r.reuseaddr = false;
+        let d = verdict(&r, vec![h], &ctx());
+        assert!(d.hint.contains(SERVER_FIX), "{}", d.hint);
+    }
+
+    /// Listeners on two devices both block an unbound wildcard: the hint names both.
+    #[test]
+    fn every_listener_that_blocks_is_named() {
+        let mut a = holder(State::Listen, "0.0.0.0:9020");
+        a.bound_dev_if = 3;
+        a.device = Some("vethA".into());
+        let mut b = a.clone();
+        b.pid = Some(201);
+        b.comm = Some("python3".into());
+        b.bound_dev_if = 2;
+        b.device = Some("veth0".into());
+        let d = verdict(&req("0.0.0.0", 9020), vec![a, b], &ctx());
+        assert_eq!(d.cause, Cause::ListenerConflict);
+        assert!(
+            d.hint.contains(
+                "it is not alone: python3 (pid 201) at 0.0.0.0:9020 on device veth0 also holds"
+            ),
+            "{}",
+            d.hint
+        );
     }
 
     #[test]

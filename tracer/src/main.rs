@@ -104,6 +104,18 @@ async fn shutdown_signal() {
     }
 }
 
+/// Opens the network namespace with inode `inode` (`--netns`), or says that none has it.
+fn hold_netns(inode: u32) -> Option<netns::Netns> {
+    let ns = netns::Finder::default().open(u64::from(inode), 0, 0);
+    if ns.is_none() {
+        eprintln!(
+            "bindtrace: note: --netns {inode}: no process or /run/netns entry is in such a \
+             network namespace now (nothing is reported unless one is made with that inode)"
+        );
+    }
+    ns
+}
+
 /// `--cgroup`'s directory, which must be on the cgroup-v2 hierarchy (a v1 directory, or any
 /// other, cannot be matched in the kernel).
 fn open_cgroup2_dir(p: &Path) -> Result<fs::File> {
@@ -221,16 +233,6 @@ fn kernel_config(args: &WatchArgs) -> Config {
              process with that pid makes the calls)"
         );
     }
-    if let Some(inode) = args.filters.netns
-        && crate::netns::Finder::default()
-            .open(u64::from(inode), 0, 0)
-            .is_none()
-    {
-        eprintln!(
-            "bindtrace: note: --netns {inode}: no process or /run/netns entry is in such a \
-             network namespace now (nothing is reported unless one is made with that inode)"
-        );
-    }
     Config {
         filter_pid: args.filters.pid.unwrap_or(0),
         filter_port: args.filters.port.unwrap_or(0),
@@ -260,6 +262,10 @@ async fn watch(args: WatchArgs) -> Result<()> {
         .as_deref()
         .map(open_cgroup2_dir)
         .transpose()?;
+    // Held open for the whole run: a namespace that loses its last process (a pod deleted)
+    // then stays, so its inode number, which the kernel filter matches, cannot be given to a
+    // new namespace whose calls would be reported as this one's.
+    let _watched_netns = args.filters.netns.and_then(hold_netns);
     let config = kernel_config(&args);
     let mut tracer = backend::start(&backend::Settings {
         choice: args.backend,

@@ -828,3 +828,40 @@ fn sigterm_stops_watch_during_a_failure_storm() {
         "saw the storm: {summary}"
     );
 }
+
+/// `--netns` keeps the namespace it watches: once its last process has gone the namespace stays
+/// (the watch holds it open), so its inode, which the kernel filter matches, is not handed to
+/// a new namespace whose calls would then be reported as the watched one's.
+#[test]
+fn a_watched_namespace_is_held_after_its_last_process_exits() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !can_run("netns_held") {
+        return;
+    }
+    let mut holder = Command::new("unshare")
+        .args(["--net", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let path = format!("/proc/{}/ns/net", holder.id());
+    let mut inode = 0;
+    for _ in 0..500 {
+        // unshare has moved into the new namespace once its inode differs from ours.
+        let own = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+        inode = std::fs::metadata(&path).map_or(0, |m| m.ino());
+        if inode != 0 && inode != own {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let tracer = Tracer::start(&["--netns", &path]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let pid = tracer.pid();
+    let held = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|l| l.to_string_lossy() == format!("net:[{inode}]"));
+    assert!(held, "the watch does not hold namespace {inode} open");
+    tracer.stop();
+}

@@ -349,6 +349,11 @@ impl Tracer {
         }
     }
 
+    /// The tracer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
     pub fn events(&self) -> Vec<Value> {
         self.events.lock().unwrap().clone()
     }
