@@ -211,6 +211,10 @@ pub enum Source {
 
 /// A socket that holds (or held) the port.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about one socket, each its own JSON field"
+)]
 pub struct Holder {
     pub state: State,
     pub protocol: String,
@@ -263,6 +267,11 @@ pub struct Holder {
     /// opened): its owner is that listener's, as bindtrace's history saw it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accepted: bool,
+    /// A TIME-WAIT of unknown owner that began while bindtrace was watching: the history saw
+    /// the connection, or the start-up scan found it open, and no longer has it — evicted by
+    /// newer connections (`--history-size`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner_forgotten: bool,
     /// Whether the kernel's rules say this socket blocks the request.
     pub conflicts: bool,
 }
@@ -295,6 +304,7 @@ impl Holder {
             owner_cgroup: 0,
             socket_closed: false,
             accepted: false,
+            owner_forgotten: false,
             conflicts: false,
         }
     }
@@ -1764,6 +1774,7 @@ mod tests {
             owner_cgroup: 0,
             socket_closed: false,
             accepted: false,
+            owner_forgotten: false,
             conflicts: false,
         }
     }

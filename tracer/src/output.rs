@@ -155,6 +155,12 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
         }
         // No process has a TIME-WAIT (or an orphaned connection) open: its owner is known only
         // if bindtrace saw the connection made, or open when it started.
+        diagnose::Source::Unknown if h.owner_forgotten => "owner unknown: no process has it, \
+                                                           and it closed while bindtrace \
+                                                           watched, so newer connections most \
+                                                           likely evicted its record from the \
+                                                           history (raise --history-size)"
+            .to_string(),
         diagnose::Source::Unknown if h.inode == 0 => "owner unknown: no process has it, and \
                                                       bindtrace neither saw it made nor found it \
                                                       open when it started"
@@ -392,6 +398,11 @@ pub(crate) mod tests {
             })),
             "BOUND tcp 127.0.0.1:8080 python3[7] uid=0 (history 3 ms ago, exited, socket closed \
              before lookup) no SO_REUSEADDR/SO_REUSEPORT"
+        );
+        // Closed while bindtrace watched: its record was there and is gone.
+        assert!(
+            holder(serde_json::json!({ "owner_forgotten": true }))
+                .contains("most likely evicted its record from the history (raise --history-size)")
         );
     }
 

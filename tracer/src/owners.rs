@@ -227,6 +227,8 @@ pub struct Investigator {
     containers: crate::container::Resolver,
     sockets: procfs::SocketTable,
     history: Option<History>,
+    /// When this watch's history began (CLOCK_MONOTONIC ns); None for a one-off lookup.
+    watching_since: Option<u64>,
     /// Interface names by (netns, index), for a lookup reused from `recent`.
     devices: std::collections::HashMap<(u32, u32), String>,
     /// Kernels before 6.8 do not list bound-only sockets (TCP_BOUND_INACTIVE).
@@ -238,7 +240,9 @@ impl Investigator {
     /// connections open then complements.
     pub fn new(history: Option<History>) -> Self {
         let prefill = history.is_some();
-        Self::with(history, prefill)
+        let mut inv = Self::with(history, prefill);
+        inv.watching_since = prefill.then(event::monotonic_now);
+        inv
     }
 
     /// For a one-off lookup (check-port): the running watches' histories, if any and asked for,
@@ -264,6 +268,7 @@ impl Investigator {
             containers: crate::container::Resolver::default(),
             sockets: procfs::SocketTable::prefilled(connections_at_start),
             history,
+            watching_since: None,
             devices: std::collections::HashMap::new(),
             lists_bound_sockets,
         }
@@ -593,10 +598,24 @@ impl Investigator {
                 h.uid = Some(o.uid);
                 h.source = Source::Startup;
                 h.accepted = h.accepted || o.accepted;
+            } else {
+                h.owner_forgotten = self.forgot(&h);
             }
             holders.push(h);
         }
         holders
+    }
+
+    /// Whether `h`, a TIME-WAIT no record names, began while this watch ran: its connection was
+    /// then made under the history's eyes or open at the start-up scan, and its record has been
+    /// evicted since (a TIME-WAIT lasts 60 s; `expires_ms` says how much of it is left).
+    fn forgot(&self, h: &Holder) -> bool {
+        let (Some(since), Some(left)) = (self.watching_since, h.expires_ms) else {
+            return false;
+        };
+        let began = event::monotonic_now()
+            .saturating_sub(60_000_000_000u64.saturating_sub(left.saturating_mul(1_000_000)));
+        h.state == State::TimeWait && began > since
     }
 
     /// Holders known from history alone, when the kernel lists no socket on the port that would
@@ -1009,6 +1028,28 @@ mod tests {
             v6only: None,
             expires_ms: None,
         }
+    }
+
+    /// A TIME-WAIT no record names is said forgotten only if it began after the watch did.
+    #[test]
+    fn a_time_wait_begun_while_watching_was_forgotten() {
+        if event::monotonic_now() < 70_000_000_000 {
+            eprintln!("SKIP forgotten: the clock has not run 70 s since boot");
+            return;
+        }
+        let mut inv = Investigator::new(None);
+        let mut h = Holder::new(
+            State::TimeWait,
+            false,
+            "127.0.0.1:40000".parse().unwrap(),
+            Source::Unknown,
+        );
+        assert!(!inv.forgot(&h), "a one-off lookup watched nothing");
+        inv.watching_since = Some(event::monotonic_now().saturating_sub(10_000_000_000));
+        h.expires_ms = Some(59_000);
+        assert!(inv.forgot(&h), "began about 1 s ago, 10 s into the watch");
+        h.expires_ms = Some(30_000);
+        assert!(!inv.forgot(&h), "began 30 s ago, before the watch");
     }
 
     /// With no socket left on the port, the last one seen to take it before the failure that
