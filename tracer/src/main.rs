@@ -88,19 +88,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now and returns what completes on either. Now, not
+/// at the first await: a signal sent after the ready file appears but before the collector
+/// first waits is kept for it — where it would otherwise be lost to an inherited SIG_IGN (a
+/// background job of a script ignores SIGINT), leaving the run to go on for nobody.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the default action (exit) still applies.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            // Without signal handlers the default action (exit) still applies.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
@@ -136,11 +142,15 @@ fn open_cgroup2_dir(p: &Path) -> Result<fs::File> {
     Ok(f)
 }
 
-/// Completes on SIGINT or SIGTERM, or when the output's reader has gone.
-async fn stop_requested() {
-    tokio::select! {
-        () = shutdown_signal() => {}
-        () = reader_gone() => {}
+/// Completes on SIGINT or SIGTERM (handled from this call on), or when the output's reader has
+/// gone.
+fn stop_requested() -> impl Future<Output = ()> {
+    let signal = shutdown_signal();
+    async move {
+        tokio::select! {
+            () = signal => {}
+            () = reader_gone() => {}
+        }
     }
 }
 
@@ -191,11 +201,12 @@ fn write_atomically(path: &Path, contents: &str) -> Result<()> {
 
 /// `__floor`: attach the benchmark's empty programs and hold them until SIGINT/SIGTERM.
 async fn floor(args: &cli::FloorArgs) -> Result<()> {
+    let stop = shutdown_signal();
     let (ebpf, backend) = backend::start_floor(args.backend)?;
     if let Some(path) = &args.ready_file {
         write_atomically(path, &format!("{}\n", backend.as_str()))?;
     }
-    shutdown_signal().await;
+    stop.await;
     drop(ebpf);
     Ok(())
 }
@@ -246,6 +257,7 @@ fn kernel_config(args: &WatchArgs) -> Config {
 }
 
 async fn watch(args: WatchArgs) -> Result<()> {
+    let stop = stop_requested();
     // Everything that can be wrong with the arguments fails before anything is attached.
     let log = args
         .log_file
@@ -322,7 +334,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
     release_start_up_memory();
     let mut pipeline = Pipeline::start(pipeline::Fanout(writers), investigator);
     let stats = collector
-        .run(&mut pipeline, stop_requested(), move || drop(tracer))
+        .run(&mut pipeline, stop, move || drop(tracer))
         .await;
     let finished = pipeline.finish();
     // `bindtrace watch | head -1`: the reader leaving is the end of the run, not a failure.
