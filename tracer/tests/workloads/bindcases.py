@@ -54,6 +54,7 @@ def server(port, family=socket.AF_INET, host=HOST):
 
 
 TCP_TIME_WAIT = 6
+TCP_FIN_WAIT2 = 5
 
 
 class SetupFailed(Exception):
@@ -792,6 +793,8 @@ def case_orphaned_connection(port):
     client, info = spawn("helper_connect_and_leave", port, port + 1)
     client.wait()
     conn, _ = srv.accept()
+    # The FIN's ACK moves it from FIN_WAIT1 on (in softirq, which a busy machine delays).
+    wait_for_tcp_state(port, TCP_FIN_WAIT2)
     s = sock(reuseaddr=True)
     err = attempt(lambda: s.bind((HOST, port)))
     finish(case="orphaned_connection", errno=err, port=port, addr=HOST, reuseaddr=True,
