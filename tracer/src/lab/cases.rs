@@ -1,7 +1,7 @@
 //! The experiments. Each one sets up real sockets — in this process or in helper processes where
 //! the seed's experiment needs "another process" — makes one call, and returns what the kernel
 //! answered. Numbers follow the seed (docs: seed digest); expectations are the seed's results or
-//! the documented conflict rules (`diagnose.rs`).
+//! the documented conflict rules (`diagnose/rules.rs`).
 
 use std::{
     any::Any,

@@ -1,0 +1,1103 @@
+//! `verdict()` end to end — requests and the sockets found on their port, against the cause, the
+//! holders and the hint — and the conflict rules it applies.
+
+use super::{
+    phrases::{OLD_SERVER_LACKED, SERVER_FIX},
+    rules::dual_stack_wildcard,
+    *,
+};
+
+fn req(addr: &str, port: u16) -> Request {
+    Request {
+        syscall: SyscallName::Bind,
+        errno: EADDRINUSE,
+        udp: false,
+        addr: addr.parse().unwrap(),
+        port,
+        reuseaddr: false,
+        reuseport: false,
+        v6only: None,
+        uid: 1000,
+        pid: 100,
+        bound_dev_if: 0,
+        remote: None,
+        at_ns: None,
+        in_use: None,
+        comm: "python3".into(),
+    }
+}
+
+fn holder(state: State, local: &str) -> Holder {
+    Holder {
+        state,
+        protocol: "tcp".into(),
+        local: local.parse().unwrap(),
+        remote: None,
+        pid: Some(200),
+        comm: Some("redis-cli".into()),
+        thread: None,
+        uid: Some(1000),
+        source: Source::Live,
+        reuseaddr: Some(false),
+        reuseport: Some(false),
+        v6only: None,
+        bound_dev_if: 0,
+        device: None,
+        age_ms: None,
+        expires_ms: None,
+        owner_alive: None,
+        shared_with: vec![],
+        opened_by: None,
+        inode: 1,
+        container: crate::container::Context::default(),
+        owner_cgroup: 0,
+        socket_closed: false,
+        accepted: false,
+        owner_forgotten: false,
+        conflicts: false,
+    }
+}
+
+fn ctx() -> PortContext {
+    PortContext {
+        range: Some((5000, 65535)),
+        reserved: vec![],
+        ports_in_use: None,
+        device: None,
+        address: None,
+        unprivileged_start: None,
+        tw_reuse: None,
+        users: None,
+    }
+}
+
+#[test]
+fn seed_1a_time_wait_from_an_exited_process_blocks_even_reuseaddr() {
+    let mut r = req("0.0.0.0", 8080);
+    r.reuseaddr = true;
+    let mut h = holder(State::TimeWait, "127.0.0.1:8080");
+    h.remote = Some("127.0.0.1:6379".parse().unwrap());
+    h.source = Source::History;
+    h.owner_alive = Some(false);
+    h.age_ms = Some(12_000);
+    let d = verdict(&r, vec![h], &ctx());
+    assert_eq!(d.cause, Cause::TimeWaitConflict);
+    assert!(d.holders[0].conflicts);
+    assert!(d.in_ephemeral_range);
+    assert!(!d.same_process);
+    assert!(
+        d.hint
+            .contains("opened 12 s ago by redis-cli (pid 200) (since exited) without SO_REUSEADDR"),
+        "{}",
+        d.hint
+    );
+    assert!(
+        d.hint.contains("ip_local_reserved_ports=8080"),
+        "{}",
+        d.hint
+    );
+}
+
+#[test]
+fn time_wait_with_reuseaddr_on_both_sides_does_not_conflict() {
+    let mut r = req("0.0.0.0", 8080);
+    r.reuseaddr = true;
+    let mut h = holder(State::TimeWait, "127.0.0.1:8080");
+    h.reuseaddr = Some(true);
+    assert!(!conflicts(&r, &h));
+}
+
+#[test]
+fn seed_1b_and_3_2a_established_outgoing_connection() {
+    let mut r = req("0.0.0.0", 8080);
+    r.reuseaddr = true;
+    let mut h = holder(State::Established, "127.0.0.1:8080");
+    h.remote = Some("127.0.0.1:3306".parse().unwrap());
+    let d = verdict(&r, vec![h], &ctx());
+    assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+    assert!(d.hint.contains("source port"), "{}", d.hint);
+    // 3.2b: both set SO_REUSEADDR: no conflict.
+    let mut h = holder(State::Established, "127.0.0.1:8080");
+    h.reuseaddr = Some(true);
+    assert!(!conflicts(&r, &h));
+}
+
+#[test]
+fn seed_3_1_listener_never_shares_by_reuseaddr() {
+    let mut r = req("127.0.0.1", 8080);
+    r.reuseaddr = true;
+    let mut h = holder(State::Listen, "0.0.0.0:8080");
+    h.reuseaddr = Some(true);
+    let d = verdict(&r, vec![h], &ctx());
+    assert_eq!(d.cause, Cause::ListenerConflict);
+    assert!(
+        d.hint
+            .starts_with("redis-cli (pid 200) is already listening on 0.0.0.0:8080")
+    );
+}
+
+#[test]
+fn seed_3_3_and_3_4_same_process() {
+    let r = req("0.0.0.0", 8080);
+    let mut h = holder(State::Established, "127.0.0.1:8080");
+    h.pid = Some(100);
+    let d = verdict(&r, vec![h], &ctx());
+    assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+    assert!(d.same_process);
+    assert!(d.hint.starts_with("this process itself"), "{}", d.hint);
+
+    let mut h = holder(State::Listen, "0.0.0.0:8080");
+    h.pid = Some(7);
+    h.shared_with = vec![100];
+    let d = verdict(&req("127.0.0.1", 8080), vec![h], &ctx());
+    assert_eq!(d.cause, Cause::ListenerConflict);
+    assert!(d.same_process, "a socket shared with the caller counts");
+}
+
+#[test]
+fn seed_3_6_reuseport_same_user_shares_other_user_does_not() {
+    let mut r = req("0.0.0.0", 8080);
+    r.reuseport = true;
+    let mut h = holder(State::Listen, "0.0.0.0:8080");
+    h.reuseport = Some(true);
+    assert!(!conflicts(&r, &h), "same uid shares");
+    h.uid = Some(0);
+    assert!(conflicts(&r, &h));
+    let d = verdict(&r, vec![h], &ctx());
+    assert_eq!(d.cause, Cause::ReuseportMismatch);
+    assert!(d.hint.contains("uid 1000 here, uid 0"), "{}", d.hint);
+}
+
+#[test]
+fn listen_failure_is_decided_by_listeners_only() {
+    let mut r = req("127.0.0.1", 8080);
+    r.syscall = SyscallName::Listen;
+    r.reuseaddr = true;
+    let mut bound = holder(State::Bound, "127.0.0.1:8080");
+    bound.reuseaddr = Some(true);
+    let mut lst = holder(State::Listen, "127.0.0.1:8080");
+    lst.reuseaddr = Some(true);
+    let d = verdict(&r, vec![bound, lst], &ctx());
+    assert_eq!(d.cause, Cause::ListenerConflict);
+    assert_eq!(d.holders[0].state, State::Listen);
+    assert!(!d.holders[1].conflicts);
+}
+
+/// connect() from a bound port, refused with EADDRNOTAVAIL: the connection to the same
+/// destination from that address and port is named; one to another destination is not.
+#[test]
+fn four_tuple_in_use() {
+    let mut r = req("127.0.0.1", 44000);
+    r.syscall = SyscallName::Connect;
+    r.errno = EADDRNOTAVAIL;
+    r.remote = Some("127.0.0.1:6379".parse().unwrap());
+    let mut other = holder(State::Established, "127.0.0.1:44000");
+    other.remote = Some("127.0.0.1:5432".parse().unwrap());
+    let mut tw = holder(State::TimeWait, "127.0.0.1:44000");
+    tw.remote = r.remote;
+    let d = verdict(&r, vec![other, tw], &ctx());
+    assert_eq!(d.cause, Cause::FourTupleInUse);
+    assert_eq!(d.holders[0].state, State::TimeWait);
+    assert!(d.holders[0].conflicts && !d.holders[1].conflicts);
+    assert!(d.hint.starts_with("redis-cli (pid 200) already has a connection from 127.0.0.1:44000 to 127.0.0.1:6379 (TIME_WAIT, which lasts up to 60 s)"), "{}", d.hint);
+
+    // From an ephemeral port it is the range, as before.
+    r.port = 0;
+    assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::EphemeralExhausted);
+    // Nothing left that matches: still the four-tuple, said without a holder.
+    r.port = 44000;
+    let d = verdict(&r, vec![], &ctx());
+    assert_eq!(d.cause, Cause::FourTupleInUse);
+    assert!(d.hint.contains("already exists"), "{}", d.hint);
+}
+
+#[test]
+fn dual_stack() {
+    // [::] without V6ONLY covers 0.0.0.0
+    assert!(addresses_overlap(
+        "0.0.0.0".parse().unwrap(),
+        None,
+        "::".parse().unwrap(),
+        Some(false)
+    ));
+    assert!(!addresses_overlap(
+        "0.0.0.0".parse().unwrap(),
+        None,
+        "::".parse().unwrap(),
+        Some(true)
+    ));
+    assert!(addresses_overlap(
+        "::ffff:127.0.0.1".parse().unwrap(),
+        None,
+        "127.0.0.1".parse().unwrap(),
+        None
+    ));
+    assert!(!addresses_overlap(
+        "127.0.0.1".parse().unwrap(),
+        None,
+        "127.0.0.2".parse().unwrap(),
+        None
+    ));
+    let mut h = holder(State::Listen, "[::]:8080");
+    h.v6only = Some(false);
+    let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+    assert_eq!(d.cause, Cause::DualStackConflict);
+    assert!(d.hint.contains("IPV6_V6ONLY"));
+
+    // The seed's JVM: its [::] bind meets an IPv4 connection's port. The connection is the
+    // matter; the hint says how the two overlap.
+    let mut jvm = req("::", 8080);
+    jvm.reuseaddr = true;
+    jvm.v6only = Some(false);
+    for (state, cause, local) in [
+        (State::TimeWait, Cause::TimeWaitConflict, "127.0.0.1:8080"),
+        // A JVM's own connections are IPv6 sockets with IPv4-mapped addresses.
+        (
+            State::Established,
+            Cause::OutgoingConnectionConflict,
+            "[::ffff:127.0.0.1]:8080",
+        ),
+    ] {
+        let mut h = holder(state, local);
+        h.remote = Some("127.0.0.1:6379".parse().unwrap());
+        let d = verdict(&jvm, vec![h], &ctx());
+        assert_eq!(d.cause, cause);
+        assert!(
+            d.hint
+                .ends_with("([::] without IPV6_V6ONLY covers IPv4 port 8080 too)"),
+            "{}",
+            d.hint
+        );
+    }
+    // An IPv4 bind refused by a `[::]` listener: the dual-stack hint, not the note about an
+    // IPv6 connection's IPv4 face.
+    let mut jvm_listener = holder(State::Listen, "[::]:8080");
+    jvm_listener.v6only = Some(false);
+    let d = verdict(&req("0.0.0.0", 8080), vec![jvm_listener], &ctx());
+    assert_eq!(d.cause, Cause::DualStackConflict);
+    assert!(!d.hint.contains("127.0.0.6"), "{}", d.hint);
+    // No wildcard in between, or one with IPV6_V6ONLY: no such note.
+    let mut h = holder(State::Established, "[2001:db8::1]:8080");
+    h.remote = Some("[2001:db8::2]:6379".parse().unwrap());
+    let mut specific = req("0.0.0.0", 8080);
+    specific.reuseaddr = true;
+    assert!(dual_stack_wildcard(&specific, &h).is_none());
+    let mut v6only = jvm.clone();
+    v6only.v6only = Some(true);
+    let tw = holder(State::TimeWait, "127.0.0.1:8080");
+    assert!(dual_stack_wildcard(&v6only, &tw).is_none());
+    assert!(
+        !verdict(&v6only, vec![tw], &ctx())
+            .hint
+            .contains("IPV6_V6ONLY covers")
+    );
+}
+
+/// A dual-stack client's connection over IPv6 holds its source port against an IPv4
+/// wildcard (its IPv4 face is 127.0.0.6), not against another IPv4 address; a socket bound to
+/// an IPv6 address is IPV6_V6ONLY and meets no IPv4 bind.
+#[test]
+fn an_ipv6_connection_without_v6only_blocks_the_ipv4_wildcard() {
+    let mut h = holder(State::Established, "[::1]:52888");
+    h.remote = Some("[::1]:7777".parse().unwrap());
+    h.v6only = Some(false);
+    let mut r = req("0.0.0.0", 52888);
+    r.reuseaddr = true;
+    assert!(conflicts(&r, &h));
+    let d = verdict(&r, vec![h.clone()], &ctx());
+    assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+    assert!(d.holders[0].conflicts);
+    assert!(d.hint.contains("as 127.0.0.6"), "{}", d.hint);
+    assert!(!conflicts(&req("127.0.0.1", 52888), &h));
+    h.v6only = Some(true);
+    assert!(!conflicts(&r, &h));
+    h.v6only = None;
+    assert!(
+        !conflicts(&r, &h),
+        "unknown: as bound, which sets IPV6_V6ONLY"
+    );
+}
+
+/// A TIME-WAIT whose owner and options are unknown (made before bindtrace started), refused
+/// a bind with SO_REUSEADDR: the hint infers what the connection lacked and asks only for
+/// what is missing; no dangling comma where no owner is named.
+#[test]
+fn an_unknown_time_wait_refusing_reuseaddr_asks_only_for_the_missing_side() {
+    let mut h = holder(State::TimeWait, "127.0.0.1:9060");
+    h.remote = Some("127.0.0.1:9041".parse().unwrap());
+    h.pid = None;
+    h.comm = None;
+    h.reuseaddr = None;
+    h.reuseport = None;
+    let mut r = req("0.0.0.0", 9060);
+    r.reuseaddr = true;
+    let mut c = ctx();
+    c.range = Some((32768, 60999));
+    let d = verdict(&r, vec![h], &c);
+    assert_eq!(d.cause, Cause::TimeWaitConflict);
+    assert!(
+        d.hint
+            .starts_with("a TIME-WAIT connection from 127.0.0.1:9060 to 127.0.0.1:9041 holds"),
+        "{}",
+        d.hint
+    );
+    assert!(
+        d.hint
+            .contains("so the connection's socket was made without it"),
+        "{}",
+        d.hint
+    );
+    assert!(
+        d.hint.contains(
+            "for good: this socket has SO_REUSEADDR already: set it on the connection's \
+             socket too"
+        ),
+        "{}",
+        d.hint
+    );
+    assert!(!d.hint.contains("on both sockets"), "{}", d.hint);
+}
+
+/// A connection its process closed before exiting, still in FIN_WAIT2: nothing to stop or
+/// set an option on; the hint says how long the kernel keeps it and who keeps it open.
+#[test]
+fn an_orphaned_connection_is_waited_out_not_stopped() {
+    let mut h = holder(State::FinWait2, "127.0.0.1:9103");
+    h.remote = Some("127.0.0.1:9102".parse().unwrap());
+    h.inode = 0;
+    h.owner_alive = Some(false);
+    h.source = Source::History;
+    let mut r = req("127.0.0.1", 9103);
+    r.reuseaddr = true;
+    let mut c = ctx();
+    c.range = Some((32768, 60999));
+    let d = verdict(&r, vec![h.clone()], &c);
+    assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+    for part in [
+        "(FIN_WAIT2), made by redis-cli (pid 200), uses port 9103",
+        "its process has closed it",
+        "127.0.0.1:9102, which holds its end in CLOSE_WAIT",
+        "net.ipv4.tcp_fin_timeout",
+        "now: wait for it to end",
+    ] {
+        assert!(d.hint.contains(part), "{part:?} in {}", d.hint);
+    }
+    assert!(!d.hint.contains("stop that connection"), "{}", d.hint);
+    // One a process still holds is not orphaned.
+    h.inode = 4242;
+    let d = verdict(&r, vec![h], &c);
+    assert!(d.hint.contains("stop that connection"), "{}", d.hint);
+}
+
+/// A new server with SO_REUSEADDR refused by its predecessor's server-side TIME-WAIT: the
+/// predecessor lacked it; the hint does not ask for what this socket has.
+#[test]
+fn a_predecessor_without_reuseaddr_is_what_refuses_a_server_with_it() {
+    let mut h = holder(State::TimeWait, "10.77.0.1:7002");
+    h.remote = Some("10.77.0.2:51000".parse().unwrap());
+    h.accepted = true;
+    let mut r = req("0.0.0.0", 7002);
+    r.reuseaddr = true;
+    let d = verdict(&r, vec![h.clone()], &ctx());
+    assert_eq!(d.cause, Cause::TimeWaitConflict);
+    assert!(d.hint.contains(OLD_SERVER_LACKED), "{}", d.hint);
+    assert!(!d.hint.contains("before bind()"), "{}", d.hint);
+    r.reuseaddr = false;
+    let d = verdict(&r, vec![h], &ctx());
+    assert!(d.hint.contains(SERVER_FIX), "{}", d.hint);
+}
+
+/// Listeners on two devices both block an unbound wildcard: the hint names both.
+#[test]
+fn every_listener_that_blocks_is_named() {
+    let mut a = holder(State::Listen, "0.0.0.0:9020");
+    a.bound_dev_if = 3;
+    a.device = Some("vethA".into());
+    let mut b = a.clone();
+    b.pid = Some(201);
+    b.comm = Some("python3".into());
+    b.bound_dev_if = 2;
+    b.device = Some("veth0".into());
+    let d = verdict(&req("0.0.0.0", 9020), vec![a, b], &ctx());
+    assert_eq!(d.cause, Cause::ListenerConflict);
+    assert!(
+        d.hint.contains(
+            "it is not alone: python3 (pid 201) at 0.0.0.0:9020 on device veth0 also holds"
+        ),
+        "{}",
+        d.hint
+    );
+}
+
+#[test]
+fn udp_and_devices() {
+    let mut r = req("127.0.0.1", 5353);
+    r.udp = true;
+    r.reuseaddr = true;
+    let mut h = holder(State::Bound, "127.0.0.1:5353");
+    h.protocol = "udp".into();
+    let d = verdict(&r, vec![h.clone()], &ctx());
+    assert_eq!(d.cause, Cause::UdpConflict);
+    h.reuseaddr = Some(true);
+    assert!(!conflicts(&r, &h), "UDP shares when both set SO_REUSEADDR");
+    let mut r = req("0.0.0.0", 8080);
+    r.bound_dev_if = 2;
+    let mut h = holder(State::Listen, "0.0.0.0:8080");
+    h.bound_dev_if = 3;
+    assert!(!conflicts(&r, &h), "different devices do not conflict");
+}
+
+/// A client's TIME-WAIT on an ephemeral port: what lets the bind through now (SO_REUSEADDR
+/// when the connection had it, else waiting out the timer) and what keeps it from recurring
+/// (reserving the port).
+#[test]
+fn a_time_wait_hint_gives_the_fix_for_now_and_for_good() {
+    let mut h = holder(State::TimeWait, "10.0.0.1:40000");
+    h.remote = Some("10.0.0.2:443".parse().unwrap());
+    h.expires_ms = Some(41_200);
+    let mut c = ctx();
+    c.range = Some((32768, 60999));
+    let d = verdict(&req("0.0.0.0", 40000), vec![h.clone()], &c);
+    assert!(
+        d.hint
+            .contains("now: wait for the TIME-WAIT to end (42 s left)"),
+        "{}",
+        d.hint
+    );
+    assert!(
+        d.hint
+            .contains("; for good: port 40000 lies in the ephemeral range"),
+        "{}",
+        d.hint
+    );
+    h.reuseaddr = Some(true);
+    let d = verdict(&req("0.0.0.0", 40000), vec![h.clone()], &c);
+    assert!(
+        d.hint
+            .contains("now: set SO_REUSEADDR on this socket (that connection had it)")
+    );
+    // Outside the range: sharing is the fix for good too.
+    h.reuseaddr = Some(false);
+    let d = verdict(&req("0.0.0.0", 8080), vec![h], &c);
+    assert!(
+        d.hint
+            .contains("for good: set SO_REUSEADDR on both sockets"),
+        "{}",
+        d.hint
+    );
+}
+
+/// A connected UDP socket on the port is a client's, its port the kernel's choice from the
+/// ephemeral range: the seed's conflict in UDP, fixed by reserving the port.
+#[test]
+fn a_connected_udp_client_on_an_ephemeral_port_gets_the_reserve_fix() {
+    let mut r = req("0.0.0.0", 40000);
+    r.udp = true;
+    let mut h = holder(State::Established, "127.0.0.1:40000");
+    h.protocol = "udp".into();
+    h.remote = Some("127.0.0.1:53".parse().unwrap());
+    let mut c = ctx();
+    c.range = Some((32768, 60999));
+    let d = verdict(&r, vec![h.clone()], &c);
+    assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+    assert!(
+        d.hint
+            .contains("a UDP socket connected from 127.0.0.1:40000 to 127.0.0.1:53")
+    );
+    assert!(
+        d.hint.contains("ip_local_reserved_ports=40000"),
+        "{}",
+        d.hint
+    );
+    // Unconnected, on an ephemeral port: a receiver, or a client that sent without bind().
+    h.state = State::Bound;
+    h.remote = None;
+    let d = verdict(&r, vec![h], &c);
+    assert_eq!(d.cause, Cause::UdpConflict);
+    assert!(d.hint.contains("sent without bind()"), "{}", d.hint);
+    assert!(
+        d.hint.contains("ip_local_reserved_ports=40000"),
+        "{}",
+        d.hint
+    );
+}
+
+/// UDP receivers share a port with SO_REUSEADDR on both: the hint names the side without it,
+/// also across families (a JVM's MulticastSocket on `[::]` has it; a plain socket has not).
+#[test]
+fn udp_sharing_names_the_side_without_so_reuseaddr() {
+    let mut r = req("0.0.0.0", 5000);
+    r.udp = true;
+    r.reuseaddr = true;
+    let mut h = holder(State::Bound, "0.0.0.0:5000");
+    h.protocol = "udp".into();
+    let d = verdict(&r, vec![h.clone()], &ctx());
+    assert!(
+        d.hint.contains("set SO_REUSEADDR on that socket too"),
+        "{}",
+        d.hint
+    );
+    let mut jvm = h.clone();
+    jvm.local = "[::]:5000".parse().unwrap();
+    jvm.v6only = Some(false);
+    jvm.comm = Some("java".into());
+    jvm.reuseaddr = Some(true);
+    r.reuseaddr = false;
+    let d = verdict(&r, vec![jvm], &ctx());
+    assert_eq!(d.cause, Cause::DualStackConflict);
+    assert!(
+        d.hint.contains("set SO_REUSEADDR on this socket"),
+        "{}",
+        d.hint
+    );
+    // An IPv6 socket bound to `[::ffff:0.0.0.0]` holds the IPv4 wildcard: the IPv6 wildcard
+    // asked for is this socket's.
+    let mut mapped = holder(State::Listen, "[::ffff:0.0.0.0]:5000");
+    mapped.v6only = Some(false);
+    let mut v6 = req("::", 5000);
+    v6.v6only = Some(false);
+    let d = verdict(&v6, vec![mapped], &ctx());
+    assert_eq!(d.cause, Cause::DualStackConflict);
+    assert!(
+        d.hint.contains("or set IPV6_V6ONLY on this socket"),
+        "{}",
+        d.hint
+    );
+}
+
+#[test]
+fn exhaustion_and_other_errnos() {
+    let mut r = req("0.0.0.0", 0);
+    r.syscall = SyscallName::Connect;
+    r.errno = EADDRNOTAVAIL;
+    r.remote = Some("10.0.0.5:6379".parse().unwrap());
+    let c = PortContext {
+        range: Some((40000, 40009)),
+        reserved: vec![],
+        ports_in_use: Some(10),
+        device: None,
+        address: None,
+        unprivileged_start: None,
+        tw_reuse: None,
+        users: None,
+    };
+    let d = verdict(&r, vec![], &c);
+    assert_eq!(d.cause, Cause::EphemeralExhausted);
+    assert_eq!(d.port_range.as_deref(), Some("40000-40009"));
+    assert!(
+        d.hint.contains("towards 10.0.0.5:6379 (10 in use)"),
+        "{}",
+        d.hint
+    );
+
+    let mut r = req("0.0.0.0", 80);
+    r.errno = EACCES;
+    assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::PrivilegedPort);
+    r.errno = EADDRNOTAVAIL;
+    assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::AddressNotLocal);
+    r.errno = EINVAL;
+    assert_eq!(verdict(&r, vec![], &ctx()).cause, Cause::AlreadyBound);
+}
+
+#[test]
+fn einval_names_the_address_check_that_refused() {
+    use Cause::{
+        AlreadyBound, LinkLocalWithoutInterface, MappedAddressOnV6Only, MulticastAddress, Unknown,
+    };
+    let (fresh, bound) = (Some(false), Some(true));
+    // (address, udp, IPV6_V6ONLY, device, socket in use, cause)
+    let cases = [
+        ("127.0.0.1", false, None, 0, bound, AlreadyBound),
+        ("127.0.0.1", false, None, 0, None, AlreadyBound),
+        ("127.0.0.1", false, None, 0, fresh, Unknown),
+        ("::1", false, Some(false), 0, bound, AlreadyBound),
+        (
+            "fe80::1",
+            false,
+            Some(false),
+            0,
+            fresh,
+            LinkLocalWithoutInterface,
+        ),
+        (
+            "ff02::1",
+            true,
+            Some(false),
+            0,
+            None,
+            LinkLocalWithoutInterface,
+        ),
+        // The kernel checks the state first: a bound socket's second bind is that, whatever
+        // the address (its scope id is not in the event; binding a specific address set
+        // V6ONLY).
+        ("fe80::1", false, Some(false), 0, bound, AlreadyBound),
+        (
+            "::ffff:127.0.0.1",
+            false,
+            Some(true),
+            0,
+            bound,
+            AlreadyBound,
+        ),
+        ("fe80::1", false, Some(false), 2, fresh, Unknown),
+        // Multicast on TCP is checked before the state.
+        ("ff05::1", false, None, 0, bound, MulticastAddress),
+        ("ff05::1", true, None, 0, None, AlreadyBound),
+        (
+            "::ffff:127.0.0.1",
+            false,
+            Some(true),
+            0,
+            fresh,
+            MappedAddressOnV6Only,
+        ),
+        (
+            "::ffff:127.0.0.1",
+            false,
+            Some(false),
+            0,
+            None,
+            AlreadyBound,
+        ),
+    ];
+    for (addr, udp, v6only, dev, in_use, want) in cases {
+        let mut r = req(addr, 9000);
+        r.errno = EINVAL;
+        r.udp = udp;
+        r.v6only = v6only;
+        r.bound_dev_if = dev;
+        r.in_use = in_use;
+        let d = verdict(&r, vec![], &ctx());
+        assert!(!d.hint.is_empty());
+        assert_eq!(
+            d.cause, want,
+            "{addr} udp={udp} dev={dev} in_use={in_use:?}"
+        );
+    }
+}
+
+#[test]
+fn other_errnos_have_their_own_causes() {
+    let d = |errno: i32| {
+        let mut r = req("10.1.2.3", 9000);
+        r.errno = errno;
+        verdict(&r, vec![], &ctx())
+    };
+    assert_eq!(d(ENODEV).cause, Cause::NoSuchDevice);
+    assert_eq!(d(EPERM).cause, Cause::RefusedByBpf);
+    assert_eq!(d(EAFNOSUPPORT).cause, Cause::WrongFamily);
+    let other = d(105);
+    assert_eq!(other.cause, Cause::Unknown);
+    assert!(
+        other
+            .hint
+            .contains("E105 from bind() is not a port conflict"),
+        "{}",
+        other.hint
+    );
+}
+
+#[test]
+fn a_refused_address_is_judged_by_what_the_namespace_has_now() {
+    let hint = |addr: &str, now: Option<AddressNow>| {
+        let mut r = req(addr, 9000);
+        r.errno = EADDRNOTAVAIL;
+        let mut c = ctx();
+        c.address = now;
+        let d = verdict(&r, vec![], &c);
+        assert_eq!(d.cause, Cause::AddressNotLocal);
+        d.hint
+    };
+    let h = hint("2001:db8::7", Some(AddressNow::Tentative("eth0".into())));
+    assert!(h.contains("tentative"), "{h}");
+    assert!(h.contains("net.ipv6.conf.eth0.accept_dad=0"), "{h}");
+    assert!(h.contains("net.ipv6.ip_nonlocal_bind=1"), "{h}");
+    let h = hint("2001:db8::7", Some(AddressNow::DadFailed("eth0".into())));
+    assert!(h.contains("failed duplicate address detection"), "{h}");
+    let h = hint("192.0.2.5", Some(AddressNow::Present("eth0".into())));
+    assert!(h.contains("is on eth0 now"), "{h}");
+    assert!(
+        h.contains("IP_FREEBIND / net.ipv4.ip_nonlocal_bind=1"),
+        "{h}"
+    );
+    let h = hint("192.0.2.5", Some(AddressNow::Absent));
+    assert!(
+        h.contains("none of its interfaces has it now either"),
+        "{h}"
+    );
+    assert!(h.contains("(or 0.0.0.0)"), "{h}");
+    let h = hint("2001:db8::9", None);
+    assert!(h.contains("(or [::])"), "{h}");
+    assert!(!h.contains("now either"), "{h}");
+}
+
+#[test]
+fn a_servers_own_connections_are_named_as_accepted() {
+    let mut tw = holder(State::TimeWait, "127.0.0.1:40000");
+    tw.remote = Some("127.0.0.1:40001".parse().unwrap());
+    tw.source = Source::History;
+    tw.accepted = true;
+    tw.age_ms = Some(5000);
+    tw.owner_alive = Some(false);
+    let d = verdict(&req("0.0.0.0", 40000), vec![tw.clone()], &ctx());
+    assert_eq!(d.cause, Cause::TimeWaitConflict);
+    assert!(
+        d.hint
+            .contains("accepted by the listener redis-cli (pid 200)"),
+        "{}",
+        d.hint
+    );
+    assert!(
+        d.hint.contains("SO_REUSEADDR on the listening socket"),
+        "{}",
+        d.hint
+    );
+    assert!(
+        !d.hint.contains("ip_local_reserved_ports"),
+        "a server's own port needs no reservation: {}",
+        d.hint
+    );
+    let mut est = tw;
+    est.state = State::Established;
+    est.source = Source::Live;
+    let d = verdict(&req("0.0.0.0", 40000), vec![est.clone()], &ctx());
+    assert_eq!(d.cause, Cause::AcceptedConnectionConflict);
+    est.accepted = false;
+    let d = verdict(&req("0.0.0.0", 40000), vec![est], &ctx());
+    assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
+}
+
+#[test]
+fn exhaustion_hints_fit_the_call_that_wanted_a_port() {
+    let hint = |syscall: SyscallName| {
+        let mut r = req("0.0.0.0", 0);
+        r.syscall = syscall;
+        let d = verdict(&r, vec![], &ctx());
+        assert_eq!(d.cause, Cause::EphemeralExhausted);
+        d.hint
+    };
+    assert!(hint(SyscallName::Listen).contains("bind() the port"));
+    assert!(hint(SyscallName::Bind).contains("bind() to port 0"));
+}
+
+#[test]
+fn a_listener_shared_by_forked_workers_asks_to_stop_them_all() {
+    let mut h = holder(State::Listen, "0.0.0.0:8080");
+    h.comm = Some("gunicorn".into());
+    h.shared_with = vec![201, 202];
+    let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+    assert_eq!(d.cause, Cause::ListenerConflict);
+    assert!(
+        d.hint.contains(
+            "gunicorn (pid 200) (with pids 201, 202, which share its socket) is already \
+             listening"
+        ),
+        "{}",
+        d.hint
+    );
+    assert!(d.hint.contains("stop all of them"), "{}", d.hint);
+}
+
+#[test]
+fn an_inherited_socket_names_who_opened_it() {
+    let mut h = holder(State::Listen, "0.0.0.0:8080");
+    h.comm = Some("sleep".into());
+    h.opened_by = Some(Opener {
+        pid: 300,
+        comm: "server".into(),
+        alive: false,
+    });
+    let d = verdict(&req("0.0.0.0", 8080), vec![h.clone()], &ctx());
+    assert_eq!(d.cause, Cause::ListenerConflict);
+    assert!(
+        d.hint
+            .contains("which server (pid 300, since exited) opened"),
+        "{}",
+        d.hint
+    );
+    assert!(d.hint.contains("close-on-exec"), "{}", d.hint);
+    h.comm = Some("server".into());
+    h.shared_with = vec![201, 202];
+    let mut r = req("0.0.0.0", 8080);
+    r.pid = 300;
+    let d = verdict(&r, vec![h], &ctx());
+    assert!(d.hint.contains("which this process opened"), "{}", d.hint);
+    assert!(
+        d.hint
+            .contains("stop redis-cli (pid 200) and pids 201, 202")
+            || d.hint.contains("stop server (pid 200) and pids 201, 202"),
+        "{}",
+        d.hint
+    );
+}
+
+#[test]
+fn a_wildcard_against_one_address_is_told_to_narrow() {
+    let mut r = req("0.0.0.0", 53);
+    r.udp = true;
+    let mut h = holder(State::Bound, "127.0.0.53:53");
+    h.protocol = "udp".into();
+    let d = verdict(&r, vec![h], &ctx());
+    assert_eq!(d.cause, Cause::UdpConflict);
+    assert!(
+        d.hint
+            .contains("stop it, choose another port, bind only the addresses this service needs"),
+        "{}",
+        d.hint
+    );
+    let d = verdict(
+        &req("0.0.0.0", 80),
+        vec![holder(State::Listen, "0.0.0.0:80")],
+        &ctx(),
+    );
+    assert!(
+        !d.hint.contains("addresses this service needs"),
+        "{}",
+        d.hint
+    );
+}
+
+#[test]
+fn daemons_that_hold_ports_on_purpose_are_explained() {
+    let note = |comm: &str| {
+        let mut h = holder(State::Listen, "0.0.0.0:8080");
+        h.comm = Some(comm.into());
+        verdict(&req("0.0.0.0", 8080), vec![h], &ctx()).hint
+    };
+    assert!(note("systemd").contains("systemctl list-sockets | grep 8080"));
+    assert!(note("docker-proxy").contains("docker ps --filter publish=8080"));
+    assert!(note("kube-proxy").contains("--service-node-port-range"));
+    assert!(
+        note("nginx").ends_with("choose another port"),
+        "{}",
+        note("nginx")
+    );
+}
+
+/// SO_REUSEADDR lifts a conflict with a TIME-WAIT, a connection or a bound socket only when
+/// both sockets have it: the hint asks it of the side that lacks it.
+#[test]
+fn the_reuseaddr_fix_names_the_side_that_lacks_it() {
+    let hint = |state: State, ours: bool, theirs: bool| {
+        let mut r = req("127.0.0.1", 80);
+        r.reuseaddr = ours;
+        let mut h = holder(state, "127.0.0.1:80");
+        h.remote = Some("127.0.0.1:9000".parse().unwrap());
+        h.reuseaddr = Some(theirs);
+        verdict(&r, vec![h], &ctx()).hint
+    };
+    for state in [State::TimeWait, State::Established, State::Bound] {
+        let h = hint(state, true, false);
+        assert!(
+            h.contains("this socket has SO_REUSEADDR already but"),
+            "{h}"
+        );
+        let h = hint(state, false, true);
+        assert!(h.contains("set SO_REUSEADDR on this socket ("), "{h}");
+        let h = hint(state, false, false);
+        assert!(h.contains("set SO_REUSEADDR on both sockets"), "{h}");
+    }
+    let mut r = req("0.0.0.0", 5353);
+    r.udp = true;
+    let mut h = holder(State::Bound, "0.0.0.0:5353");
+    h.protocol = "udp".into();
+    h.reuseaddr = Some(true);
+    let d = verdict(&r, vec![h], &ctx());
+    assert_eq!(d.cause, Cause::UdpConflict);
+    assert!(
+        d.hint.contains("set SO_REUSEADDR on this socket"),
+        "{}",
+        d.hint
+    );
+}
+
+/// A listener still listed but open in no process, whose remembered owner has exited: it was
+/// closing as bindtrace looked, or the kernel holds it; the hint says how to tell. Not said of
+/// a live holder, nor of a TIME-WAIT or an orphaned connection (which outlive their process by
+/// design).
+#[test]
+fn a_holder_whose_owner_just_exited_is_said_to_be_going() {
+    let going = |state: State, source: Source| {
+        let mut h = holder(state, "0.0.0.0:8080");
+        h.source = source;
+        h.owner_alive = Some(false);
+        verdict(&req("0.0.0.0", 8080), vec![h], &ctx())
+            .hint
+            .contains("the port is free again; if it still does")
+    };
+    assert!(going(State::Listen, Source::History));
+    assert!(!going(State::Listen, Source::Live));
+    assert!(!going(State::TimeWait, Source::History));
+    // An orphaned connection holds the port until it ends: not said of it either.
+    assert!(!going(State::FinWait2, Source::History));
+}
+
+/// An exhausted range's hint says who holds it, how much of it is reserved, and, when
+/// TIME-WAITs take the ports of a connect() and tcp_tw_reuse is off, how to reuse them.
+#[test]
+fn an_exhausted_range_says_who_holds_it() {
+    let mut r = req("0.0.0.0", 0);
+    r.syscall = SyscallName::Connect;
+    r.errno = EADDRNOTAVAIL;
+    r.remote = Some("10.0.0.5:443".parse().unwrap());
+    let mut c = ctx();
+    c.range = Some((40000, 40003));
+    c.reserved = vec![(40003, 40010)];
+    c.ports_in_use = Some(4);
+    c.tw_reuse = Some(0);
+    c.users = Some(PortUsers {
+        by_state: [("ESTABLISHED".to_string(), 2), ("TIME_WAIT".to_string(), 2)].into(),
+        top: vec![
+            PortUser {
+                pid: 7,
+                comm: "curl".into(),
+                alive: false,
+                sockets: 2,
+            },
+            PortUser {
+                pid: 42,
+                comm: "python3".into(),
+                alive: true,
+                sockets: 1,
+            },
+        ],
+        sampled: 4,
+        unattributed: 1,
+    });
+    let d = verdict(&r, vec![], &c);
+    assert_eq!(d.cause, Cause::EphemeralExhausted);
+    for part in [
+        "40000-40003 (1 of its 4 ports reserved) towards 10.0.0.5:443",
+        "(4 in use: 2 ESTABLISHED, 2 TIME_WAIT; by curl (pid 7, exited) 2, python3 (pid 42) 1; \
+         1 with no process found)",
+        "2 of them are TIME-WAIT: `sysctl -w net.ipv4.tcp_tw_reuse=1`",
+        "(this namespace has 0)",
+    ] {
+        assert!(d.hint.contains(part), "{part} in: {}", d.hint);
+    }
+    assert_eq!(d.port_users.as_ref().map(|u| u.sampled), Some(4));
+    // With TIME-WAIT reuse on, or for a bind(0), the sysctl is not offered.
+    c.tw_reuse = Some(1);
+    assert!(!verdict(&r, vec![], &c).hint.contains("tcp_tw_reuse"));
+    r.syscall = SyscallName::Bind;
+    r.errno = EADDRINUSE;
+    c.tw_reuse = Some(0);
+    assert!(!verdict(&r, vec![], &c).hint.contains("tcp_tw_reuse"));
+}
+
+/// A holder bound to one device blocks an unbound socket; bound to another device, the new
+/// socket could share the port: the hint says so, naming the device. Not said when the
+/// request is itself bound (to the same device, since they conflict).
+#[test]
+fn a_device_bound_holder_is_named_with_its_device() {
+    let mut h = holder(State::Listen, "0.0.0.0:8080");
+    h.bound_dev_if = 3;
+    h.device = Some("eth1".into());
+    let d = verdict(&req("0.0.0.0", 8080), vec![h.clone()], &ctx());
+    assert!(d.hint.contains("bound to device eth1 only"), "{}", d.hint);
+    let mut r = req("0.0.0.0", 8080);
+    r.bound_dev_if = 3;
+    assert!(
+        !verdict(&r, vec![h], &ctx())
+            .hint
+            .contains("bound to device")
+    );
+}
+
+/// The privileged-port hint gives the namespace's own threshold when it was read.
+#[test]
+fn a_privileged_port_hint_gives_the_namespaces_threshold() {
+    let mut r = req("0.0.0.0", 443);
+    r.errno = EACCES;
+    let mut c = ctx();
+    c.unprivileged_start = Some(500);
+    let d = verdict(&r, vec![], &c);
+    assert_eq!(d.cause, Cause::PrivilegedPort);
+    assert!(d.hint.contains("(500 in this namespace)"), "{}", d.hint);
+    assert!(d.hint.contains("a port of 500 or more"), "{}", d.hint);
+    let d = verdict(&r, vec![], &ctx());
+    assert!(d.hint.contains("a port of 1024 or more"), "{}", d.hint);
+    // At or above the threshold, the kernel did not refuse it: a security module did.
+    let mut r = req("0.0.0.0", 8081);
+    r.errno = EACCES;
+    let d = verdict(&r, vec![], &c);
+    assert_eq!(d.cause, Cause::RefusedBySecurityModule);
+    assert!(
+        d.hint.contains("a security module refused the bind"),
+        "{}",
+        d.hint
+    );
+}
+
+/// A JVM cannot set IPV6_V6ONLY, and -Djava.net.preferIPv4Stack=true would bind the same
+/// IPv4 port: it is told to bind a specific address; Node is told its option; others get the
+/// plain setsockopt advice. The same on whichever side the wildcard is.
+#[test]
+fn the_v6only_fix_fits_the_program() {
+    let hint = |comm: &str, ours: bool| {
+        let (mut r, mut h) = if ours {
+            (req("::", 8080), holder(State::Listen, "0.0.0.0:8080"))
+        } else {
+            (req("0.0.0.0", 8080), holder(State::Listen, "[::]:8080"))
+        };
+        if ours {
+            r.v6only = Some(false);
+            r.comm = comm.into();
+        } else {
+            h.v6only = Some(false);
+            h.comm = Some(comm.into());
+        }
+        let d = verdict(&r, vec![h], &ctx());
+        assert_eq!(d.cause, Cause::DualStackConflict);
+        d.hint
+    };
+    for ours in [true, false] {
+        let java = hint("java", ours);
+        assert!(java.contains("a JVM cannot set it"), "{java}");
+        assert!(!java.contains("preferIPv4Stack"), "{java}");
+        assert!(hint("node", ours).contains("ipv6Only: true"));
+        let other = hint("busybox", ours);
+        assert!(other.contains("set IPV6_V6ONLY on"), "{other}");
+        assert!(!other.contains("JVM") && !other.contains("Node"), "{other}");
+    }
+}
+
+#[test]
+fn a_reuseport_group_tells_a_newcomer_to_join_it() {
+    let mut h = holder(State::Listen, "0.0.0.0:8080");
+    h.reuseport = Some(true);
+    let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+    assert!(
+        d.hint
+            .contains("with SO_REUSEPORT (set it on this socket too"),
+        "{}",
+        d.hint
+    );
+}
+
+#[test]
+fn nothing_found_is_unknown_honestly() {
+    let d = verdict(&req("0.0.0.0", 8080), vec![], &ctx());
+    assert_eq!(d.cause, Cause::Unknown);
+    assert!(d.holders.is_empty());
+    assert!(
+        d.hint.contains("no socket holding port 8080 was found"),
+        "{}",
+        d.hint
+    );
+}
+
+#[test]
+fn diagnosis_json_keys() {
+    let mut h = holder(State::TimeWait, "127.0.0.1:8080");
+    h.source = Source::History;
+    let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+    let v = serde_json::to_value(&d).unwrap();
+    assert_eq!(v["cause"], "time_wait_conflict");
+    assert_eq!(v["holders"][0]["state"], "TIME_WAIT");
+    assert_eq!(v["holders"][0]["source"], "history");
+    assert_eq!(v["holders"][0]["local"], "127.0.0.1:8080");
+    assert_eq!(v["port_range"], "5000-65535");
+    let back: Diagnosis = serde_json::from_value(v).unwrap();
+    assert_eq!(back, d);
+}
