@@ -169,7 +169,7 @@ impl KernelBtf {
     }
 }
 
-/// `struct sock_common` on x86_64, identical from 4.19 to 6.18 (see docs/kernel.md); used only
+/// `struct sock_common` on x86_64, identical from 4.19 to 6.18; used only
 /// when the kernel has no BTF. Everything outside `sock_common` varies with the kernel's
 /// configuration, so it is left unknown (netns reads as 0, protocol as unknown).
 pub fn fallback_offsets() -> (KernelOffsets, Vec<&'static str>) {

@@ -3,11 +3,12 @@
 //! them live in `owners`.
 //!
 //! The conflict rules are the kernel's (`inet_csk_bind_conflict()`, `udp_lib_lport_inuse()`,
-//! 4.19 … 6.18; see docs/kernel.md): a listener never shares a port by SO_REUSEADDR alone; other
-//! TCP sockets share when both set SO_REUSEADDR; SO_REUSEPORT shares when both set it and have the
-//! same owner uid (TIME-WAIT: any uid); IPv6 `[::]` without IPV6_V6ONLY covers IPv4; devices
-//! conflict only if either is unbound or both are the same. The kernel's verdict is the fact — when
-//! these rules find no culprit among the sockets present, the closest one is still named.
+//! 4.19 … 6.18; `bindtrace lab` puts them to the running kernel, see docs/lab.md): a listener never
+//! shares a port by SO_REUSEADDR alone; other TCP sockets share when both set SO_REUSEADDR;
+//! SO_REUSEPORT shares when both set it and have the same owner uid (TIME-WAIT: any uid); IPv6
+//! `[::]` without IPV6_V6ONLY covers IPv4; devices conflict only if either is unbound or both are
+//! the same. The kernel's verdict is the fact — when these rules find no culprit among the sockets
+//! present, the closest one is still named.
 //!
 //! Here: the verdict (`verdict()`, `Diagnosis`). Its parts: the data it weighs (`request`,
 //! `holder`, `context`) and decides (`cause`); the kernel's rules (`rules`); the hint when a
