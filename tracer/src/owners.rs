@@ -194,6 +194,11 @@ impl Remembered {
         let (a, p) = self.port_flags();
         h.reuseaddr = h.reuseaddr.or(a);
         h.reuseport = h.reuseport.or(p);
+        // A connection's own record, or the listener's it was accepted from (an accepted socket
+        // inherits the listener's IPV6_V6ONLY): of the same family, it tells a TIME-WAIT's.
+        if self.local_ip().is_ipv6() == h.local.ip().is_ipv6() {
+            h.v6only = h.v6only.or_else(|| self.v6only());
+        }
     }
 }
 

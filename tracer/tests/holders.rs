@@ -887,3 +887,34 @@ fn a_daemon_holding_ports_on_purpose_is_explained() {
     );
     run.release();
 }
+
+/// An IPv6 client's TIME-WAIT (`curl -6`, a JVM's client: no IPV6_V6ONLY) holds its port for
+/// IPv4 too, as 127.0.0.6: it blocks a SO_REUSEADDR bind of 0.0.0.0 on that port, and both watch
+/// and check-port must say so — sock_diag does not tell a TIME-WAIT's IPV6_V6ONLY.
+#[test]
+fn an_ipv6_clients_time_wait_blocks_the_ipv4_wildcard() {
+    if !can_run("v6_client_time_wait") {
+        return;
+    }
+    let (ev, truth, run, _, ns) = held("case_v6_client_time_wait", 7097);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_time_wait_named_from_history(&ev, &truth, "[::1]:7097");
+    assert_eq!(ev["addr"], "0.0.0.0", "{ev:#}");
+    assert_eq!(holder(&ev)["conflicts"], true, "{ev:#}");
+    run.release();
+    // check-port on the same port, with the history (the shared watch saw the connection made)
+    // and without it (its options unknown: MAY FAIL for a SO_REUSEADDR bind, FAIL without).
+    let port = truth["port"].to_string();
+    let (code, v) = ns.check_port_json(&[&port, "--reuseaddr"]);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["cause"], "time_wait_conflict", "{v:#}");
+    let (code, v) = ns.check_port_json(&[&port, "--no-history"]);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["cause"], "time_wait_conflict", "{v:#}");
+    let (code, v) = ns.check_port_json(&[&port, "--addr", "127.0.0.1", "--no-history"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "127.0.0.1 is not the connection's 127.0.0.6: {v:#}"
+    );
+}

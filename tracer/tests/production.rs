@@ -194,21 +194,6 @@ fn metrics_are_served_on_loopback() {
     }
 }
 
-/// `bindtrace check-port ARGS` run inside `ns`.
-fn check_port_in(ns: &Netns, args: &[&str]) -> std::process::Output {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            env!("CARGO_BIN_EXE_bindtrace"),
-            "check-port",
-        ])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn check_port_names_real_holders_and_protects_listeners() {
     if !can_run("check_port") {
@@ -216,7 +201,7 @@ fn check_port_names_real_holders_and_protects_listeners() {
     }
     let ns = Netns::new();
     let holder = ns.hold_case("helper_listen", &["8620", "0"]);
-    let check = |args: &[&str]| check_port_in(&ns, args);
+    let check = |args: &[&str]| ns.check_port(args);
     let busy = check(&["8620"]);
     let text = String::from_utf8_lossy(&busy.stdout);
     assert_eq!(
@@ -301,10 +286,7 @@ fn check_port_says_may_fail_when_it_hangs_on_a_time_waits_options() {
     ns.run_case("helper_time_wait", &["8630", "1"]);
     // Without a watch's history (another test's watch may be running and have seen it made).
     let check = |args: &[&str]| {
-        check_port_in(
-            &ns,
-            &[&["8630", "--addr", "127.0.0.1", "--no-history"], args].concat(),
-        )
+        ns.check_port(&[&["8630", "--addr", "127.0.0.1", "--no-history"], args].concat())
     };
     let maybe = check(&["--reuseaddr"]);
     let text = String::from_utf8_lossy(&maybe.stdout);
@@ -326,14 +308,6 @@ fn check_port_says_may_fail_when_it_hangs_on_a_time_waits_options() {
 
 /// SO_REUSEPORT shares a port within one user only: check-port answers for the user the service
 /// runs as (`--user`), not for the one running it.
-/// `check-port ARGS --output json` in `ns`: its exit status and its verdict.
-fn check_port_json(ns: &Netns, args: &[&str]) -> (Option<i32>, Value) {
-    let out = check_port_in(ns, &[args, &["--output", "json"]].concat());
-    let v: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"));
-    (out.status.code(), v)
-}
-
 #[test]
 fn check_port_answers_a_reuseport_group_for_the_services_user() {
     if !can_run("check_port_user") {
@@ -341,7 +315,7 @@ fn check_port_answers_a_reuseport_group_for_the_services_user() {
     }
     let ns = Netns::new();
     let group = ns.hold_case("helper_listen", &["8623", "0", "1"]);
-    let check = |args: &[&str]| check_port_json(&ns, &[&["8623", "--reuseport"], args].concat());
+    let check = |args: &[&str]| ns.check_port_json(&[&["8623", "--reuseport"], args].concat());
     let (code, v) = check(&[]);
     assert_eq!(code, Some(0), "root joins root's group: {v:#}");
     let (code, v) = check(&["--user", "65534"]);
@@ -362,7 +336,7 @@ fn check_port_takes_a_time_waits_options_from_a_running_watch() {
     let tracer = Tracer::start(&["--netns", &format!("/run/netns/{}", ns.name)]);
     let without = ns.run_case("helper_time_wait", &["8632", "0"]);
     ns.run_case("helper_time_wait", &["8634", "1"]);
-    let verdict = |port: &str| check_port_json(&ns, &[port, "--addr", "127.0.0.1", "--reuseaddr"]);
+    let verdict = |port: &str| ns.check_port_json(&[port, "--addr", "127.0.0.1", "--reuseaddr"]);
     let (code, v) = verdict("8632");
     assert_eq!(code, Some(1), "the client had no SO_REUSEADDR: {v:#}");
     assert_eq!(v["would_fail"], true, "{v:#}");
@@ -397,7 +371,7 @@ fn check_port_answers_address_and_privilege_refusals_as_the_kernel_does() {
     // A watch of the namespace: the workload's refusals are reported, check-port's probes not.
     let tracer = Tracer::start(&["--netns", &format!("/run/netns/{}", ns.name)]);
     let truth = ns.run_case("case_address_checks", &["8640"]);
-    let verdict = |args: &[&str]| check_port_json(&ns, args);
+    let verdict = |args: &[&str]| ns.check_port_json(args);
     for (kind, args, error, cause) in [
         (
             "link_local",

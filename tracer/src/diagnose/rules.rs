@@ -111,6 +111,18 @@ pub(super) fn dual_stack_wildcard(req: &Request, h: &Holder) -> Option<IpAddr> {
         .map(|(ip, _)| ip)
 }
 
+/// IPV6_V6ONLY of `h`, or where unknown, what the kernel leaves on a connection's socket: off. The
+/// option is unknown for a TIME-WAIT (sock_diag does not tell it) whose owner the history has no
+/// record of. A connection's socket got its address from connect(), which leaves the option as
+/// the socket was made — off unless the program set it (or `net.ipv6.bindv6only` is 1) — while a
+/// bind() to a specific IPv6 address sets it; so an IPv6 client's TIME-WAIT blocks an IPv4
+/// wildcard bind of its port (checked on 6.18: `curl -6`, a JVM's client).
+fn holder_v6only(h: &Holder) -> Option<bool> {
+    let connection = !matches!(h.state, State::Listen | State::Bound);
+    h.v6only
+        .or_else(|| (connection && h.remote.is_some()).then_some(false))
+}
+
 /// Whether `h` blocks `req` by the kernel's rules (unknown options count as "not shared").
 pub fn conflicts(req: &Request, h: &Holder) -> bool {
     if req.syscall == SyscallName::Connect {
@@ -125,7 +137,7 @@ pub fn conflicts(req: &Request, h: &Holder) -> bool {
     if req.bound_dev_if != 0 && h.bound_dev_if != 0 && req.bound_dev_if != h.bound_dev_if {
         return false;
     }
-    if !addresses_overlap(req.addr, req.v6only, h.local.ip(), h.v6only) {
+    if !addresses_overlap(req.addr, req.v6only, h.local.ip(), holder_v6only(h)) {
         return false;
     }
     let both_reuseaddr = req.reuseaddr && h.reuseaddr == Some(true);

@@ -295,7 +295,8 @@ fn dual_stack() {
 
 /// A dual-stack client's connection over IPv6 holds its source port against an IPv4
 /// wildcard (its IPv4 face is 127.0.0.6), not against another IPv4 address; a socket bound to
-/// an IPv6 address is IPV6_V6ONLY and meets no IPv4 bind.
+/// an IPv6 address is IPV6_V6ONLY and meets no IPv4 bind. Its option unknown, a connection is
+/// taken to have the default.
 #[test]
 fn an_ipv6_connection_without_v6only_blocks_the_ipv4_wildcard() {
     let mut h = holder(State::Established, "[::1]:52888");
@@ -311,11 +312,13 @@ fn an_ipv6_connection_without_v6only_blocks_the_ipv4_wildcard() {
     assert!(!conflicts(&req("127.0.0.1", 52888), &h));
     h.v6only = Some(true);
     assert!(!conflicts(&r, &h));
+    // Unknown (sock_diag tells it for listening and bound sockets only): what connect() leaves,
+    // the default, off. A bound socket of unknown option was bound to its address, which sets it.
     h.v6only = None;
-    assert!(
-        !conflicts(&r, &h),
-        "unknown: as bound, which sets IPV6_V6ONLY"
-    );
+    assert!(conflicts(&r, &h), "unknown: a connection's default");
+    h.state = State::Bound;
+    h.remote = None;
+    assert!(!conflicts(&r, &h), "unknown: as bound, which sets IPV6_V6ONLY");
 }
 
 /// A TIME-WAIT whose owner and options are unknown (made before bindtrace started), refused
@@ -1100,4 +1103,28 @@ fn diagnosis_json_keys() {
     assert_eq!(v["port_range"], "5000-65535");
     let back: Diagnosis = serde_json::from_value(v).unwrap();
     assert_eq!(back, d);
+}
+
+#[test]
+fn an_ipv6_clients_time_wait_blocks_an_ipv4_wildcard_bind() {
+    // `curl -6` from an exited process: its TIME-WAIT on [::1]:P, whose IPV6_V6ONLY sock_diag
+    // does not tell, blocks 0.0.0.0:P (its IPv4 face is 127.0.0.6), not 127.0.0.1:P.
+    let mut r = req("0.0.0.0", 42008);
+    r.reuseaddr = true;
+    let mut tw = holder(State::TimeWait, "[::1]:42008");
+    tw.remote = Some("[::1]:9003".parse().unwrap());
+    tw.source = Source::History;
+    tw.comm = Some("curl".into());
+    tw.owner_alive = Some(false);
+    tw.reuseaddr = None;
+    tw.reuseport = None;
+    tw.expires_ms = Some(50_000);
+    let d = verdict(&r, vec![tw.clone()], &ctx());
+    assert_eq!(d.cause, Cause::TimeWaitConflict, "{d:?}");
+    assert!(d.holders[0].conflicts);
+    let specific = verdict(&req("127.0.0.1", 42008), vec![tw.clone()], &ctx());
+    assert!(!specific.holders[0].conflicts, "127.0.0.1 is not 127.0.0.6");
+    // A client that set IPV6_V6ONLY (known from the history) leaves IPv4 alone.
+    tw.v6only = Some(true);
+    assert!(!verdict(&r, vec![tw], &ctx()).holders[0].conflicts);
 }

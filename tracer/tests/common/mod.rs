@@ -120,6 +120,29 @@ impl Netns {
             .ino()
     }
 
+    /// `bindtrace check-port ARGS` run inside this namespace.
+    pub fn check_port(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                env!("CARGO_BIN_EXE_bindtrace"),
+                "check-port",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `check-port ARGS --output json` in this namespace: its exit status and its verdict.
+    pub fn check_port_json(&self, args: &[&str]) -> (Option<i32>, Value) {
+        let out = self.check_port(&[args, &["--output", "json"]].concat());
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"));
+        (out.status.code(), v)
+    }
+
     /// Runs a case of `workloads/bindcases.py` in this namespace and returns its JSON report.
     pub fn run_case(&self, case: &str, args: &[&str]) -> Value {
         self.run_case_as(case, args, None)

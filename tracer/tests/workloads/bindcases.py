@@ -67,7 +67,7 @@ SETUP_ATTEMPTS = 3
 
 def wait_for_tcp_state(port, state, timeout=30.0, count=1):
     """Waits until `count` TCP sockets of this namespace bound to `port` are in `state` (the
-    kernel's number, as /proc/net/tcp shows it). The peer's FIN is processed in softirq: without
+    kernel's number, as /proc/net/tcp and tcp6 show it). The peer's FIN is processed in softirq: without
     this a busy machine may still show the closing side in FIN_WAIT2 when the next step runs.
     In the VM tier (software emulation, two VMs sharing the host) a helper's connection, closed
     first, has at times left no socket at all on its port: states seen [] after 30 s, in about
@@ -75,9 +75,12 @@ def wait_for_tcp_state(port, state, timeout=30.0, count=1):
     That is a setup failure, not bindtrace's: the case is run again, saying so on stderr."""
     deadline = time.monotonic() + timeout
     while True:
-        with open("/proc/net/tcp") as f:
-            states = [int(fields[3], 16) for fields in (line.split() for line in f.readlines()[1:])
-                      if int(fields[1].split(":")[1], 16) == port]
+        states = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                states += [int(fields[3], 16)
+                           for fields in (line.split() for line in f.readlines()[1:])
+                           if int(fields[1].rsplit(":", 1)[1], 16) == port]
         if states.count(state) >= count:
             return
         if time.monotonic() >= deadline:
@@ -146,6 +149,17 @@ def helper_connect_v6(server_port):
     s.connect(("::1", int(server_port)))
     report(role="client", local_port=s.getsockname()[1])
     sys.stdin.read()
+
+
+def helper_connect_v6_and_leave(server_port):
+    """A dual-stack client, as `curl -6` or a JVM's: an IPv6 socket without IPV6_V6ONLY connects
+    to [::1]:server_port from an ephemeral port, closes first (TIME-WAIT on this side) and
+    exits."""
+    s = sock(socket.AF_INET6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.connect(("::1", int(server_port)))
+    report(role="client", local=s.getsockname()[1])
+    s.close()
 
 
 def helper_client_closes_on_line(server_port):
@@ -561,6 +575,19 @@ def case_1a_nonblocking(port):
     finish(case="1a_nonblocking", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
            reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port,
            connect_errno=info["connect_errno"])
+
+
+def case_v6_client_time_wait(port):
+    """An exited IPv6 client's TIME-WAIT, from an ephemeral port to a server on [::1]:P, blocks a
+    SO_REUSEADDR bind of 0.0.0.0 on that port: without IPV6_V6ONLY the connection holds the port
+    for IPv4 too (as 127.0.0.6), which the IPv4 wildcard covers."""
+    srv = server(port, socket.AF_INET6, "::1")
+    c, info = spawn("helper_connect_v6_and_leave", port)
+    conn, _ = srv.accept()
+    local = info["local"]
+    err = bind_over_time_wait(conn, c, local)
+    finish(case="v6_client_time_wait", errno=err, port=local, addr="0.0.0.0", reuseaddr=True,
+           reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"], remote_port=port)
 
 
 def slow_connect_then_bind_over_time_wait(port, helper, *args):
