@@ -106,6 +106,19 @@ pub(super) fn hint_with_notes(
                 .unwrap_or_else(|| format!("#{}", h.bound_dev_if))
         );
     }
+    if let Some(h) = primary.filter(|h| !h.conflicts) {
+        // The kernel refused the call, yet by its rules, as far as bindtrace could read this
+        // socket, it would not have: the nearest socket is named, and said to be that.
+        let _ = write!(
+            hint,
+            " (by the kernel's rules, as far as bindtrace could read that socket's options, it \
+             would not refuse this {}(): it is the nearest match on the port, not a certain \
+             culprit; `ss -{}anpe sport = :{}` lists the port's sockets now)",
+            req.syscall.as_str(),
+            if req.udp { "u" } else { "t" },
+            h.local.port()
+        );
+    }
     if let Some(h) = primary.filter(|h| h.socket_closed) {
         let _ = write!(
             hint,

@@ -318,7 +318,10 @@ fn an_ipv6_connection_without_v6only_blocks_the_ipv4_wildcard() {
     assert!(conflicts(&r, &h), "unknown: a connection's default");
     h.state = State::Bound;
     h.remote = None;
-    assert!(!conflicts(&r, &h), "unknown: as bound, which sets IPV6_V6ONLY");
+    assert!(
+        !conflicts(&r, &h),
+        "unknown: as bound, which sets IPV6_V6ONLY"
+    );
 }
 
 /// A TIME-WAIT whose owner and options are unknown (made before bindtrace started), refused
@@ -1127,4 +1130,16 @@ fn an_ipv6_clients_time_wait_blocks_an_ipv4_wildcard_bind() {
     // A client that set IPV6_V6ONLY (known from the history) leaves IPv4 alone.
     tw.v6only = Some(true);
     assert!(!verdict(&r, vec![tw], &ctx()).holders[0].conflicts);
+}
+
+#[test]
+fn a_nearest_socket_that_would_not_refuse_the_call_is_said_to_be_only_that() {
+    // The kernel refused 0.0.0.0:8080, but the only socket seen is an IPV6_V6ONLY listener on
+    // [::], which by the rules does not meet IPv4.
+    let mut h = holder(State::Listen, "[::]:8080");
+    h.v6only = Some(true);
+    let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+    assert!(!d.holders[0].conflicts);
+    assert!(d.hint.contains("not a certain culprit"), "{}", d.hint);
+    assert!(d.hint.contains("`ss -tanpe sport = :8080`"), "{}", d.hint);
 }
