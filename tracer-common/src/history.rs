@@ -3,10 +3,13 @@
 //!
 //! The `HISTORY` map is a BPF array of [`HistorySet`]s of [`WAYS`] slots each. A key lives in one
 //! set, chosen by its port and a hash of the rest ([`set_of`]), in any of that set's slots. A slot
-//! is one owner of the key *and its peer*: the kernel lets connections to different destinations
-//! share a source port, and each such connection's TIME-WAIT can block a bind, so each keeps its
-//! own owner (bound and listening ports have no peer: one owner each). A write takes the slot
-//! already holding its key and peer, else the set's oldest (empty slots are oldest of all).
+//! is one owner of the key *and its local address and peer*: the kernel lets connections to
+//! different destinations share a source port, and each such connection's TIME-WAIT can block a
+//! bind, so each keeps its own owner; and a port's listeners on different addresses (0.0.0.0 and
+//! `[::]`, a service's two sockets) each keep theirs — a new server's `[::]` listener does not
+//! erase the record of the old one's 0.0.0.0, whose accepted connections' TIME-WAITs still hold
+//! the port. A write takes the slot already holding its key, address and peer, else the set's
+//! oldest (empty slots are oldest of all).
 //!
 //! Why not an LRU hash map (what this was until perf said otherwise): every outgoing connection
 //! writes a new key, so once the map is full every write evicts. perf put 57 % of a connect()'s
@@ -121,30 +124,39 @@ pub fn check(key: &HistoryKey, owner: &Owner) -> u64 {
     h | 1
 }
 
-/// An owner's peer (remote address and port) as words, compared without a `memcmp` the kernel
-/// programs cannot call.
+/// Which socket of the key an owner is: its local address, peer (remote address and port) and
+/// family, as words compared without a `memcmp` the kernel programs cannot call.
 #[inline(always)]
-fn peer(owner: &Owner) -> [u64; 3] {
-    // SAFETY: as in `check`; words 7 and 8 are `remote_addr`, word 9 starts with `remote_port`.
+fn endpoints(owner: &Owner) -> [u64; 5] {
+    // SAFETY: as in `check`; words 5 and 6 are `local_addr`, 7 and 8 `remote_addr`, word 9
+    // starts with `remote_port` and `family`.
     let words = unsafe { &*core::ptr::from_ref(owner).cast::<[u64; 10]>() };
-    [words[7], words[8], words[9] & 0xffff]
+    [
+        words[5],
+        words[6],
+        words[7],
+        words[8],
+        words[9] & 0xffff_ffff,
+    ]
 }
 
+const _: () = assert!(core::mem::offset_of!(Owner, local_addr) == 5 * 8);
 const _: () = assert!(core::mem::offset_of!(Owner, remote_addr) == 7 * 8);
 const _: () = assert!(core::mem::offset_of!(Owner, remote_port) == 9 * 8);
+const _: () = assert!(core::mem::offset_of!(Owner, family) == 9 * 8 + 2);
 
 impl HistorySet {
-    /// Where a write of `owner` under the key `word` goes: the slot holding that key and peer,
-    /// else the oldest (an empty slot's age is 0).
+    /// Where a write of `owner` under the key `word` goes: the slot holding that key, address
+    /// and peer, else the oldest (an empty slot's age is 0).
     #[inline(always)]
     fn slot_for(&self, word: u64, owner: &Owner) -> usize {
-        let peer = peer(owner);
+        let ends = endpoints(owner);
         let mut oldest = u64::MAX;
         let mut best = 0;
         let mut i = 0;
         while i < WAYS {
             let slot = &self.slots[i];
-            if slot.key.word() == word && self::peer(&slot.owner) == peer {
+            if slot.key.word() == word && endpoints(&slot.owner) == ends {
                 return i;
             }
             if slot.owner.ts_ns < oldest {
@@ -309,6 +321,25 @@ mod tests {
                 .flatten()
                 .any(|o| o.pid == 3 && o.remote_port == 80)
         );
+    }
+
+    #[test]
+    fn listeners_on_different_addresses_each_keep_their_owner() {
+        let on = |pid: u32, ts_ns: u64, family: u16, local: u8| Owner {
+            local_addr: [local, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            family,
+            ..owner(pid, ts_ns)
+        };
+        let mut set = EMPTY;
+        // An old server on 0.0.0.0, then a new one's [::] (all zero too, another family).
+        write(&mut set, key(80), on(1, 1, 2, 0));
+        write(&mut set, key(80), on(2, 2, 10, 0));
+        assert_eq!(pids(&set, key(80)), (vec![1, 2], false));
+        // The same address again replaces only its own record.
+        write(&mut set, key(80), on(3, 3, 2, 0));
+        assert_eq!(pids(&set, key(80)), (vec![2, 3], false));
+        write(&mut set, key(80), on(4, 4, 2, 127));
+        assert_eq!(pids(&set, key(80)), (vec![2, 3, 4], false));
     }
 
     #[test]

@@ -618,9 +618,7 @@ impl Investigator {
         let (Some(since), Some(left)) = (self.watching_since, h.expires_ms) else {
             return false;
         };
-        let began = event::monotonic_now()
-            .saturating_sub(60_000_000_000u64.saturating_sub(left.saturating_mul(1_000_000)));
-        h.state == State::TimeWait && began > since
+        h.state == State::TimeWait && time_wait_began(left) > since
     }
 
     /// Holders known from history alone, when the kernel lists no socket on the port that would
@@ -675,20 +673,47 @@ fn is_callers_socket(h: &Holder, req: &Request) -> bool {
         && (h.local.ip() == req.addr || h.local.ip().is_unspecified())
 }
 
-/// The remembered owner of a socket no process has open: the connection's creator (matched by
-/// its peer), or for a connection accepted by a listener, that listener.
+/// The remembered owner of a socket no process has open: a listening or bound socket's own
+/// record (on its address, if one is), the connection's creator (matched by its peer), or for a
+/// connection accepted by a listener, that listener — one that covers the connection's address and
+/// took the port before a TIME-WAIT began: a new server's listener, on another address or since,
+/// did not accept its predecessor's connections.
 fn history_owner<'a>(
     remembered: &'a [Remembered],
     s: &DiagSocket,
     state: State,
 ) -> Option<&'a Remembered> {
+    let same_address =
+        |r: &&Remembered| diagnose::canonical(r.local_ip()) == diagnose::canonical(s.local.ip());
     if matches!(state, State::Listen | State::Bound) {
-        return remembered.iter().find(|r| r.role != Role::Connected);
+        let own = || remembered.iter().filter(|r| r.role != Role::Connected);
+        return own().find(same_address).or_else(|| own().next());
     }
+    let began = (state == State::TimeWait)
+        .then_some(s.expires_ms)
+        .flatten()
+        .map(|left| time_wait_began(u64::from(left)));
     remembered
         .iter()
         .find(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote))
-        .or_else(|| remembered.iter().find(|r| r.role == Role::Listening))
+        .or_else(|| {
+            remembered.iter().find(|r| {
+                r.role == Role::Listening
+                    && diagnose::addresses_overlap(r.local_ip(), r.v6only(), s.local.ip(), None)
+                    && began.is_none_or(|b| r.owner.ts_ns <= b + TIME_WAIT_TIMER_SLACK_NS)
+            })
+        })
+}
+
+/// How far a TIME-WAIT's start, worked out from its timer (kept in jiffies: 10 ms at the lowest
+/// `CONFIG_HZ`, and reported in whole milliseconds), may be off.
+const TIME_WAIT_TIMER_SLACK_NS: u64 = 20_000_000;
+
+/// When a TIME-WAIT with `left_ms` to go began (CLOCK_MONOTONIC ns): it lasts 60 s
+/// (`TCP_TIMEWAIT_LEN`).
+fn time_wait_began(left_ms: u64) -> u64 {
+    event::monotonic_now()
+        .saturating_sub(60_000_000_000u64.saturating_sub(left_ms.saturating_mul(1_000_000)))
 }
 
 /// The process bindtrace saw take the port with the live listening or bound socket `s`, when

@@ -733,6 +733,32 @@ fn a_restarted_servers_own_connections_are_named_as_accepted() {
     }
 }
 
+/// A restarted server's successor listens on `[::]` with IPV6_V6ONLY, then binds 0.0.0.0 (two
+/// sockets, as nginx's `listen 80; listen [::]:80 ipv6only=on`): the old server's TIME-WAIT
+/// refuses the second. Its owner stays the old server, without SO_REUSEADDR — the successor's
+/// new listener, on another address and made after the TIME-WAIT began, accepted none of it.
+#[test]
+fn a_successors_other_listener_does_not_take_over_its_predecessors_time_wait() {
+    if !can_run("server_restart_two_sockets") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_server_restart_two_sockets", 7034);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h["local"], "127.0.0.1:7034", "{ev:#}");
+    assert_eq!(h["pid"], truth["holder_pid"], "the old server: {ev:#}");
+    assert_eq!(h["owner_alive"], false, "{ev:#}");
+    assert_eq!(h["reuseaddr"], false, "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("previous server's listening socket had not"),
+        "{hint}"
+    );
+    run.release();
+}
+
 /// A port kept by a program a server started without closing its descriptors, after the server
 /// exited: the holder is that program, and the report names the server that opened the socket
 /// (from history), so that "sleep holds port P" makes sense to whoever reads it.

@@ -773,6 +773,25 @@ def case_server_restart(port, draining):
            remote_port=info["client_port"])
 
 
+def case_server_restart_two_sockets(port):
+    """A server on P without SO_REUSEADDR closed its connection first and exited (its side is in
+    TIME-WAIT on P); its successor, with SO_REUSEADDR, listens on [::]:P with IPV6_V6ONLY (which
+    the TIME-WAIT does not meet), then binds 0.0.0.0:P — nginx's `listen 80; listen [::]:80
+    ipv6only=on` — which the old server's TIME-WAIT refuses."""
+    helper, info = spawn("helper_serve_one", port, 1)
+    helper.wait()
+    wait_for_tcp_state(port, TCP_TIME_WAIT)
+    s6 = sock(socket.AF_INET6, reuseaddr=True)
+    s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s6.bind(("::", port))
+    s6.listen(8)
+    s = sock(reuseaddr=True)
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="server_restart_two_sockets", errno=err, port=port, addr="0.0.0.0",
+           reuseaddr=True, reuseport=False, holder_pid=info["pid"], holder_comm=info["comm"],
+           remote_port=info["client_port"])
+
+
 def case_known_holder(port):
     """docker-proxy (by name) listens on P, publishing a container's port; bind P."""
     helper, info = spawn("helper_listen_named", port, "docker-proxy")
