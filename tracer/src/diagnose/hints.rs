@@ -5,8 +5,8 @@
 use super::{
     Cause, Holder, Opener, PortContext, Request, Source, State, canonical,
     phrases::{
-        OLD_SERVER_LACKED, SERVER_FIX, TUPLE_FIX, age, either, reserve_fix, reuseaddr_fix, stop,
-        who,
+        OLD_SERVER_LACKED, SERVER_FIX, TUPLE_FIX, age, either, range_fix, reserve_fix,
+        reuseaddr_fix, stop, who,
     },
 };
 use crate::event::SyscallName;
@@ -20,7 +20,6 @@ pub(super) fn hint_for_holder(
     ctx: &PortContext,
 ) -> String {
     let port = req.port;
-    let ephemeral = ctx.in_ephemeral_range(port);
     let w = if same {
         "this process".to_string()
     } else {
@@ -61,10 +60,9 @@ pub(super) fn hint_for_holder(
                 "{}, or stop that connection",
                 reuseaddr_fix(req, h, "the connection's socket")
             );
-            let fix = if ephemeral {
-                format!("now: {now}; for good: {}", reserve_fix(port, ctx))
-            } else {
-                now
+            let fix = match range_fix(port, ctx) {
+                Some(good) => format!("now: {now}; for good: {good}"),
+                None => now,
             };
             let what = if h.protocol == "udp" {
                 "a UDP socket connected".to_string()
@@ -204,14 +202,9 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
                  or wait for the TIME-WAIT to end ({left})"
             ),
         };
-        if ctx.in_ephemeral_range(port) {
-            format!("now: {now}; for good: {}", reserve_fix(port, ctx))
-        } else {
-            format!(
-                "now: {now}; for good: {}",
-                reuseaddr_fix(req, h, "the connection's socket")
-            )
-        }
+        let good = range_fix(port, ctx)
+            .unwrap_or_else(|| reuseaddr_fix(req, h, "the connection's socket"));
+        format!("now: {now}; for good: {good}")
     };
     // "from A to B, opened by X, holds the port": the comma only around what the owner adds.
     let comma = if owner.is_empty() { "" } else { "," };
@@ -266,14 +259,9 @@ fn orphan_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String 
     } else {
         "wait for it to end: no process holds it, so none can be stopped or changed".to_string()
     };
-    let fix = if ctx.in_ephemeral_range(port) {
-        format!("now: {now}; for good: {}", reserve_fix(port, ctx))
-    } else {
-        format!(
-            "now: {now}; for good: {}",
-            reuseaddr_fix(req, h, "the connection's socket")
-        )
-    };
+    let good =
+        range_fix(port, ctx).unwrap_or_else(|| reuseaddr_fix(req, h, "the connection's socket"));
+    let fix = format!("now: {now}; for good: {good}");
     format!(
         "a connection from {local} to {remote} ({}){made} uses port {port} as its source port; \
          its process has closed it, and the kernel keeps it {until}; {fix}",

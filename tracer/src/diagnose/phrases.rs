@@ -53,6 +53,24 @@ pub(super) fn reserve_fix(port: u16, ctx: &PortContext) -> String {
     )
 }
 
+/// What keeps outgoing connections off `port` for good, for a connection that holds it: reserve
+/// it if it lies in the ephemeral range unreserved; if it is reserved already, that it was so
+/// (the connection came before the reservation, or chose the port itself), so that waiting is
+/// all that is left. None outside the range.
+pub(super) fn range_fix(port: u16, ctx: &PortContext) -> Option<String> {
+    if ctx.in_ephemeral_range(port) {
+        return Some(reserve_fix(port, ctx));
+    }
+    let in_range = ctx.range.is_some_and(|(lo, hi)| (lo..=hi).contains(&port));
+    (in_range && ctx.is_reserved(port)).then(|| {
+        format!(
+            "port {port} is reserved now (net.ipv4.ip_local_reserved_ports), so no new \
+             outgoing connection takes it by chance: that connection was made before the port \
+             was reserved, or bound the port itself"
+        )
+    })
+}
+
 /// What lets a new server bind over its predecessor's connections (TIME-WAIT or still open):
 /// `inet_bind_conflict()` lets them be only if both sockets set SO_REUSEADDR, and an accepted
 /// connection has its listener's setting.

@@ -1143,3 +1143,30 @@ fn a_nearest_socket_that_would_not_refuse_the_call_is_said_to_be_only_that() {
     assert!(d.hint.contains("not a certain culprit"), "{}", d.hint);
     assert!(d.hint.contains("`ss -tanpe sport = :8080`"), "{}", d.hint);
 }
+
+#[test]
+fn a_time_wait_on_a_port_reserved_since_is_waited_out() {
+    // The operator followed the hint and reserved the port: the TIME-WAIT of a connection made
+    // before stays, and no client's socket can be changed.
+    let mut r = req("0.0.0.0", 40004);
+    r.reuseaddr = true;
+    let mut tw = holder(State::TimeWait, "127.0.0.1:40004");
+    tw.remote = Some("127.0.0.1:9000".parse().unwrap());
+    tw.source = Source::History;
+    tw.owner_alive = Some(false);
+    tw.expires_ms = Some(31_000);
+    let mut c = ctx();
+    c.range = Some((40000, 40010));
+    c.reserved = vec![(40004, 40004)];
+    let d = verdict(&r, vec![tw], &c);
+    assert_eq!(d.cause, Cause::TimeWaitConflict);
+    assert!(
+        d.hint
+            .contains("now: wait for the TIME-WAIT to end (31 s left)"),
+        "{}",
+        d.hint
+    );
+    assert!(d.hint.contains("port 40004 is reserved now"), "{}", d.hint);
+    assert!(!d.hint.contains("set it there too"), "{}", d.hint);
+    assert!(!d.in_ephemeral_range);
+}
