@@ -564,10 +564,7 @@ impl Investigator {
             h.remote = (connected && !s.remote.ip().is_unspecified()).then_some(s.remote);
             h.uid = (s.inode != 0).then_some(s.uid);
             h.v6only = s.v6only;
-            h.expires_ms = s
-                .expires_ms
-                .filter(|_| state == State::TimeWait)
-                .map(u64::from);
+            h.expires_ms = s.expires_ms.map(u64::from);
             h.bound_dev_if = s.bound_dev_if;
             h.inode = s.inode;
             h.accepted = connected && accepted(remembered, s, range);

@@ -44,9 +44,14 @@ pub struct DiagSocket {
     /// IPV6_V6ONLY: the kernel reports it for listening and unconnected sockets only
     /// (`inet_diag_msg_attrs_fill()`), None for the rest.
     pub v6only: Option<bool>,
-    /// A TIME-WAIT's time left, in ms (`idiag_expires`); None where not read (from /proc).
+    /// A TIME-WAIT socket's time left, in ms (`idiag_expires`): in TIME_WAIT, or in FIN_WAIT2
+    /// once its process has closed it (`tcp_fin_timeout`); None for other sockets, and where not
+    /// read (from /proc).
     pub expires_ms: Option<u32>,
 }
+
+/// `idiag_timer` of a TIME-WAIT socket: its time left is `idiag_expires`.
+const TIMER_TIME_WAIT: u8 = 3;
 
 fn ip_from(family: u8, words: &[u8; 16]) -> IpAddr {
     if family == libc::AF_INET6 as u8 {
@@ -99,7 +104,8 @@ fn parse_msg(protocol: u8, mut p: &[u8]) -> Option<DiagSocket> {
     }
     let family = p.get_u8();
     let state = p.get_u8();
-    p.advance(2); // timer, retrans
+    let timer = p.get_u8();
+    p.advance(1); // retrans
     let sport = p.get_u16();
     let dport = p.get_u16();
     let mut src = [0u8; 16];
@@ -134,7 +140,9 @@ fn parse_msg(protocol: u8, mut p: &[u8]) -> Option<DiagSocket> {
         inode: u64::from(inode),
         bound_dev_if,
         v6only,
-        expires_ms: Some(expires_ms),
+        // Timer 3 is a TIME-WAIT socket's (`inet_twsk_diag_fill()`): TIME_WAIT, or the
+        // FIN_WAIT2 of a connection its process closed, which the kernel keeps as one too.
+        expires_ms: (timer == TIMER_TIME_WAIT).then_some(expires_ms),
     })
 }
 

@@ -827,6 +827,14 @@ fn an_orphaned_connection_is_named_and_waited_out() {
     assert!(hint.contains("its process has closed it"), "{ev:#}");
     assert!(hint.contains("CLOSE_WAIT"), "{ev:#}");
     assert!(!hint.contains("stop that connection"), "{ev:#}");
+    // The kernel keeps it as a TIME-WAIT socket in FIN_WAIT2 (tcp_fin_timeout 60 s by default),
+    // whose timer tells how long it has left.
+    let left = h["expires_ms"].as_u64().expect("FIN_WAIT2's time left");
+    assert!(left <= 60_000, "{ev:#}");
+    assert!(
+        hint.contains(" s more (net.ipv4.tcp_fin_timeout)"),
+        "{ev:#}"
+    );
     run.release();
 }
 

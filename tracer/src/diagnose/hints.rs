@@ -244,10 +244,13 @@ fn orphan_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String 
         format!(", made by {w},")
     };
     let until = if h.state == State::FinWait2 {
-        format!(
-            "until {remote}, which holds its end in CLOSE_WAIT, closes it too, or for at most \
-             net.ipv4.tcp_fin_timeout (60 s by default)"
-        )
+        // The kernel's timer, when it keeps the connection as a TIME-WAIT socket (it does for
+        // `tcp_fin_timeout` up to 60 s), says how long.
+        let most = h.expires_ms.map_or_else(
+            || "at most net.ipv4.tcp_fin_timeout (60 s by default)".to_string(),
+            |ms| format!("{} s more (net.ipv4.tcp_fin_timeout)", ms.div_ceil(1000)),
+        );
+        format!("until {remote}, which holds its end in CLOSE_WAIT, closes it too, or for {most}")
     } else {
         format!(
             "until {remote} acknowledges the close (retransmitted for up to minutes: \
