@@ -94,20 +94,27 @@ pub enum Source {
     clippy::struct_excessive_bools,
     reason = "independent facts about one socket, each its own JSON field"
 )]
+/// In JSON, a fact not known (a TIME-WAIT's owner, a listener's peer) is left out, not null.
 pub struct Holder {
     pub state: State,
     pub protocol: String,
     pub local: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
     /// From history, of a process still running: the name of the thread that took the port,
     /// where it differs from the process's (`comm`; a JVM's "http-nio-8080-e" in "java").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuseaddr: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuseport: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v6only: Option<bool>,
@@ -116,6 +123,7 @@ pub struct Holder {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
     /// How long ago the owner took the port (from history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_ms: Option<u64>,
     /// A TIME-WAIT's time left when it was looked up (the kernel's timer, via sock_diag).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -60,6 +60,7 @@ pub struct Diagnosis {
     pub same_process: bool,
     pub in_ephemeral_range: bool,
     /// `ip_local_port_range` of the failing namespace, `"lo-hi"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_range: Option<String>,
     /// `ip_local_reserved_ports` of the failing namespace, as the kernel prints it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

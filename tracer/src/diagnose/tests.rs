@@ -1170,3 +1170,51 @@ fn a_time_wait_on_a_port_reserved_since_is_waited_out() {
     assert!(!d.hint.contains("set it there too"), "{}", d.hint);
     assert!(!d.in_ephemeral_range);
 }
+
+/// The paths of the null values in `v`.
+fn nulls(v: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Null => out.push(at.to_string()),
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                nulls(x, &format!("{at}.{k}"), out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                nulls(x, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn unknown_facts_are_left_out_of_the_json_not_null() {
+    // A TIME-WAIT nobody remembers: no owner, no options, no age.
+    let mut h = Holder::new(
+        State::TimeWait,
+        false,
+        "127.0.0.1:8080".parse().unwrap(),
+        Source::Unknown,
+    );
+    h.remote = Some("127.0.0.1:6379".parse().unwrap());
+    let listener = Holder::new(
+        State::Listen,
+        false,
+        "0.0.0.0:8080".parse().unwrap(),
+        Source::Live,
+    );
+    let d = verdict(
+        &req("0.0.0.0", 8080),
+        vec![h, listener],
+        &PortContext::default(),
+    );
+    let v = serde_json::to_value(&d).unwrap();
+    let mut found = Vec::new();
+    nulls(&v, "", &mut found);
+    assert!(found.is_empty(), "null keys {found:?} in {v:#}");
+    // And a log line written so reads back the same.
+    let back: Diagnosis = serde_json::from_value(v).unwrap();
+    assert_eq!(back, d);
+}
