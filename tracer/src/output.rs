@@ -20,10 +20,10 @@ use crate::{
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
-    /// One human-readable line per event.
+    /// Human-readable text (`watch`: one entry per event).
     #[default]
     Text,
-    /// One JSON object per line (the schema is in the README).
+    /// JSON (`watch`: one object per event and line; the schema is in the README).
     Json,
 }
 
