@@ -168,9 +168,16 @@ pub struct FilterArgs {
 
 pub fn parse_netns(s: &str) -> Result<u32, String> {
     use std::os::unix::fs::MetadataExt as _;
+    // Namespaces' inode numbers come from the kernel's dynamic proc inodes, from
+    // `PROC_DYNAMIC_FIRST` (0xf0000000) up, or for the initial ones fixed just below it (the
+    // host's network namespace is 0xeffffff9 from 6.x, 4026531833; a dynamic one before).
+    const FIRST_NS_INODE: u32 = 0xefff_ff00;
     if let Ok(n) = s.trim().parse::<u32>() {
-        return if n == 0 {
-            Err("namespace inode 0 does not exist".into())
+        return if n < FIRST_NS_INODE {
+            Err(format!(
+                "{n} cannot be a namespace's inode (they start at {FIRST_NS_INODE}): give the \
+                 number `ls -iL /proc/PID/ns/net` shows, or the path"
+            ))
         } else {
             Ok(n)
         };
@@ -293,6 +300,12 @@ mod tests {
     fn netns_and_log_flags_are_validated() {
         assert_eq!(parse_netns("4026531840"), Ok(4_026_531_840));
         assert!(parse_netns("0").is_err());
+        assert!(parse_netns("12345").is_err(), "a typo of an inode");
+        assert_eq!(
+            parse_netns("4026531833"),
+            Ok(0xefff_fff9),
+            "6.x's initial namespace"
+        );
         assert!(
             parse_netns("/no/such/netns")
                 .unwrap_err()
