@@ -61,16 +61,23 @@ impl Count {
 }
 
 /// Failures of one kind: the same call on the same address (or, for a call that wanted any
-/// port, towards the same destination), with the same cause and holder.
+/// port, towards the same destination), with the same cause and the same kind of holder — the
+/// TIME-WAITs of many clients' connections on a listen port are one incident, their programs
+/// listed.
 #[derive(Default, Serialize)]
 struct Incident {
     #[serde(flatten)]
     count: Count,
     call: String,
     cause: String,
+    /// The holders' programs and state ("curl,java TIME_WAIT"), or why there is none.
     holder: String,
+    /// The programs that held the port, by name.
+    holder_processes: std::collections::BTreeSet<String>,
     /// The latest failure's hint.
     hint: String,
+    /// Which process that failure was of (hints name a program's own way to set an option).
+    hint_for: String,
     /// The processes that failed, by name.
     failing: std::collections::BTreeSet<String>,
 }
@@ -260,19 +267,22 @@ when bindtrace was watching ({} run(s)):",
                 }
             });
         self.by_container.entry(container).or_default().add(t);
-        let holder = holder_label(ev);
-        self.by_holder.entry(holder.clone()).or_default().add(t);
+        let (holder_comm, holder_kind) = holder_parts(ev);
+        let holder = holder_comm
+            .as_ref()
+            .map_or_else(|| holder_kind.clone(), |c| format!("{c} {holder_kind}"));
+        self.by_holder.entry(holder).or_default().add(t);
         self.by_netns
             .entry(ev.netns.to_string())
             .or_default()
             .add(t);
         let call = call_label(ev);
         let call = format!("{call} netns={}", ev.netns);
-        let mut key = format!("{call}|{cause}|{holder}");
-        let (mut call, mut cause, mut holder) = (call, cause, holder);
+        let mut key = format!("{call}|{cause}|{holder_kind}");
+        let (mut call, mut cause, mut holder_kind) = (call, cause, holder_kind);
         if self.incidents.len() >= MAX_INCIDENTS && !self.incidents.contains_key(&key) {
             key = "(other)".to_string();
-            (call, cause, holder) = (
+            (call, cause, holder_kind) = (
                 format!("(more kinds than {MAX_INCIDENTS})"),
                 "various".to_string(),
                 "various".to_string(),
@@ -285,11 +295,24 @@ when bindtrace was watching ({} run(s)):",
                 .as_ref()
                 .map(|d| d.hint.clone())
                 .unwrap_or_default();
+            incident.hint_for.clone_from(&ev.comm);
         }
         incident.count.add(t);
         incident.call = call;
         incident.cause = cause;
-        incident.holder = holder;
+        if let Some(c) = holder_comm {
+            incident.holder_processes.insert(c);
+        }
+        incident.holder = if incident.holder_processes.is_empty() {
+            holder_kind
+        } else {
+            let names: Vec<&str> = incident
+                .holder_processes
+                .iter()
+                .map(String::as_str)
+                .collect();
+            format!("{} {holder_kind}", names.join(","))
+        };
         incident.failing.insert(ev.comm.clone());
         if t.len() >= 16 {
             *self.timeline.entry(t[..16].to_string()).or_default() += 1;
@@ -336,7 +359,7 @@ when bindtrace was watching ({} run(s)):",
         if self.incidents.is_empty() {
             return;
         }
-        println!("\nwhat failed (per call, cause and holder; the latest hint):");
+        println!("\nwhat failed (per call, cause and kind of holder; the latest hint):");
         let mut v: Vec<&Incident> = self.incidents.values().collect();
         v.sort_by(|a, b| {
             b.count
@@ -360,7 +383,13 @@ when bindtrace was watching ({} run(s)):",
                 i.count.first,
                 i.count.last
             );
-            if !i.hint.is_empty() {
+            if !i.hint.is_empty() && failing.len() > 1 {
+                println!(
+                    "           (latest, for {}) {}",
+                    sanitize(&i.hint_for),
+                    sanitize(&i.hint)
+                );
+            } else if !i.hint.is_empty() {
                 println!("           {}", sanitize(&i.hint));
             }
         }
@@ -401,27 +430,31 @@ when bindtrace was watching ({} run(s)):",
     }
 }
 
-/// The holder a failure is tallied under: the conflicting one (else the first) as "comm STATE",
-/// or why there is none.
-fn holder_label(ev: &Event) -> String {
+/// The holder a failure is tallied under — the conflicting one, else the first — as its
+/// program's name ("?" if unknown) and state; or no name, and why there is none.
+fn holder_parts(ev: &Event) -> (Option<String>, String) {
     let found = ev
         .diagnosis
         .as_ref()
         .and_then(|d| d.holders.iter().find(|h| h.conflicts).or(d.holders.first()));
     if let Some(h) = found {
-        return format!("{} {}", h.comm.as_deref().unwrap_or("?"), h.state.as_str());
+        return (
+            Some(h.comm.clone().unwrap_or_else(|| "?".to_string())),
+            h.state.as_str().to_string(),
+        );
     }
     // A port conflict has a holder to find (one not found is worth seeing); the other failures
     // are the caller's own (its address, its privileges, the range).
     let conflict = ev.errno == EADDRINUSE && ev.port != 0
         || ev.diagnosis.as_ref().is_some_and(|d| d.cause.is_conflict());
-    if ev.diagnosis.is_none() {
-        "(not diagnosed)".to_string()
+    let why = if ev.diagnosis.is_none() {
+        "(not diagnosed)"
     } else if conflict {
-        "(none found)".to_string()
+        "(none found)"
     } else {
-        "(no holder: not a conflict)".to_string()
-    }
+        "(no holder: not a conflict)"
+    };
+    (None, why.to_string())
 }
 
 /// The call an incident is about: the address and port asked for, or for a call that wanted any
@@ -591,6 +624,42 @@ mod tests {
                 .iter()
                 .any(|(c, n)| c.starts_with("connect tcp to 10.0.0.6:443") && *n == 1),
             "{calls:?}"
+        );
+    }
+
+    /// A listen port taken by the TIME-WAITs of many clients' connections, one after another, is
+    /// one incident that names their programs — not one per program.
+    #[test]
+    fn one_call_held_by_many_programs_time_waits_is_one_incident() {
+        use crate::diagnose::{Holder, PortContext, Request, Source, State, verdict};
+        let mut s = Summary::default();
+        for (client, comm) in [("curl", "java"), ("java", "java"), ("curl", "python3")] {
+            let mut e = event();
+            e.comm = comm.into();
+            let mut h = Holder::new(
+                State::TimeWait,
+                false,
+                "127.0.0.1:8080".parse().unwrap(),
+                Source::History,
+            );
+            h.remote = Some("127.0.0.1:9000".parse().unwrap());
+            h.comm = Some(client.into());
+            e.diagnosis = Some(verdict(
+                &Request::from_event(&e),
+                vec![h],
+                &PortContext::default(),
+            ));
+            s.event(&e);
+        }
+        assert_eq!(s.incidents.len(), 1, "{:?}", s.incidents.keys());
+        let i = s.incidents.values().next().unwrap();
+        assert_eq!(i.count.failures, 3);
+        assert_eq!(i.holder, "curl,java TIME_WAIT");
+        assert_eq!(i.hint_for, "python3");
+        assert_eq!(
+            s.by_holder.len(),
+            2,
+            "the holder table still tells them apart"
         );
     }
 
