@@ -203,6 +203,15 @@ impl Summary {
 
     fn print_sessions(&self) {
         if self.sessions.is_empty() {
+            if self.failures + self.successes > 0 {
+                // A log whose oldest part has been rotated away (`--log-keep`) keeps no run's
+                // start, and a run still going has written no stop.
+                println!(
+                    "\nwhen bindtrace was watching: not in these files (no run's start or stop \
+                     record: older files rotated away, or given without them); what came before \
+                     the first line here is not covered"
+                );
+            }
             return;
         }
         println!(
