@@ -25,6 +25,7 @@ use crate::{
 
 const EADDRINUSE: i32 = 98;
 const EADDRNOTAVAIL: i32 = 99;
+const EINVAL: i32 = 22;
 const EAGAIN: i32 = 11;
 
 /// Read access to the kernel's owner history (`tracer_common::history`): this watch's, or, for a
@@ -869,7 +870,10 @@ fn look_in_namespace(
     if req.bound_dev_if != 0 {
         ctx.device = if_name(req.bound_dev_if);
     }
-    if req.errno == EADDRNOTAVAIL && req.syscall == SyscallName::Bind {
+    // A bind() refused its address; or a link-local one given no interface, which the interface
+    // that has it (if one does) names for the hint.
+    let unscoped = req.errno == EINVAL && diagnose::needs_scope_addr(req.addr);
+    if (req.errno == EADDRNOTAVAIL || unscoped) && req.syscall == SyscallName::Bind {
         ctx.address = crate::addresses::state_of(req.addr);
     }
     let (lo, hi) = if exhaustion {

@@ -48,12 +48,19 @@ pub(super) fn hint_without_holder(cause: Cause, req: &Request, ctx: &PortContext
                                 called once per socket, before connect() or listen(); use a new \
                                 socket for another address"
             .to_string(),
-        Cause::LinkLocalWithoutInterface => format!(
-            "{} is link-local: it exists once per interface, so the call must name one: give a \
-             scope id ({}%eth0 in most tools, sin6_scope_id in the sockaddr) or bind the socket \
-             to a device first (SO_BINDTODEVICE)",
-            req.addr, req.addr
-        ),
+        Cause::LinkLocalWithoutInterface => {
+            // The interface that has the address, if one of the namespace's does.
+            let dev = match &ctx.address {
+                Some(AddressNow::Present(d) | AddressNow::Tentative(d)) => d.as_str(),
+                _ => "eth0",
+            };
+            format!(
+                "{} is link-local: it exists once per interface, so the call must name one: give \
+                 a scope id ({}%{dev} in most tools, sin6_scope_id in the sockaddr) or bind the \
+                 socket to a device first (SO_BINDTODEVICE)",
+                req.addr, req.addr
+            )
+        }
         Cause::MappedAddressOnV6Only => format!(
             "{} is an IPv4-mapped address, and this socket has IPV6_V6ONLY, so it cannot carry \
              IPv4: bind an AF_INET socket to {}, or clear IPV6_V6ONLY (net.ipv6.bindv6only sets \

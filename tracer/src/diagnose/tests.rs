@@ -1218,3 +1218,20 @@ fn unknown_facts_are_left_out_of_the_json_not_null() {
     let back: Diagnosis = serde_json::from_value(v).unwrap();
     assert_eq!(back, d);
 }
+
+#[test]
+fn a_link_local_address_without_interface_is_shown_with_the_one_that_has_it() {
+    let mut r = req("fe80::1", 8080);
+    r.errno = EINVAL;
+    let mut c = ctx();
+    let d = verdict(&r, vec![], &c);
+    assert_eq!(d.cause, Cause::LinkLocalWithoutInterface);
+    assert!(d.hint.contains("fe80::1%eth0 in most tools"), "{}", d.hint);
+    c.address = Some(AddressNow::Present("veth-a".into()));
+    let d = verdict(&r, vec![], &c);
+    assert!(
+        d.hint.contains("fe80::1%veth-a in most tools"),
+        "{}",
+        d.hint
+    );
+}
