@@ -276,11 +276,15 @@ pub fn ranges(ports: &BTreeSet<u16>) -> String {
 }
 
 /// Whether `h` blocks `req` whatever those of its options that could not be read (a TIME-WAIT's
-/// SO_REUSEADDR and SO_REUSEPORT, which sock_diag does not report): assumed set, the kindest case.
+/// SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY, which sock_diag does not report): assumed set,
+/// the kindest case.
 fn blocks_for_certain(req: &Request, h: &Holder) -> bool {
     let mut kindest = h.clone();
     kindest.reuseaddr = kindest.reuseaddr.or(Some(true));
     kindest.reuseport = kindest.reuseport.or(Some(true));
+    if h.local.is_ipv6() {
+        kindest.v6only = kindest.v6only.or(Some(true));
+    }
     diagnose::conflicts(req, &kindest)
 }
 
