@@ -41,7 +41,9 @@ pub struct CheckPortArgs {
     #[arg(value_parser = parse_port, required_unless_present = "listening")]
     pub port: Option<u16>,
 
-    /// The address it will bind; an IPv6 link-local one with its interface (`fe80::1%eth0`).
+    /// The address it will bind, with `%IFACE` for a service that binds its socket to a device
+    /// (SO_BINDTODEVICE: `0.0.0.0%eth1`) or an IPv6 link-local address's interface
+    /// (`fe80::1%eth0`).
     #[arg(long, default_value = "0.0.0.0", value_parser = parse_bind_addr)]
     pub addr: BindAddr,
 
@@ -141,9 +143,6 @@ fn parse_bind_addr(s: &str) -> Result<BindAddr, String> {
         .trim_end_matches(']')
         .parse()
         .map_err(|e| format!("{ip}: {e}"))?;
-    if scope.is_some() && ip.is_ipv4() {
-        return Err("only an IPv6 address takes %interface".into());
-    }
     Ok(BindAddr { ip, scope })
 }
 
@@ -181,10 +180,17 @@ fn address_refusal(addr: &BindAddr, udp: bool, v6only: bool) -> Result<(), Optio
     if r != 0 {
         return Err(None);
     }
+    // A link-local address takes the interface as its scope id; any other, as the device the
+    // service binds its socket to (which fails with ENODEV if the namespace has no such one).
+    let scoped = diagnose::needs_scope_addr(addr.ip);
+    if let Some(dev) = addr.scope.as_deref().filter(|_| !scoped) {
+        sock.bind_device(Some(dev.as_bytes()))
+            .map_err(|e| e.raw_os_error())?;
+    }
     let target: SockAddr = match addr.ip {
         IpAddr::V4(a) => std::net::SocketAddr::from((a, 0)).into(),
         IpAddr::V6(a) => {
-            let scope = match addr.scope.as_deref() {
+            let scope = match addr.scope.as_deref().filter(|_| scoped) {
                 Some(dev) => if_index(dev).ok_or(Some(libc::ENODEV))?,
                 None => 0,
             };
@@ -410,19 +416,14 @@ fn before_the_port(addr: &BindAddr, udp: bool, v6only: bool) -> BeforeThePort {
     let v6only = v6only || bindv6only();
     BeforeThePort {
         v6only,
-        address: if addr.ip.is_unspecified() {
+        address: if addr.ip.is_unspecified() && addr.scope.is_none() {
             Ok(())
         } else {
             address_refusal(addr, udp, v6only)
         },
         unprivileged_start: crate::owners::unprivileged_port_start(),
-        // The kernel takes a scope id only for an address that needs one (link-local).
-        bound_dev_if: addr
-            .scope
-            .as_deref()
-            .filter(|_| diagnose::needs_scope_addr(addr.ip))
-            .and_then(if_index)
-            .unwrap_or(0),
+        // The interface: a link-local address's scope id, or the device the socket is bound to.
+        bound_dev_if: addr.scope.as_deref().and_then(if_index).unwrap_or(0),
     }
 }
 
@@ -549,7 +550,10 @@ mod tests {
         );
         assert_eq!(a.to_string(), "fe80::1%eth0");
         assert!(parse_bind_addr("[::1]").unwrap().scope.is_none());
-        assert!(parse_bind_addr("10.0.0.1%eth0").is_err());
+        // A socket bound to a device (SO_BINDTODEVICE).
+        let a = parse_bind_addr("10.0.0.1%eth0").unwrap();
+        assert_eq!(a.scope.as_deref(), Some("eth0"));
+        assert_eq!(a.to_string(), "10.0.0.1%eth0");
         assert!(parse_bind_addr("fe80::1%").is_err());
         assert!(parse_bind_addr("nonsense").is_err());
     }

@@ -306,6 +306,38 @@ fn check_port_says_may_fail_when_it_hangs_on_a_time_waits_options() {
     assert_eq!(truth["errno"], 0, "{truth}");
 }
 
+/// A service that binds its socket to a device (`--addr 0.0.0.0%IFACE`): a listener bound to
+/// another device leaves it the port, one bound to the same device does not, and an unbound bind
+/// meets both — each verdict against the kernel's own answer to the same bind.
+#[test]
+fn check_port_answers_for_a_socket_bound_to_a_device() {
+    if !can_run("check_port_device") {
+        return;
+    }
+    let ns = Netns::new();
+    let listener = ns.hold_case("helper_listen_on_device", &["8644", "lo"]);
+    for (addr, dev, fails) in [
+        ("0.0.0.0%bt0", Some("bt0"), false),
+        ("0.0.0.0%lo", Some("lo"), true),
+        ("0.0.0.0", None, true),
+    ] {
+        let (code, v) = ns.check_port_json(&["8644", "--addr", addr]);
+        assert_eq!(v["would_fail"], fails, "{addr}: {v:#}");
+        assert_eq!(code, Some(i32::from(fails)), "{addr}: {v:#}");
+        if let Some(dev) = dev {
+            let truth = ns.run_case("case_bind_on_device", &["8644", dev]);
+            assert_eq!(
+                truth["errno"],
+                if fails { 98 } else { 0 },
+                "{addr}: {truth}"
+            );
+        }
+    }
+    let (code, v) = ns.check_port_json(&["8644", "--addr", "0.0.0.0%nosuchdev"]);
+    assert_eq!((code, &v["error"]), (Some(1), &"ENODEV".into()), "{v:#}");
+    listener.release();
+}
+
 /// SO_REUSEPORT shares a port within one user only: check-port answers for the user the service
 /// runs as (`--user`), not for the one running it.
 #[test]

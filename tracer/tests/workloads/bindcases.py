@@ -131,6 +131,26 @@ def helper_listen(port, reuseaddr, reuseport="0"):
     sys.stdin.read()
 
 
+def helper_listen_on_device(port, dev):
+    """A listener on 0.0.0.0:P bound to device `dev` (SO_BINDTODEVICE), after making a veth pair
+    bt0/bt1 in this namespace (a second device to bind to); held until stdin closes."""
+    subprocess.run(["ip", "link", "add", "bt0", "type", "veth", "peer", "name", "bt1"],
+                   check=True, capture_output=True)
+    s = sock()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+    s.bind(("0.0.0.0", int(port)))
+    s.listen(16)
+    report(role="listener")
+    sys.stdin.read()
+
+
+def case_bind_on_device(port, dev):
+    """The kernel's answer to a bind of 0.0.0.0:P from a socket bound to device `dev`."""
+    s = sock()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+    report(case="bind_on_device", errno=attempt(lambda: s.bind(("0.0.0.0", port))))
+
+
 def helper_connect_and_leave(port, server_port, reuseaddr="0"):
     """Connects from `port` (no SO_REUSEADDR unless asked), closes first (so this side enters
     TIME-WAIT) and exits: the seed's 1a."""
@@ -1183,7 +1203,7 @@ def run(name, args):
         fn(int(args[0]), *args[1:])
     elif name == "case_storm":
         fn(int(args[0]), float(args[1]))
-    elif name == "case_other_netns":
+    elif name in ("case_other_netns", "case_bind_on_device"):
         fn(int(args[0]), args[1])
     else:
         fn(*map(int, args))
