@@ -124,26 +124,24 @@ pub fn check(key: &HistoryKey, owner: &Owner) -> u64 {
     h | 1
 }
 
-/// Which socket of the key an owner is: its local address, peer (remote address and port) and
-/// family, as words compared without a `memcmp` the kernel programs cannot call.
+/// Which socket of the key an owner is: its local address, peer (remote address and port),
+/// family and IPV6_V6ONLY (`[::]` with it and without it cover different addresses: a dual-stack
+/// server's and its successor's IPv6-only listener), as words compared without a `memcmp` the
+/// kernel programs cannot call.
 #[inline(always)]
 fn endpoints(owner: &Owner) -> [u64; 5] {
+    const SOCKET: u64 = 0xffff_ffff | (crate::flags::V6ONLY as u64) << 32;
     // SAFETY: as in `check`; words 5 and 6 are `local_addr`, 7 and 8 `remote_addr`, word 9
-    // starts with `remote_port` and `family`.
+    // starts with `remote_port`, `family` and `flags`.
     let words = unsafe { &*core::ptr::from_ref(owner).cast::<[u64; 10]>() };
-    [
-        words[5],
-        words[6],
-        words[7],
-        words[8],
-        words[9] & 0xffff_ffff,
-    ]
+    [words[5], words[6], words[7], words[8], words[9] & SOCKET]
 }
 
 const _: () = assert!(core::mem::offset_of!(Owner, local_addr) == 5 * 8);
 const _: () = assert!(core::mem::offset_of!(Owner, remote_addr) == 7 * 8);
 const _: () = assert!(core::mem::offset_of!(Owner, remote_port) == 9 * 8);
 const _: () = assert!(core::mem::offset_of!(Owner, family) == 9 * 8 + 2);
+const _: () = assert!(core::mem::offset_of!(Owner, flags) == 9 * 8 + 4);
 
 impl HistorySet {
     /// Where a write of `owner` under the key `word` goes: the slot holding that key, address
@@ -340,6 +338,20 @@ mod tests {
         assert_eq!(pids(&set, key(80)), (vec![2, 3], false));
         write(&mut set, key(80), on(4, 4, 2, 127));
         assert_eq!(pids(&set, key(80)), (vec![2, 3, 4], false));
+        // [::] with IPV6_V6ONLY is another socket than [::] without (which covers IPv4 too).
+        let v6only = Owner {
+            flags: crate::flags::V6ONLY | crate::flags::REUSEADDR,
+            ..on(5, 5, 10, 0)
+        };
+        write(&mut set, key(80), v6only);
+        assert_eq!(pids(&set, key(80)), (vec![2, 3, 4, 5], false));
+        // Other flags (the options) do not make another socket.
+        let reuse = Owner {
+            flags: crate::flags::REUSEADDR,
+            ..on(6, 6, 2, 0)
+        };
+        write(&mut set, key(80), reuse);
+        assert_eq!(pids(&set, key(80)), (vec![2, 4, 5, 6], false));
     }
 
     #[test]

@@ -742,21 +742,38 @@ fn a_successors_other_listener_does_not_take_over_its_predecessors_time_wait() {
     if !can_run("server_restart_two_sockets") {
         return;
     }
-    let (ev, truth, run, ..) = held("case_server_restart_two_sockets", 7034);
-    assert_eq!(truth["errno"], 98, "{truth}");
-    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
-    let h = holder(&ev);
-    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
-    assert_eq!(h["local"], "127.0.0.1:7034", "{ev:#}");
-    assert_eq!(h["pid"], truth["holder_pid"], "the old server: {ev:#}");
-    assert_eq!(h["owner_alive"], false, "{ev:#}");
-    assert_eq!(h["reuseaddr"], false, "{ev:#}");
-    let hint = ev["hint"].as_str().unwrap();
-    assert!(
-        hint.contains("previous server's listening socket had not"),
-        "{hint}"
-    );
-    run.release();
+    // The old server on 127.0.0.1; then a dual-stack one on [::], as a JVM or Node listens,
+    // whose record the successor's [::] IPV6_V6ONLY listener must not replace.
+    for (port, dual, local) in [
+        (7034, "0", "127.0.0.1:7034"),
+        (7036, "1", "[::ffff:127.0.0.1]:7036"),
+    ] {
+        let tracer = Tracer::shared();
+        let ns = Netns::new();
+        let run = ns.hold_case(
+            "case_server_restart_two_sockets",
+            &[&port.to_string(), dual],
+        );
+        let truth = run.report.clone();
+        let pid = run.pid();
+        let ev = tracer.wait_for(&format!("the failure on {port}"), |v| {
+            v["pid"] == pid && v["event"] == "bind_failure"
+        });
+        assert_eq!(truth["errno"], 98, "{truth}");
+        assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+        let h = holder(&ev);
+        assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+        assert_eq!(h["local"], local, "{ev:#}");
+        assert_eq!(h["pid"], truth["holder_pid"], "the old server: {ev:#}");
+        assert_eq!(h["owner_alive"], false, "{ev:#}");
+        assert_eq!(h["reuseaddr"], false, "{ev:#}");
+        let hint = ev["hint"].as_str().unwrap();
+        assert!(
+            hint.contains("previous server's listening socket had not"),
+            "{hint}"
+        );
+        run.release();
+    }
 }
 
 /// A port kept by a program a server started without closing its descriptors, after the server

@@ -342,13 +342,19 @@ def helper_slow_connect_sharing_slot(server_port, hold_port, slots):
     c.close()
 
 
-def helper_serve_one(port, close_first):
-    """A server on P without SO_REUSEADDR with one connection, from a client of its own: with
+def helper_serve_one(port, close_first, dual="0"):
+    """A server on P without SO_REUSEADDR (on 127.0.0.1, or with `dual` on [::] without
+    IPV6_V6ONLY, as a JVM's or Node's) with one connection, from an IPv4 client of its own: with
     `close_first` it closes that connection first (its side goes to TIME-WAIT), closes the
     listener and exits; otherwise it closes only the listener and keeps serving the connection
     until stdin closes — a server being replaced while it drains its clients."""
-    lst = sock()
-    lst.bind((HOST, int(port)))
+    if dual == "1":
+        lst = sock(socket.AF_INET6)
+        lst.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        lst.bind(("::", int(port)))
+    else:
+        lst = sock()
+        lst.bind((HOST, int(port)))
     lst.listen(4)
     client = socket.create_connection((HOST, int(port)))
     client_port = client.getsockname()[1]
@@ -793,12 +799,13 @@ def case_server_restart(port, draining):
            remote_port=info["client_port"])
 
 
-def case_server_restart_two_sockets(port):
-    """A server on P without SO_REUSEADDR closed its connection first and exited (its side is in
-    TIME-WAIT on P); its successor, with SO_REUSEADDR, listens on [::]:P with IPV6_V6ONLY (which
-    the TIME-WAIT does not meet), then binds 0.0.0.0:P — nginx's `listen 80; listen [::]:80
-    ipv6only=on` — which the old server's TIME-WAIT refuses."""
-    helper, info = spawn("helper_serve_one", port, 1)
+def case_server_restart_two_sockets(port, dual=0):
+    """A server on P without SO_REUSEADDR (on 127.0.0.1, or with `dual` on [::] without
+    IPV6_V6ONLY) closed its connection first and exited (its side is in TIME-WAIT on P); its
+    successor, with SO_REUSEADDR, listens on [::]:P with IPV6_V6ONLY (which the TIME-WAIT does not
+    meet), then binds 0.0.0.0:P — nginx's `listen 80; listen [::]:80 ipv6only=on` — which the
+    old server's TIME-WAIT refuses."""
+    helper, info = spawn("helper_serve_one", port, 1, dual)
     helper.wait()
     wait_for_tcp_state(port, TCP_TIME_WAIT)
     s6 = sock(socket.AF_INET6, reuseaddr=True)
