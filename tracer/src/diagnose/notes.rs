@@ -88,7 +88,7 @@ pub(super) fn hint_with_notes(
         let _ = write!(
             hint,
             " (an IPv6 socket without IPV6_V6ONLY that got its address from connect() holds \
-             port {} for IPv4's 0.0.0.0 too, as 127.0.0.6: binding a specific IPv4 address \
+             port {} for IPv4's 0.0.0.0 too: binding a specific IPv4 address \
              avoids it)",
             h.local.port()
         );

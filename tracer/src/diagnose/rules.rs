@@ -15,18 +15,16 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// `LOOPBACK4_IPV6`, 127.0.0.6: the IPv4 address the kernel gives an IPv6 socket with an IPv6
-/// address of its own (`inet_rcv_saddr`), which IPv4 binds are compared with.
-const LOOPBACK4_IPV6: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
-
 /// Whether the local addresses of a new socket (`a`) and one on the port (`b`) overlap, with
 /// IPV6_V6ONLY deciding whether an IPv6 socket meets IPv4 ones (`inet_rcv_saddr_equal()`).
 ///
 /// An IPv6 socket without IPV6_V6ONLY meets an IPv4 bind through its IPv4 face: the mapped
-/// address, 0.0.0.0 for `[::]`, and for any other IPv6 address 127.0.0.6 — which an IPv4
-/// wildcard covers. A bind() to such an address sets IPV6_V6ONLY itself, so this is a socket
-/// that got its address from connect(): a dual-stack client's connection over IPv6 blocks an
-/// IPv4 wildcard bind of its source port (checked on 6.18, TCP and UDP).
+/// address, 0.0.0.0 for `[::]`; with any other IPv6 address, only the IPv4 wildcard. A bind() to
+/// such an address sets IPV6_V6ONLY itself, so this is a socket that got its address from
+/// connect(): a dual-stack client's connection over IPv6 blocks an IPv4 wildcard bind of its
+/// source port (checked on 6.18, TCP and UDP). Kernels before 6.1 also compared IPv4 binds with
+/// its `LOOPBACK4_IPV6`, 127.0.0.6, an address nobody binds; with 6.1's per-address bind buckets
+/// (`bhash2`) that went (on 6.18 a bind of 127.0.0.6 succeeds).
 pub fn addresses_overlap(
     a: IpAddr,
     a_v6only: Option<bool>,
@@ -38,9 +36,7 @@ pub fn addresses_overlap(
         (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified() || x == y,
         (IpAddr::V6(x), IpAddr::V6(y)) => x.is_unspecified() || y.is_unspecified() || x == y,
         (IpAddr::V4(_), IpAddr::V6(y)) if y.is_unspecified() => b_v6only != Some(true),
-        (IpAddr::V4(x), IpAddr::V6(_)) => {
-            b_v6only == Some(false) && (x.is_unspecified() || x == LOOPBACK4_IPV6)
-        }
+        (IpAddr::V4(x), IpAddr::V6(_)) => b_v6only == Some(false) && x.is_unspecified(),
         (IpAddr::V6(x), IpAddr::V4(_)) => x.is_unspecified() && a_v6only != Some(true),
     }
 }

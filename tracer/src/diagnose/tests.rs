@@ -294,7 +294,7 @@ fn dual_stack() {
 }
 
 /// A dual-stack client's connection over IPv6 holds its source port against an IPv4
-/// wildcard (its IPv4 face is 127.0.0.6), not against another IPv4 address; a socket bound to
+/// wildcard, not against a specific IPv4 address (127.0.0.6 included); a socket bound to
 /// an IPv6 address is IPV6_V6ONLY and meets no IPv4 bind. Its option unknown, a connection is
 /// taken to have the default.
 #[test]
@@ -308,8 +308,12 @@ fn an_ipv6_connection_without_v6only_blocks_the_ipv4_wildcard() {
     let d = verdict(&r, vec![h.clone()], &ctx());
     assert_eq!(d.cause, Cause::OutgoingConnectionConflict);
     assert!(d.holders[0].conflicts);
-    assert!(d.hint.contains("as 127.0.0.6"), "{}", d.hint);
+    assert!(d.hint.contains("for IPv4's 0.0.0.0 too"), "{}", d.hint);
     assert!(!conflicts(&req("127.0.0.1", 52888), &h));
+    assert!(
+        !conflicts(&req("127.0.0.6", 52888), &h),
+        "6.1+: not its IPv4 face"
+    );
     h.v6only = Some(true);
     assert!(!conflicts(&r, &h));
     // Unknown (sock_diag tells it for listening and bound sockets only): what connect() leaves,
@@ -1111,7 +1115,7 @@ fn diagnosis_json_keys() {
 #[test]
 fn an_ipv6_clients_time_wait_blocks_an_ipv4_wildcard_bind() {
     // `curl -6` from an exited process: its TIME-WAIT on [::1]:P, whose IPV6_V6ONLY sock_diag
-    // does not tell, blocks 0.0.0.0:P (its IPv4 face is 127.0.0.6), not 127.0.0.1:P.
+    // does not tell, blocks 0.0.0.0:P, not 127.0.0.1:P.
     let mut r = req("0.0.0.0", 42008);
     r.reuseaddr = true;
     let mut tw = holder(State::TimeWait, "[::1]:42008");
@@ -1126,7 +1130,7 @@ fn an_ipv6_clients_time_wait_blocks_an_ipv4_wildcard_bind() {
     assert_eq!(d.cause, Cause::TimeWaitConflict, "{d:?}");
     assert!(d.holders[0].conflicts);
     let specific = verdict(&req("127.0.0.1", 42008), vec![tw.clone()], &ctx());
-    assert!(!specific.holders[0].conflicts, "127.0.0.1 is not 127.0.0.6");
+    assert!(!specific.holders[0].conflicts, "only the IPv4 wildcard");
     // A client that set IPV6_V6ONLY (known from the history) leaves IPv4 alone.
     tw.v6only = Some(true);
     assert!(!verdict(&r, vec![tw], &ctx()).holders[0].conflicts);

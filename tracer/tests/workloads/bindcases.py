@@ -606,7 +606,7 @@ def case_1a_nonblocking(port):
 def case_v6_client_time_wait(port):
     """An exited IPv6 client's TIME-WAIT, from an ephemeral port to a server on [::1]:P, blocks a
     SO_REUSEADDR bind of 0.0.0.0 on that port: without IPV6_V6ONLY the connection holds the port
-    for IPv4 too (as 127.0.0.6), which the IPv4 wildcard covers."""
+    for IPv4's wildcard too."""
     srv = server(port, socket.AF_INET6, "::1")
     c, info = spawn("helper_connect_v6_and_leave", port)
     conn, _ = srv.accept()
@@ -1109,7 +1109,7 @@ def case_storm(port, seconds):
 
 def case_v6_client_blocks_v4_wildcard(port):
     """A server of this process listens on [::1]:P; another process's IPv6 connection to it,
-    from an ephemeral port E, holds E for IPv4's 0.0.0.0 too (its IPv4 face is 127.0.0.6): a
+    from an ephemeral port E, holds E for IPv4's 0.0.0.0 too: a
     SO_REUSEADDR bind of 0.0.0.0:E fails, one of 127.0.0.1:E does not."""
     srv = sock(socket.AF_INET6, reuseaddr=True)
     srv.bind(("::1", port))
