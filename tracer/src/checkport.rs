@@ -14,7 +14,7 @@
 //! outside (a TIME-WAIT's SO_REUSEADDR, who opened it) comes from the history of any `bindtrace
 //! watch` running on the host (`owners::History::of_running_watches`).
 
-use std::{collections::BTreeSet, fs, net::IpAddr, os::unix::fs::MetadataExt};
+use std::{fs, net::IpAddr, os::unix::fs::MetadataExt};
 
 use anyhow::{Context as _, Result, anyhow};
 use clap::Args;
@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::{
     cli::parse_port,
-    diagnose::{self, Diagnosis, Holder, Request},
+    diagnose::{self, Diagnosis, Holder, PortContext, Request},
     netns,
     output::{OutputFormat, sanitize},
     owners::Investigator,
@@ -263,22 +263,13 @@ struct PortCheck<'a> {
     diagnosis: &'a Diagnosis,
 }
 
-/// `lo-hi` runs of sorted ports: `8080,9000-9002`.
-pub fn ranges(ports: &BTreeSet<u16>) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut it = ports.iter().copied().peekable();
-    while let Some(start) = it.next() {
-        let mut end = start;
-        while it.peek() == Some(&(end.wrapping_add(1))) && end < u16::MAX {
-            end = it.next().unwrap_or(end);
-        }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-    }
-    out.join(",")
+/// `ip_local_reserved_ports` (as the kernel printed it: `reserved`) with `port` added.
+fn reserved_with(reserved: Option<&str>, port: u16) -> String {
+    let ctx = PortContext {
+        reserved: reserved.map(diagnose::parse_reserved).unwrap_or_default(),
+        ..PortContext::default()
+    };
+    ctx.reserved_with([port])
 }
 
 /// Whether `h` blocks `req` whatever those of its options that could not be read (a TIME-WAIT's
@@ -391,8 +382,10 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                 println!(
                     "    warning: {port} lies in the ephemeral range {} and is not reserved: an \
                      outgoing connection can take it at any moment; reserve it with \
-                     `sysctl -w net.ipv4.ip_local_reserved_ports={port}` (add to any existing list)",
-                    d.port_range.as_deref().unwrap_or("?")
+                     `sysctl -w net.ipv4.ip_local_reserved_ports={}` (the list reserved now, \
+                     with {port})",
+                    d.port_range.as_deref().unwrap_or("?"),
+                    reserved_with(d.reserved_ports.as_deref(), port)
                 );
             }
         }
@@ -504,16 +497,11 @@ fn listening(
     let ctx = ctx.unwrap_or_default();
     unprotected.sort();
     unprotected.dedup();
-    let mut reserved: BTreeSet<u16> = BTreeSet::new();
-    for &(a, b) in &ctx.reserved {
-        reserved.extend(a..=b);
-    }
-    let current = ranges(&reserved);
-    reserved.extend(unprotected.iter().map(|(p, _)| *p));
     let report = Listening {
         port_range: ctx.range.map(|(lo, hi)| format!("{lo}-{hi}")),
-        reserved_ports: current,
-        proposed_reserved_ports: (!unprotected.is_empty()).then(|| ranges(&reserved)),
+        reserved_ports: ctx.reserved_with([]),
+        proposed_reserved_ports: (!unprotected.is_empty())
+            .then(|| ctx.reserved_with(unprotected.iter().map(|(p, _)| *p))),
         unprotected,
     };
     match output {
@@ -560,8 +548,12 @@ mod tests {
 
     #[test]
     fn port_ranges_are_compact() {
-        let s: BTreeSet<u16> = [8080, 9000, 9001, 9002, 65535, 1].into_iter().collect();
-        assert_eq!(ranges(&s), "1,8080,9000-9002,65535");
-        assert_eq!(ranges(&BTreeSet::new()), "");
+        let ctx = PortContext::default();
+        assert_eq!(
+            ctx.reserved_with([8080, 9000, 9001, 9002, 65535, 1]),
+            "1,8080,9000-9002,65535"
+        );
+        assert_eq!(ctx.reserved_with([]), "");
+        assert_eq!(reserved_with(Some("9000-9002"), 9003), "9000-9003");
     }
 }

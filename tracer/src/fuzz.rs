@@ -100,7 +100,7 @@ proptest! {
 
     #[test]
     fn reserved_ports_round_trip(ports in proptest::collection::btree_set(1u16.., 0..40)) {
-        let text = crate::checkport::ranges(&ports);
+        let text = diagnose::PortContext::default().reserved_with(ports.iter().copied());
         let parsed = diagnose::parse_reserved(&text);
         let mut back = std::collections::BTreeSet::new();
         for (a, b) in parsed {

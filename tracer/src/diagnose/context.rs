@@ -93,6 +93,33 @@ impl PortContext {
             .is_some_and(|(lo, hi)| (lo..=hi).contains(&port) && !self.is_reserved(port))
     }
 
+    /// `ip_local_reserved_ports` as it would be with `ports` added to the current list: what to
+    /// set (setting only a new port would drop the ports reserved before: a node's NodePort
+    /// range, other services').
+    pub fn reserved_with(&self, ports: impl IntoIterator<Item = u16>) -> String {
+        let mut all: Vec<(u16, u16)> = self.reserved.clone();
+        all.extend(ports.into_iter().map(|p| (p, p)));
+        all.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::new();
+        for (a, b) in all {
+            match merged.last_mut() {
+                Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        let runs: Vec<String> = merged
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        runs.join(",")
+    }
+
     pub(super) fn range_text(&self) -> String {
         self.range
             .map_or_else(|| "?".to_string(), |(lo, hi)| format!("{lo}-{hi}"))
@@ -102,6 +129,24 @@ impl PortContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reservation_keeps_the_list_it_adds_to() {
+        let c = PortContext {
+            reserved: parse_reserved("30000-32767,41010,41015-41016\n"),
+            ..PortContext::default()
+        };
+        assert_eq!(
+            c.reserved_with([41012]),
+            "30000-32767,41010,41012,41015-41016"
+        );
+        assert_eq!(
+            c.reserved_with([41011, 41014]),
+            "30000-32767,41010-41011,41014-41016"
+        );
+        assert_eq!(c.reserved_with([31000]), "30000-32767,41010,41015-41016");
+        assert_eq!(PortContext::default().reserved_with([8080]), "8080");
+    }
 
     #[test]
     fn port_settings_parse() {

@@ -47,9 +47,11 @@ pub(super) fn either(ways: &[Option<&str>]) -> String {
 pub(super) fn reserve_fix(port: u16, ctx: &PortContext) -> String {
     format!(
         "port {port} lies in the ephemeral range {} (net.ipv4.ip_local_port_range) and is not \
-         reserved: reserve it with `sysctl -w net.ipv4.ip_local_reserved_ports={port}` (add to \
-         any existing list) or move the range above your listen ports",
-        ctx.range_text()
+         reserved: reserve it with `sysctl -w net.ipv4.ip_local_reserved_ports={}` (the list \
+         reserved now, with {port}; in the host's namespace for a hostNetwork pod, and in \
+         /etc/sysctl.d to keep it) or move the range above your listen ports",
+        ctx.range_text(),
+        ctx.reserved_with([port])
     )
 }
 
