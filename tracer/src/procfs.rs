@@ -398,7 +398,7 @@ fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> Option<i32> {
 /// called on the duplicate, which is closed at once. For those microseconds the duplicate keeps
 /// the socket alive: were its owner to close it and bind the port again in that instant, the bind
 /// would fail. So the collector asks only about sockets the kernel programs never saw take their
-/// port (`owners::live_options`).
+/// port (`owners::history::live_options`).
 pub fn socket_options(pid: u32, fd: u32, inode: u64) -> Option<SockOpts> {
     // SAFETY: raw syscalls with integer arguments; results are checked and owned.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
