@@ -30,6 +30,26 @@ pub struct Context {
     pub host_network: Option<bool>,
 }
 
+impl Context {
+    /// Where the process runs, for text: `pod=NAMESPACE/NAME`, else `pod=UID` (a pod whose log
+    /// directory is not found), else `container=ID` (12 digits); None on the host.
+    pub fn label(&self) -> Option<String> {
+        let short = |id: &str| id[..id.len().min(12)].to_string();
+        match (
+            &self.pod_namespace,
+            &self.pod_name,
+            &self.pod_uid,
+            &self.container_id,
+        ) {
+            (Some(ns), Some(pod), ..) => Some(format!("pod={ns}/{pod}")),
+            (_, _, Some(uid), Some(id)) => Some(format!("pod={uid} container={}", short(id))),
+            (_, _, Some(uid), None) => Some(format!("pod={uid}")),
+            (_, _, None, Some(id)) => Some(format!("container={}", short(id))),
+            _ => None,
+        }
+    }
+}
+
 fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -240,6 +260,25 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_context_is_labelled_by_its_pod_else_its_container() {
+        let id = "4f967e757657aaaabbbbccccddddeeeeffff0000111122223333444455556666".to_string();
+        let mut c = Context {
+            container_id: Some(id),
+            ..Context::default()
+        };
+        assert_eq!(c.label().as_deref(), Some("container=4f967e757657"));
+        c.pod_uid = Some("0d8f-11".into());
+        assert_eq!(
+            c.label().as_deref(),
+            Some("pod=0d8f-11 container=4f967e757657")
+        );
+        c.pod_namespace = Some("default".into());
+        c.pod_name = Some("curl-client-6b7f9".into());
+        assert_eq!(c.label().as_deref(), Some("pod=default/curl-client-6b7f9"));
+        assert_eq!(Context::default().label(), None);
+    }
 
     const ID: &str = "3f1c2d0e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d";
     const POD: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";

@@ -127,6 +127,10 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
     if let Some(u) = h.uid {
         let _ = write!(s, " uid={u}");
     }
+    // On a node, the pod is what an operator knows a process by.
+    if let Some(label) = h.container.label() {
+        let _ = write!(s, " {}", sanitize(&label));
+    }
     let src = match h.source {
         diagnose::Source::Live => match h.age_ms {
             Some(_) => format!("live, took the port{}", diagnose::age(h)),
@@ -290,14 +294,8 @@ pub fn text_line(ev: &Event) -> String {
         .ok();
     }
     let c = &ev.container;
-    match (&c.pod_namespace, &c.pod_name, &c.container_id) {
-        (Some(ns), Some(pod), _) => {
-            let _ = write!(line, " pod={}/{}", sanitize(ns), sanitize(pod));
-        }
-        (_, _, Some(id)) => {
-            let _ = write!(line, " container={}", &id[..id.len().min(12)]);
-        }
-        _ => {}
+    if let Some(label) = c.label() {
+        let _ = write!(line, " {}", sanitize(&label));
     }
     if c.host_network == Some(true) && c.container_id.is_some() {
         line.push_str(" hostNetwork");

@@ -15,9 +15,14 @@ pub(super) fn stop(h: &Holder) -> &'static str {
 }
 
 pub(super) fn who(h: &Holder) -> String {
+    // The pod (on a Kubernetes node, what the process is known by), when it runs in one.
+    let pod = match (&h.container.pod_namespace, &h.container.pod_name) {
+        (Some(ns), Some(name)) => format!(", pod {ns}/{name}"),
+        _ => String::new(),
+    };
     match (&h.comm, h.pid) {
-        (Some(c), Some(p)) => format!("{c} (pid {p})"),
-        (None, Some(p)) => format!("pid {p}"),
+        (Some(c), Some(p)) => format!("{c} (pid {p}{pod})"),
+        (None, Some(p)) => format!("pid {p}{pod}"),
         _ => "an unknown process".to_string(),
     }
 }

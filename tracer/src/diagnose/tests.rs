@@ -1239,3 +1239,22 @@ fn a_link_local_address_without_interface_is_shown_with_the_one_that_has_it() {
         d.hint
     );
 }
+
+#[test]
+fn a_holder_in_a_pod_is_named_with_it() {
+    let mut r = req("0.0.0.0", 41010);
+    r.reuseaddr = true;
+    let mut tw = holder(State::TimeWait, "10.0.0.10:41010");
+    tw.remote = Some("10.0.0.10:8080".parse().unwrap());
+    tw.source = Source::History;
+    tw.comm = Some("curl".into());
+    tw.container.pod_namespace = Some("default".into());
+    tw.container.pod_name = Some("curl-client-6b7f9".into());
+    let d = verdict(&r, vec![tw], &ctx());
+    assert!(
+        d.hint
+            .contains("by curl (pid 200, pod default/curl-client-6b7f9)"),
+        "{}",
+        d.hint
+    );
+}
