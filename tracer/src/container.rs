@@ -140,6 +140,15 @@ fn cgroup_paths_by_id(root: &Path) -> HashMap<u64, String> {
 /// How often, at most, the cgroup tree is walked again for an id it did not have.
 const CGROUP_RESCAN: Duration = Duration::from_secs(1);
 
+/// How often a watch on a container host walks the cgroup tree unasked
+/// ([`Resolver::keep_up`]): a client pod (a Job, a CronJob) that lived at least this long is
+/// named for its connections' TIME-WAITs after the kubelet has removed its cgroup.
+pub const CGROUP_KEEP_UP: Duration = Duration::from_secs(5);
+
+/// More cgroup paths than this and the oldest knowledge is dropped (ids are never reused, so a
+/// path kept is never wrong, only stale).
+const CGROUPS_KEPT: usize = 100_000;
+
 /// Resolves contexts, caching what does not change (the host netns, the kubelet's pod list, the
 /// paths of cgroup ids).
 pub struct Resolver {
@@ -188,7 +197,7 @@ impl Resolver {
             return;
         }
         self.pods_read = Some(Instant::now());
-        self.pods.clear();
+        // Kept, not cleared: a deleted pod's TIME-WAITs outlive its log directory.
         for e in fs::read_dir("/var/log/pods")
             .into_iter()
             .flatten()
@@ -217,9 +226,47 @@ impl Resolver {
             && let Some(root) = &self.cgroup_root
         {
             self.cgroups_read = Some(Instant::now());
-            self.cgroups = cgroup_paths_by_id(root);
+            let now = cgroup_paths_by_id(root);
+            self.remember_cgroups(now);
         }
         self.cgroups.get(&id).cloned()
+    }
+
+    /// Adds the paths of a walk to those known: a cgroup removed since (a finished pod's) keeps
+    /// its path, which its processes' remembered connections still need.
+    fn remember_cgroups(&mut self, now: HashMap<u64, String>) {
+        if self.cgroups.len() + now.len() > CGROUPS_KEPT {
+            self.cgroups.clear();
+        }
+        self.cgroups.extend(now);
+    }
+
+    /// On a container host (the cgroup tree has a `kubepods` branch, or the kubelet's
+    /// `/var/log/pods` exists), walks the cgroup tree and the pods' log directories if the last
+    /// walk is [`CGROUP_KEEP_UP`] old, so that a container that exits and is removed between two
+    /// failures is still known by its cgroup id. Elsewhere, nothing: cgroups are looked up when a
+    /// failure names an unknown one.
+    pub fn keep_up(&mut self) {
+        let Some(root) = &self.cgroup_root else {
+            return;
+        };
+        if self
+            .cgroups_read
+            .is_some_and(|t| t.elapsed() < CGROUP_KEEP_UP)
+        {
+            return;
+        }
+        let containers = ["kubepods", "kubepods.slice"]
+            .iter()
+            .any(|d| root.join(d).is_dir())
+            || Path::new("/var/log/pods").is_dir();
+        if !containers {
+            return;
+        }
+        self.cgroups_read = Some(Instant::now());
+        let now = cgroup_paths_by_id(root);
+        self.remember_cgroups(now);
+        self.read_pods();
     }
 
     /// The context of process `pid` (0: gone) in cgroup `cgroup_id` (0: unknown) and network
@@ -260,6 +307,35 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client pod's container that ran and was removed between two failures (a Job's): a
+    /// watch on a container host walked the tree meanwhile, and still names it by its cgroup id.
+    #[test]
+    fn a_removed_containers_cgroup_is_still_known() {
+        let root = std::env::temp_dir().join(format!("bt-cgroups-{}", std::process::id()));
+        let pod = root.join(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            POD.replace('-', "_")
+        ));
+        let scope = pod.join(format!("cri-containerd-{ID}.scope"));
+        fs::create_dir_all(&scope).unwrap();
+        let id = fs::metadata(&scope).unwrap().ino();
+        let mut r = Resolver {
+            cgroup_root: Some(root.clone()),
+            ..Resolver::default()
+        };
+        r.keep_up();
+        fs::remove_dir_all(&root).unwrap();
+        let c = r.resolve(0, id, 0);
+        assert_eq!(c.container_id.as_deref(), Some(ID));
+        assert_eq!(c.pod_uid.as_deref(), Some(POD));
+        // Walked again later, the tree no longer has it: still known.
+        r.cgroups_read = None;
+        fs::create_dir_all(root.join("kubepods.slice")).unwrap();
+        r.keep_up();
+        assert_eq!(r.resolve(0, id, 0).container_id.as_deref(), Some(ID));
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn a_context_is_labelled_by_its_pod_else_its_container() {

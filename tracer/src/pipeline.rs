@@ -80,8 +80,19 @@ impl Pipeline {
             .name("bindtrace-diagnose".into())
             .spawn(move || -> Result<()> {
                 let mut investigator = investigator;
-                let mut containers = crate::container::Resolver::default();
-                for msg in rx {
+                let mut own = crate::container::Resolver::default();
+                loop {
+                    // Between events too, the containers' cgroups are kept up with (on a
+                    // container host only): a pod gone by the time a failure names it is known.
+                    let containers = investigator
+                        .as_mut()
+                        .map_or(&mut own, Investigator::containers);
+                    containers.keep_up();
+                    let msg = match rx.recv_timeout(crate::container::CGROUP_KEEP_UP) {
+                        Ok(msg) => msg,
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     taken.fetch_sub(1, Ordering::Relaxed);
                     match msg {
                         Msg::Event(mut ev, ns) => {

@@ -93,6 +93,11 @@ impl Investigator {
         )
     }
 
+    /// Its resolver of cgroups to containers and pods (for the failing process's too: one cache).
+    pub fn containers(&mut self) -> &mut crate::container::Resolver {
+        &mut self.containers
+    }
+
     /// Whether it has a history of owners to consult.
     pub fn has_history(&self) -> bool {
         self.history.is_some()
