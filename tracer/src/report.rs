@@ -315,12 +315,20 @@ when bindtrace was watching ({} run(s)):",
         incident.holder = if incident.holder_processes.is_empty() {
             holder_kind
         } else {
+            // A Job's pods each have their own name: the first few, and how many.
+            let n = incident.holder_processes.len();
             let names: Vec<&str> = incident
                 .holder_processes
                 .iter()
+                .take(HOLDERS_NAMED)
                 .map(String::as_str)
                 .collect();
-            format!("{} {holder_kind}", names.join(","))
+            let more = if n > HOLDERS_NAMED {
+                format!(",... ({n} in all)")
+            } else {
+                String::new()
+            };
+            format!("{}{more} {holder_kind}", names.join(","))
         };
         incident.failing.insert(ev.comm.clone());
         if t.len() >= 16 {
@@ -439,6 +447,9 @@ when bindtrace was watching ({} run(s)):",
     }
 }
 
+/// An incident names at most this many holders' programs (or pods) in its text.
+const HOLDERS_NAMED: usize = 5;
+
 /// The holder a failure is tallied under — the conflicting one, else the first — as its
 /// program's name ("?" if unknown) and state; or no name, and why there is none.
 fn holder_parts(ev: &Event) -> (Option<String>, String) {
@@ -447,10 +458,13 @@ fn holder_parts(ev: &Event) -> (Option<String>, String) {
         .as_ref()
         .and_then(|d| d.holders.iter().find(|h| h.conflicts).or(d.holders.first()));
     if let Some(h) = found {
-        return (
-            Some(h.comm.clone().unwrap_or_else(|| "?".to_string())),
-            h.state.as_str().to_string(),
-        );
+        // With its pod on a node: which pod keeps taking the port is the question there.
+        let comm = h.comm.clone().unwrap_or_else(|| "?".to_string());
+        let name = match h.container.label() {
+            Some(pod) => format!("{comm} ({pod})"),
+            None => comm,
+        };
+        return (Some(name), h.state.as_str().to_string());
     }
     // A port conflict has a holder to find (one not found is worth seeing); the other failures
     // are the caller's own (its address, its privileges, the range).
@@ -669,6 +683,42 @@ mod tests {
             s.by_holder.len(),
             2,
             "the holder table still tells them apart"
+        );
+        // On a node, the holders' pods; a Job's many, the first few and how many.
+        let mut s = Summary::default();
+        for n in 0..7 {
+            let mut e = event();
+            let mut h = Holder::new(
+                State::TimeWait,
+                false,
+                "10.0.0.10:41010".parse().unwrap(),
+                Source::History,
+            );
+            h.remote = Some("10.0.0.10:8080".parse().unwrap());
+            h.comm = Some("curl".into());
+            h.container.pod_namespace = Some("batch".into());
+            h.container.pod_name = Some(format!("report-job-{n}"));
+            e.diagnosis = Some(verdict(
+                &Request::from_event(&e),
+                vec![h],
+                &PortContext::default(),
+            ));
+            s.event(&e);
+        }
+        let i = s.incidents.values().next().unwrap();
+        assert!(
+            i.holder.starts_with("curl (pod=batch/report-job-0),"),
+            "{}",
+            i.holder
+        );
+        assert!(
+            i.holder.ends_with(",... (7 in all) TIME_WAIT"),
+            "{}",
+            i.holder
+        );
+        assert_eq!(
+            s.by_holder["curl (pod=batch/report-job-3) TIME_WAIT"].failures,
+            1
         );
     }
 
