@@ -10,7 +10,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -61,6 +61,16 @@ pub struct LogFile {
 }
 
 fn open(path: &Path) -> io::Result<File> {
+    // Its directory too (`/var/log/bindtrace` on a fresh host), as private as the file.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)?;
+    }
     OpenOptions::new()
         .create(true)
         .append(true)
@@ -241,9 +251,11 @@ mod tests {
     fn rotates_keeps_n_and_creates_private_files() {
         let dir = std::env::temp_dir().join(format!("bindtrace-logtest-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        // Its directory is made too, private (`/var/log/bindtrace` on a fresh host).
         let path = dir.join("bind.log");
         let mut log = LogFile::open(&path, 4096, 2).unwrap();
+        let dir_mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode & 0o007, 0, "not world-readable: {dir_mode:o}");
         let ev = event();
         for _ in 0..40 {
             log.event(&ev).unwrap();

@@ -126,6 +126,14 @@ fn hold_netns(inode: u32) -> Option<netns::Netns> {
 /// other, cannot be matched in the kernel).
 fn open_cgroup2_dir(p: &Path) -> Result<fs::File> {
     const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
+    // A path as /proc/PID/cgroup shows it ("0::/kubepods.slice/..."), relative to the cgroup2
+    // mount, is taken from there when it is not a path of its own.
+    let in_mount = (!p.exists())
+        .then(|| host::cgroup2_root().ok())
+        .flatten()
+        .map(|root| root.join(p.strip_prefix("/").unwrap_or(p)))
+        .filter(|q| q.is_dir());
+    let p = in_mount.as_deref().unwrap_or(p);
     let f = fs::File::open(p).with_context(|| format!("--cgroup {}: cannot open", p.display()))?;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: fstatfs fills `st` on success, the only case read.
