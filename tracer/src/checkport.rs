@@ -459,11 +459,13 @@ fn print_port_verdict(what: &str, d: &Diagnosis, blocked: bool, uncertain: bool,
 
 #[derive(Serialize)]
 struct Listening {
+    #[serde(skip_serializing_if = "Option::is_none")]
     port_range: Option<String>,
     reserved_ports: String,
     /// Listening ports inside the range and not reserved, with their owners.
     unprotected: Vec<(u16, String)>,
     /// `ip_local_reserved_ports` covering the current value and those ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
     proposed_reserved_ports: Option<String>,
 }
 

@@ -90,7 +90,9 @@ pub struct Summary {
     events_lost: u64,
     /// Lines that did not parse (corrupt, truncated, or not bindtrace's).
     corrupt_lines: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     first: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     last: Option<String>,
     by_port: BTreeMap<String, Count>,
     by_cause: BTreeMap<String, Count>,
@@ -118,6 +120,7 @@ pub struct Summary {
 #[derive(Serialize)]
 struct Session {
     started: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     stopped: Option<String>,
 }
 
