@@ -124,7 +124,7 @@ impl Remembered {
     }
 
     /// The address it took the port on.
-    fn local_ip(&self) -> std::net::IpAddr {
+    pub(super) fn local_ip(&self) -> std::net::IpAddr {
         event::ip(self.owner.family, &self.owner.local_addr)
     }
 

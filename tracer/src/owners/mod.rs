@@ -462,11 +462,20 @@ impl Investigator {
     fn unlisted(&self, remembered: &[Remembered], req: &Request) -> Vec<Holder> {
         let not_callers = |h: &Holder| !is_callers_socket(h, req);
         // Before 6.8 the kernel lists no bound-only socket: a live process that bound the port
-        // and still runs is the best explanation left.
+        // and still runs is the best explanation left — unless it went on to listen on that
+        // address (its listener, listed, was judged already).
         if !self.lists_bound_sockets {
+            let listened_since = |b: &Remembered| {
+                remembered.iter().any(|l| {
+                    l.role == Role::Listening
+                        && l.owner.pid == b.owner.pid
+                        && l.owner.ts_ns >= b.owner.ts_ns
+                        && diagnose::canonical(l.local_ip()) == diagnose::canonical(b.local_ip())
+                })
+            };
             let bound: Vec<Holder> = remembered
                 .iter()
-                .filter(|r| r.role == Role::Bound && r.alive)
+                .filter(|r| r.role == Role::Bound && r.alive && !listened_since(r))
                 .map(|r| r.holder(req, false))
                 .filter(not_callers)
                 .collect();
@@ -542,6 +551,31 @@ mod tests {
     /// With no socket left on the port, the last one seen to take it before the failure that
     /// would have refused the call is named, as closed: not one taken after the failure, not a
     /// failed listen()'s own socket, and none for a call not made yet (`check-port`).
+    #[test]
+    fn before_6_8_a_bound_socket_that_went_on_to_listen_is_not_named_bound() {
+        // 6.1: the listed listener (on a device, say) was judged and let the call through; the
+        // history's record of its bind() is the same socket, not a bound-only one.
+        let mut inv = Investigator::new(None);
+        inv.lists_bound_sockets = false;
+        let known = flags::SOCKOPTS_KNOWN;
+        let at = |ts, mut r: Remembered| {
+            r.owner.ts_ns = ts;
+            r
+        };
+        let bound = || at(100, remembered(7, Role::Bound, [0; 4], known));
+        let listening = at(101, remembered(7, Role::Listening, [0; 4], known));
+        let mut req = Request::bind(IpAddr::from([0, 0, 0, 0]), 8644, false, false, false);
+        req.pid = 1;
+        let named = |list: &[Remembered]| -> Vec<(Option<u32>, State)> {
+            inv.unlisted(list, &req)
+                .iter()
+                .map(|h| (h.pid, h.state))
+                .collect()
+        };
+        assert!(named(&[bound(), listening]).is_empty());
+        assert_eq!(named(&[bound()]), [(Some(7), State::Bound)], "bound only");
+    }
+
     #[test]
     fn a_holder_gone_before_the_lookup_is_the_last_seen_before_the_failure() {
         let mut inv = Investigator::new(None);
