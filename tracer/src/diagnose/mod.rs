@@ -168,19 +168,7 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
         same_process,
         in_ephemeral_range: in_range,
         port_range: ctx.range.map(|(lo, hi)| format!("{lo}-{hi}")),
-        reserved_ports: (!ctx.reserved.is_empty()).then(|| {
-            ctx.reserved
-                .iter()
-                .map(|&(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        }),
+        reserved_ports: (!ctx.reserved.is_empty()).then(|| ctx.reserved_with([])),
         ports_in_use: ctx.ports_in_use,
         port_users: ctx.users.clone(),
         device: ctx.device.clone(),

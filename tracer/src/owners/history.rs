@@ -128,6 +128,11 @@ impl Remembered {
         event::ip(self.owner.family, &self.owner.local_addr)
     }
 
+    /// Whether it took the port on `ip` (IPv4-mapped addresses counting as IPv4).
+    pub(super) fn on_address(&self, ip: std::net::IpAddr) -> bool {
+        diagnose::canonical(self.local_ip()) == diagnose::canonical(ip)
+    }
+
     /// IPV6_V6ONLY of an IPv6 socket, when read.
     fn v6only(&self) -> Option<bool> {
         let known = |bit| self.owner.flags & bit != 0;
@@ -202,8 +207,7 @@ pub(super) fn history_owner<'a>(
     s: &DiagSocket,
     state: State,
 ) -> Option<&'a Remembered> {
-    let same_address =
-        |r: &&Remembered| diagnose::canonical(r.local_ip()) == diagnose::canonical(s.local.ip());
+    let same_address = |r: &&Remembered| r.on_address(s.local.ip());
     if matches!(state, State::Listen | State::Bound) {
         let own = || remembered.iter().filter(|r| r.role != Role::Connected);
         return own().find(same_address).or_else(|| own().next());
@@ -251,9 +255,7 @@ pub(super) fn opener(
         return None;
     }
     let role = own_role(state);
-    let fits = |r: &&Remembered| {
-        r.role == role && diagnose::canonical(r.local_ip()) == diagnose::canonical(s.local.ip())
-    };
+    let fits = |r: &&Remembered| r.role == role && r.on_address(s.local.ip());
     if remembered
         .iter()
         .filter(fits)
@@ -362,7 +364,7 @@ fn remembered_socket<'a>(
     let fits = |r: &&Remembered| {
         r.owner.pid == pid
             && r.owner.flags & flags::SOCKOPTS_KNOWN != 0
-            && diagnose::canonical(r.local_ip()) == diagnose::canonical(s.local.ip())
+            && r.on_address(s.local.ip())
     };
     let candidates = || remembered.iter().filter(fits);
     match state {

@@ -470,7 +470,7 @@ impl Investigator {
                     l.role == Role::Listening
                         && l.owner.pid == b.owner.pid
                         && l.owner.ts_ns >= b.owner.ts_ns
-                        && diagnose::canonical(l.local_ip()) == diagnose::canonical(b.local_ip())
+                        && l.on_address(b.local_ip())
                 })
             };
             let bound: Vec<Holder> = remembered
