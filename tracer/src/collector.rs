@@ -27,6 +27,8 @@ pub trait Sink {
     fn has_room(&self) -> bool {
         true
     }
+    /// A stop was asked for: what follows is the rest the programs left, to be written promptly.
+    fn stopping(&mut self) {}
 }
 
 /// What a run saw, for the summary at exit.
@@ -197,6 +199,7 @@ impl Collector {
                 () = &mut shutdown => break,
             }
         }
+        sink.stopping();
         // No program writes once detached: what is in the ring buffer then is all there is, and
         // the kernel's counters are final.
         detach();

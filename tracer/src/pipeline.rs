@@ -5,11 +5,12 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
         mpsc,
     },
     thread::{self, JoinHandle},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, anyhow};
@@ -59,12 +60,20 @@ enum Msg {
 /// nothing is lost silently.
 const QUEUE: usize = 4 * 1024;
 
+/// After a stop is asked for, how long queued failures still get their holders looked up. A
+/// storm can leave thousands queued, and a service manager's stop timeout (systemd's 90 s) must
+/// not be spent on them: past this, the rest are written without holders, and a warning says how
+/// many.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 pub struct Pipeline {
     tx: Option<mpsc::SyncSender<Msg>>,
     /// Events sent and not yet taken by the diagnosis thread: the collector reads the ring
     /// buffer only while there is room, so that it never blocks on a full queue.
     queued: Arc<AtomicUsize>,
     worker: Option<JoinHandle<Result<()>>>,
+    /// When the stop was asked for (see `STOP_GRACE`).
+    stop_asked: Arc<OnceLock<Instant>>,
     finder: netns::Finder,
     diagnose: bool,
 }
@@ -76,11 +85,14 @@ impl Pipeline {
         let diagnose = investigator.is_some();
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = Arc::clone(&queued);
+        let stop_asked = Arc::new(OnceLock::<Instant>::new());
+        let stop_seen = Arc::clone(&stop_asked);
         let worker = thread::Builder::new()
             .name("bindtrace-diagnose".into())
             .spawn(move || -> Result<()> {
                 let mut investigator = investigator;
                 let mut own = crate::container::Resolver::default();
+                let mut undiagnosed = 0u64;
                 loop {
                     // Between events too, the containers' cgroups are kept up with (on a
                     // container host only): a pod gone by the time a failure names it is known.
@@ -101,13 +113,24 @@ impl Pipeline {
                             if let Some(inv) = investigator.as_mut()
                                 && ev.is_failure()
                             {
-                                ev.diagnosis = Some(inv.diagnose(&ev, ns.as_ref()));
+                                if stop_seen.get().is_some_and(|t| t.elapsed() > STOP_GRACE) {
+                                    undiagnosed += 1;
+                                } else {
+                                    ev.diagnosis = Some(inv.diagnose(&ev, ns.as_ref()));
+                                }
                             }
                             renderer.event(&ev)?;
                         }
                         Msg::Lost { time, lost, total } => renderer.lost(&time, lost, total)?,
                         Msg::Untracked(new) => renderer.untracked(new)?,
                     }
+                }
+                if undiagnosed > 0 {
+                    log::warn!(
+                        "{undiagnosed} failure(s) still queued {} s after the stop was asked for \
+                         are reported without who held the port",
+                        STOP_GRACE.as_secs()
+                    );
                 }
                 Ok(())
             })
@@ -116,6 +139,7 @@ impl Pipeline {
             tx: Some(tx),
             queued,
             worker: Some(worker),
+            stop_asked,
             finder: netns::Finder::default(),
             diagnose,
         }
@@ -165,6 +189,10 @@ impl Sink for Pipeline {
 
     fn untracked(&mut self, new: u64) -> Result<()> {
         self.send(Msg::Untracked(new))
+    }
+
+    fn stopping(&mut self) {
+        let _ = self.stop_asked.set(Instant::now());
     }
 
     fn has_room(&self) -> bool {
