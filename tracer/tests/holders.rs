@@ -572,6 +572,32 @@ fn connect_without_a_free_ephemeral_port() {
     run.release();
 }
 
+/// The range held by four processes of one program (a client run once per request): they are
+/// counted as one program, not listed as pids, and the failing process is not among them.
+#[test]
+fn an_exhausted_range_names_the_program_holding_it() {
+    if !can_run("connect_exhaust_by_clients") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_connect_exhaust_by_clients", 7002);
+    assert_eq!(truth["errno"], 99, "{truth}");
+    assert_eq!(ev["cause"], "ephemeral_exhausted", "{ev:#}");
+    let top = &ev["port_users"]["top"];
+    assert_eq!(top.as_array().map(Vec::len), Some(1), "{ev:#}");
+    assert_eq!(top[0]["comm"], "python3", "{ev:#}");
+    assert_eq!(top[0]["processes"], 4, "{ev:#}");
+    assert_eq!(top[0]["sockets"], 4, "{ev:#}");
+    assert_eq!(top[0]["exited"], 0, "{ev:#}");
+    let clients: Vec<&serde_json::Value> = truth["clients"].as_array().unwrap().iter().collect();
+    assert!(clients.contains(&&top[0]["pid"]), "{ev:#} {truth}");
+    let hint = ev["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("by python3 (4 processes, e.g. pid "),
+        "{ev:#}"
+    );
+    run.release();
+}
+
 /// A UDP socket's connect() with every port of the range held by other UDP sockets fails with
 /// EAGAIN (`inet_autobind()`): reported as exhaustion, with the sockets holding the range counted
 /// whatever their destination. The workload's AF_UNIX connect() that failed with EAGAIN just

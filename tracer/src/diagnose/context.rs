@@ -39,15 +39,28 @@ pub struct PortUsers {
     pub unattributed: u32,
 }
 
-/// A process holding ports of an exhausted range.
+/// A program holding ports of an exhausted range: one process, or several of the same name (a
+/// client run once per request, workers).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortUser {
+    /// The process, or of several the one with most sockets.
     pub pid: u32,
     pub comm: String,
-    /// False for the remembered owner of a TIME-WAIT whose process has exited.
+    /// False for the remembered owner of a TIME-WAIT whose process has exited; of several,
+    /// whether any is alive.
     pub alive: bool,
     /// Of the sampled sockets, how many are its.
     pub sockets: u32,
+    /// How many processes of this name hold them.
+    #[serde(default = "one")]
+    pub processes: u32,
+    /// Of those, how many have exited.
+    #[serde(default)]
+    pub exited: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// What a namespace has of an address, looked up after a bind() was refused it (EADDRNOTAVAIL).

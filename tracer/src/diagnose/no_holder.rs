@@ -207,7 +207,8 @@ fn reserved_in_range(ctx: &PortContext) -> String {
     )
 }
 
-/// `"2 ESTABLISHED, 1 TIME_WAIT; python3 (pid 42) 2, curl (pid 7, exited) 1"`.
+/// `"3 ESTABLISHED, 3 TIME_WAIT; by python3 (pid 42) 2, curl (3 processes, e.g. pid 7, all
+/// exited) 3"`.
 fn users_text(u: &PortUsers) -> String {
     let states: Vec<String> = u.by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let mut text = states.join(", ");
@@ -216,6 +217,17 @@ fn users_text(u: &PortUsers) -> String {
             .top
             .iter()
             .map(|p| {
+                if p.processes > 1 {
+                    let gone = match p.exited {
+                        0 => String::new(),
+                        n if n == p.processes => ", all exited".to_string(),
+                        n => format!(", {n} exited"),
+                    };
+                    return format!(
+                        "{} ({} processes, e.g. pid {}{gone}) {}",
+                        p.comm, p.processes, p.pid, p.sockets
+                    );
+                }
                 let gone = if p.alive { "" } else { ", exited" };
                 format!("{} (pid {}{gone}) {}", p.comm, p.pid, p.sockets)
             })

@@ -963,12 +963,16 @@ fn an_exhausted_range_says_who_holds_it() {
                 comm: "curl".into(),
                 alive: false,
                 sockets: 2,
+                processes: 1,
+                exited: 1,
             },
             PortUser {
                 pid: 42,
                 comm: "python3".into(),
                 alive: true,
                 sockets: 1,
+                processes: 1,
+                exited: 0,
             },
         ],
         sampled: 4,
@@ -986,6 +990,17 @@ fn an_exhausted_range_says_who_holds_it() {
         assert!(d.hint.contains(part), "{part} in: {}", d.hint);
     }
     assert_eq!(d.port_users.as_ref().map(|u| u.sampled), Some(4));
+    // A client run once per request: its processes are one program.
+    let users = c.users.as_mut().unwrap();
+    users.top[0].processes = 3;
+    users.top[0].exited = 2;
+    assert!(
+        verdict(&r, vec![], &c)
+            .hint
+            .contains("by curl (3 processes, e.g. pid 7, 2 exited) 2, python3 (pid 42) 1"),
+        "{}",
+        verdict(&r, vec![], &c).hint
+    );
     // With TIME-WAIT reuse on, or for a bind(0), the sysctl is not offered.
     c.tw_reuse = Some(1);
     assert!(!verdict(&r, vec![], &c).hint.contains("tcp_tw_reuse"));

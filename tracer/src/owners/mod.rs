@@ -288,6 +288,8 @@ impl Investigator {
                     comm: comm.to_string(),
                     alive,
                     sockets: 0,
+                    processes: 1,
+                    exited: u32::from(!alive),
                 })
                 .sockets += 1;
         };
@@ -316,10 +318,7 @@ impl Investigator {
             }
         }
         users.unattributed = unattributed;
-        users.top = who.into_values().collect();
-        users
-            .top
-            .sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
+        users.top = by_program(who.into_values());
         users.top.truncate(5);
         users
     }
@@ -518,6 +517,27 @@ fn is_callers_socket(h: &Holder, req: &Request) -> bool {
         && (h.local.ip() == req.addr || h.local.ip().is_unspecified())
 }
 
+/// Processes of the same name as one program (a client run once per request gives one process
+/// per socket), most sockets first; each named by its process with most sockets.
+fn by_program(users: impl Iterator<Item = PortUser>) -> Vec<PortUser> {
+    let mut users: Vec<PortUser> = users.collect();
+    users.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
+    let mut programs: Vec<PortUser> = Vec::new();
+    for u in users {
+        match programs.iter_mut().find(|p| p.comm == u.comm) {
+            Some(p) => {
+                p.sockets += u.sockets;
+                p.processes += u.processes;
+                p.exited += u.exited;
+                p.alive |= u.alive;
+            }
+            None => programs.push(u),
+        }
+    }
+    programs.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
+    programs
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
@@ -525,6 +545,43 @@ mod tests {
     use tracer_common::flags;
 
     use super::{history::tests::remembered, *};
+
+    /// An exhausted range's users: a client run once per request is one program of many
+    /// processes, not five of its pids.
+    #[test]
+    fn port_users_are_counted_by_program() {
+        let user = |pid, comm: &str, alive, sockets| PortUser {
+            pid,
+            comm: comm.into(),
+            alive,
+            sockets,
+            processes: 1,
+            exited: u32::from(!alive),
+        };
+        let users = by_program(
+            [
+                user(10, "curl", false, 1),
+                user(11, "curl", true, 1),
+                user(12, "curl", false, 1),
+                user(42, "python3", true, 2),
+                user(9, "curl", false, 1),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(users.len(), 2);
+        let curl = &users[0];
+        assert_eq!(
+            (
+                curl.comm.as_str(),
+                curl.sockets,
+                curl.processes,
+                curl.exited,
+                curl.alive
+            ),
+            ("curl", 4, 4, 3, true)
+        );
+        assert_eq!((users[1].pid, users[1].processes), (42, 1));
+    }
 
     /// A TIME-WAIT no record names is said forgotten only if it began after the watch did.
     #[test]

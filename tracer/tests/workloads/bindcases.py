@@ -728,6 +728,38 @@ def case_connect_exhaust(port):
            reuseaddr=False, reuseport=False)
 
 
+def case_connect_exhaust_by_clients(port):
+    """As case_connect_exhaust, but the range's 4 ports are held by 4 client processes (forked,
+    one connection each, as a client run once per request): the 5th connection, the parent's,
+    fails with EADDRNOTAVAIL."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+        f.write("40000 40003")
+    srv = server(port)
+    hold_r, hold_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    clients = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            os.close(hold_w)
+            c = sock()
+            c.connect((HOST, port))
+            os.write(ready_w, b".")
+            os.read(hold_r, 1)
+            os._exit(0)
+        clients.append(pid)
+    for _ in clients:
+        os.read(ready_r, 1)
+    c = sock()
+    err = attempt(lambda: c.connect((HOST, port)))
+    finish(case="connect_exhaust_by_clients", errno=err, port=0, remote_port=port,
+           clients=clients, reuseaddr=False, reuseport=False)
+    os.close(hold_w)
+    for pid in clients:
+        os.waitpid(pid, 0)
+    srv.close()
+
+
 def case_udp_connect_exhaust(port):
     """With ip_local_port_range narrowed to 2 ports and both held by UDP sockets, a UDP socket's
     connect() finds no port to autobind: EAGAIN. Before it, a non-blocking AF_UNIX connect() to a
