@@ -127,6 +127,9 @@ pub fn holder_text(h: &diagnose::Holder) -> String {
     if let Some(u) = h.uid {
         let _ = write!(s, " uid={u}");
     }
+    if let Some(u) = h.socket_uid {
+        let _ = write!(s, " socket_uid={u}");
+    }
     // On a node, the pod is what an operator knows a process by.
     if let Some(label) = h.container.label() {
         let _ = write!(s, " {}", sanitize(&label));

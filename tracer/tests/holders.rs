@@ -344,6 +344,40 @@ fn reuseport_pair_owned_by_different_users() {
     run.release();
 }
 
+/// SO_REUSEPORT's same-user rule compares the sockets' users: a server that bound as root and
+/// then became uid 65534 keeps a root socket, which refuses uid 65534's bind. The holder is named
+/// with both uids, and check-port answers for each user as the kernel would.
+#[test]
+fn reuseport_compares_the_sockets_users_not_the_processes() {
+    if !can_run("reuseport_dropped_privileges") {
+        return;
+    }
+    let (ev, truth, run, _, ns) = held("case_reuseport_dropped_privileges", 8197);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(truth["holder_uid"], 65534, "{truth}");
+    assert_eq!(ev["uid"], 65534, "{ev:#}");
+    assert_eq!(ev["cause"], "reuseport_mismatch", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(
+        (&h["uid"], &h["socket_uid"]),
+        (&65534.into(), &0.into()),
+        "{ev:#}"
+    );
+    assert_eq!(h["conflicts"], true, "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("before the process became uid 65534"),
+        "{hint}"
+    );
+    let (code, v) = ns.check_port_json(&["8197", "--reuseport", "--user", "65534"]);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["cause"], "reuseport_mismatch", "{v:#}");
+    let (code, v) = ns.check_port_json(&["8197", "--reuseport", "--user", "0"]);
+    assert_eq!(code, Some(0), "root joins the root socket's group: {v:#}");
+    run.release();
+}
+
 #[test]
 fn listen_failure_names_the_listener() {
     if !can_run("listen") {

@@ -89,12 +89,7 @@ pub(super) fn hint_for_holder(
             )
         }
         Cause::UdpConflict => udp_hint(req, h, &w, ctx),
-        Cause::ReuseportMismatch => format!(
-            "both sockets set SO_REUSEPORT but belong to different users (uid {} here, uid {} for \
-             {w}); the kernel shares a port only within one user: run both as the same user",
-            req.uid,
-            h.uid.map_or_else(|| "?".to_string(), |u| u.to_string())
-        ),
+        Cause::ReuseportMismatch => reuseport_hint(req, h, &w),
         Cause::DualStackConflict => dual_stack_hint(req, h, &w),
         Cause::FourTupleInUse => {
             let lasts = if h.state == State::TimeWait {
@@ -375,6 +370,27 @@ fn dual_stack_hint(req: &Request, h: &Holder, w: &str) -> String {
     format!(
         "{w} {what} {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also covers IPv4 \
          port {port}: {ways}"
+    )
+}
+
+/// Both sockets set SO_REUSEPORT, of different users: the holder's socket's uid, and how it came
+/// to differ from its process's.
+fn reuseport_hint(req: &Request, h: &Holder, w: &str) -> String {
+    let theirs = match (h.socket_uid, h.uid) {
+        (Some(s), Some(p)) if s != p => {
+            format!("uid {s} for {w}'s socket, made by uid {s} before the process became uid {p}")
+        }
+        _ => format!(
+            "uid {} for {w}",
+            h.sharing_uid()
+                .map_or_else(|| "?".to_string(), |u| u.to_string())
+        ),
+    };
+    format!(
+        "both sockets set SO_REUSEPORT but belong to different users (uid {} here, {theirs}); \
+         the kernel shares a port only between sockets of one user (the uid that made each \
+         socket): run both as the same user",
+        req.uid,
     )
 }
 

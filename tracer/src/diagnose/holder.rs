@@ -111,6 +111,11 @@ pub struct Holder {
     pub thread: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// The socket's own uid (`sock_i_uid()`: its creator's, as sock_diag lists it), where it
+    /// differs from `uid`, the process's: a server that bound as root and then dropped to
+    /// another user. SO_REUSEPORT's same-user rule compares the sockets' uids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_uid: Option<u32>,
     pub source: Source,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuseaddr: Option<bool>,
@@ -164,6 +169,11 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// The uid SO_REUSEPORT's same-user rule sees: the socket's own, else its process's.
+    pub fn sharing_uid(&self) -> Option<u32> {
+        self.socket_uid.or(self.uid)
+    }
+
     /// A socket in `state` on `local`, nothing else known yet.
     pub fn new(state: State, udp: bool, local: SocketAddr, source: Source) -> Self {
         Self {
@@ -175,6 +185,7 @@ impl Holder {
             comm: None,
             thread: None,
             uid: None,
+            socket_uid: None,
             source,
             reuseaddr: None,
             reuseport: None,

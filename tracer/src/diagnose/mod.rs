@@ -120,7 +120,7 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
         )
     } else if let Some(h) = holders.first() {
         let both_reuseport = req.reuseport && h.reuseport == Some(true);
-        let other_user = h.uid.is_some_and(|u| u != req.uid);
+        let other_user = h.sharing_uid().is_some_and(|u| u != req.uid);
         let cause = if both_reuseport && other_user && h.state != State::TimeWait {
             Cause::ReuseportMismatch
         } else if cross_family(req.addr, h.local.ip())

@@ -138,7 +138,7 @@ pub fn conflicts(req: &Request, h: &Holder) -> bool {
     }
     let both_reuseaddr = req.reuseaddr && h.reuseaddr == Some(true);
     let both_reuseport = req.reuseport && h.reuseport == Some(true);
-    let same_user = h.uid.is_some_and(|u| u == req.uid);
+    let same_user = h.sharing_uid().is_some_and(|u| u == req.uid);
     if req.udp {
         return !(both_reuseaddr || (both_reuseport && same_user));
     }

@@ -37,6 +37,7 @@ fn holder(state: State, local: &str) -> Holder {
         comm: Some("redis-cli".into()),
         thread: None,
         uid: Some(1000),
+        socket_uid: None,
         source: Source::Live,
         reuseaddr: Some(false),
         reuseport: Some(false),

@@ -401,6 +401,7 @@ impl Investigator {
             let mut h = Holder::new(state, udp, s.local, Source::Unknown);
             h.remote = (connected && !s.remote.ip().is_unspecified()).then_some(s.remote);
             h.uid = (s.inode != 0).then_some(s.uid);
+            h.socket_uid = h.uid;
             h.v6only = s.v6only;
             h.expires_ms = s.expires_ms.map(u64::from);
             h.bound_dev_if = s.bound_dev_if;
@@ -440,6 +441,10 @@ impl Investigator {
                 h.accepted = h.accepted || o.accepted;
             } else {
                 h.owner_forgotten = self.forgot(&h);
+            }
+            // Said only where the process's differs (it changed user after making the socket).
+            if h.socket_uid == h.uid {
+                h.socket_uid = None;
             }
             holders.push(h);
         }

@@ -699,6 +699,31 @@ def case_reuseport_uids(port):
     a.kill()
 
 
+def helper_listen_then_drop(port):
+    """A SO_REUSEPORT listener made as root by a process that then becomes uid 65534 (a server
+    dropping privileges after binding): the socket stays root's."""
+    s = sock(reuseport=True)
+    s.bind(("0.0.0.0", int(port)))
+    s.listen(16)
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    report(role="listener", uid=os.getuid())
+    sys.stdin.read()
+
+
+def case_reuseport_dropped_privileges(port):
+    """The listener's process runs as uid 65534 but its socket is root's: a SO_REUSEPORT bind by
+    uid 65534 (this process, after dropping to it) is refused, as the sockets' users differ."""
+    a, info = spawn("helper_listen_then_drop", port)
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    s = sock(reuseport=True)
+    err = attempt(lambda: s.bind(("0.0.0.0", port)))
+    finish(case="reuseport_dropped_privileges", errno=err, port=port, addr="0.0.0.0",
+           reuseaddr=False, reuseport=True, holder_pid=info["pid"], holder_uid=info["uid"])
+    a.kill()
+
+
 def case_dual_stack(port):
     """[::]:P without IPV6_V6ONLY also covers IPv4: a bind of 0.0.0.0:P fails."""
     a = sock(socket.AF_INET6)
