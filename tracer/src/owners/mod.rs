@@ -514,12 +514,25 @@ impl Investigator {
 /// Whether `h` is the bound socket a failed listen() or connect() of `req` leaves behind: the
 /// caller's own, not a holder. (A refused connect() may have reported the source address it was
 /// given, which the kernel takes back from a socket bound to the wildcard.)
+///
+/// A failed listen()'s caller that exits at once (as a server does) may be gone before its
+/// socket is looked up: the socket, still listed, has no process, and history names whoever last
+/// bound that address — another process. A bound socket on the very address of a failed listen()
+/// whose owner is not known live is taken for the caller's: no bound socket refuses a listen()
+/// (only listeners do), so at worst a line of the ones merely on the port is left out.
 fn is_callers_socket(h: &Holder, req: &Request) -> bool {
-    matches!(req.syscall, SyscallName::Listen | SyscallName::Connect)
-        && h.state == State::Bound
-        && h.pid == Some(req.pid)
-        && h.local.port() == req.port
-        && (h.local.ip() == req.addr || h.local.ip().is_unspecified())
+    let on_its_port = h.state == State::Bound && h.local.port() == req.port;
+    match req.syscall {
+        SyscallName::Listen | SyscallName::Connect
+            if on_its_port
+                && h.pid == Some(req.pid)
+                && (h.local.ip() == req.addr || h.local.ip().is_unspecified()) =>
+        {
+            true
+        }
+        SyscallName::Listen => on_its_port && h.source != Source::Live && h.local.ip() == req.addr,
+        _ => false,
+    }
 }
 
 /// Processes of the same name as one program (a client run once per request gives one process
@@ -586,6 +599,32 @@ mod tests {
             ("curl", 4, 4, 3, true)
         );
         assert_eq!((users[1].pid, users[1].processes), (42, 1));
+    }
+
+    /// A failed listen()'s own socket is left out of the holders: by pid while its process
+    /// lives, and, once it has exited (the socket still listed, history naming another
+    /// process's bind of the address), as the bound socket on its address with no live owner.
+    #[test]
+    fn a_failed_listens_own_socket_is_not_a_holder() {
+        let mut req = Request::bind(IpAddr::from([0, 0, 0, 0]), 5170, false, false, false);
+        req.syscall = SyscallName::Listen;
+        req.pid = 100;
+        let bound = |pid, source| {
+            let mut h = Holder::new(State::Bound, false, "0.0.0.0:5170".parse().unwrap(), source);
+            h.pid = Some(pid);
+            h
+        };
+        assert!(is_callers_socket(&bound(100, Source::Live), &req));
+        assert!(is_callers_socket(&bound(200, Source::History), &req));
+        assert!(
+            !is_callers_socket(&bound(200, Source::Live), &req),
+            "another process's bound socket"
+        );
+        let mut other = bound(200, Source::History);
+        other.local = "127.0.0.1:5170".parse().unwrap();
+        assert!(!is_callers_socket(&other, &req), "another address");
+        req.syscall = SyscallName::Bind;
+        assert!(!is_callers_socket(&bound(100, Source::Live), &req));
     }
 
     /// A TIME-WAIT no record names is said forgotten only if it began after the watch did.
