@@ -864,6 +864,27 @@ fn an_inherited_listener_names_the_process_that_opened_it() {
     run.release();
 }
 
+/// A pre-fork server's worker outlives it (or the server daemonized): the worker, the same
+/// program, holds the listener the server opened — sharing meant to happen, so the hint is to
+/// stop it, not to make descriptors close-on-exec.
+#[test]
+fn a_worker_that_outlived_its_server_is_named_as_the_same_program() {
+    if !can_run("worker_outlives_server") {
+        return;
+    }
+    let (ev, truth, run, ..) = held("case_worker_outlives_server", 7054);
+    assert_eq!(truth["errno"], 98, "{truth}");
+    assert_eq!(ev["cause"], "listener_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], truth["holder_pid"], "{ev:#}");
+    assert_eq!(h["opened_by"]["pid"], truth["opener_pid"], "{ev:#}");
+    assert_eq!(h["opened_by"]["alive"], false, "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("runs the same program"), "{ev:#}");
+    assert!(!hint.contains("close-on-exec"), "{ev:#}");
+    run.release();
+}
+
 /// A pre-fork server and its worker share the listener, both running: the server is named (the
 /// history saw it take the port) and so is the worker, forked after the history was written;
 /// the hint asks to stop both.

@@ -430,17 +430,31 @@ fn inherited_hint(h: &Holder, o: &Opener, w: &str, same: bool, caller: u32) -> S
              binding a new one"
         );
     }
-    let all = if h.shared_with.is_empty() {
-        w.to_string()
-    } else {
-        let others: Vec<String> = h.shared_with.iter().map(u32::to_string).collect();
-        format!("{w} and pids {}", others.join(", "))
+    let all = match h.shared_with.as_slice() {
+        [] => w.to_string(),
+        [one] => format!("{w} and pid {one}"),
+        more => {
+            let others: Vec<String> = more.iter().map(u32::to_string).collect();
+            format!("{w} and pids {}", others.join(", "))
+        }
     };
+    let stays = "the port stays taken until every process holding the socket has closed it or \
+                 exited";
+    // The same program: the server's own worker, or the server itself after daemonizing (a
+    // double fork) — sharing it meant to happen, not a descriptor leaked.
+    if h.comm.as_deref() == Some(o.comm.as_str()) {
+        return format!(
+            "{w} holds {what} on {local}, which {opener} opened: {w} runs the same program, a \
+             worker it forked or the server itself after daemonizing, and {stays}; stop {all} \
+             (the server's process group, or through its service manager), or choose another \
+             port"
+        );
+    }
     format!(
-        "{w} holds {what} on {local}, which {opener} opened: {w} inherited it (forked from it, \
-         or a program it started without closing its descriptors), and the port stays taken \
-         until every process holding the socket has closed it or exited; stop {all}, and if it \
-         is a program the server started, have the server open its sockets close-on-exec \
+        "{w} holds {what} on {local}, which {opener} opened: {w} inherited it or was handed it \
+         (forked from it, a program it started without closing its descriptors, or passed over \
+         a unix socket, as socket activation does), and {stays}; stop {all}, and if it is a \
+         program the server started by mistake, have the server open its sockets close-on-exec \
          (SOCK_CLOEXEC / FD_CLOEXEC; close_fds when it starts programs)"
     )
 }

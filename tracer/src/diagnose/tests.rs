@@ -835,8 +835,29 @@ fn an_inherited_socket_names_who_opened_it() {
     assert!(d.hint.contains("which this process opened"), "{}", d.hint);
     assert!(
         d.hint
-            .contains("stop redis-cli (pid 200) and pids 201, 202")
-            || d.hint.contains("stop server (pid 200) and pids 201, 202"),
+            .contains("stop server (pid 200) and pids 201, 202 (the server's process group"),
+        "{}",
+        d.hint
+    );
+    // The server's own worker, or itself daemonized: no talk of descriptors leaked.
+    assert!(d.hint.contains("runs the same program"), "{}", d.hint);
+    assert!(!d.hint.contains("close-on-exec"), "{}", d.hint);
+    let mut h = holder(State::Listen, "0.0.0.0:8080");
+    h.comm = Some("mysvc".into());
+    h.shared_with = vec![201];
+    h.opened_by = Some(Opener {
+        pid: 300,
+        comm: "activator".into(),
+        alive: false,
+    });
+    let d = verdict(&req("0.0.0.0", 8080), vec![h], &ctx());
+    assert!(
+        d.hint.contains("stop mysvc (pid 200) and pid 201,"),
+        "{}",
+        d.hint
+    );
+    assert!(
+        d.hint.contains("inherited it or was handed it"),
         "{}",
         d.hint
     );

@@ -915,6 +915,21 @@ def case_forked_workers(port):
         server.kill()
 
 
+def case_worker_outlives_server(port):
+    """A pre-fork server listens on P, forks a worker and exits (or daemonizes): the worker, the
+    same program, holds P. Bind P."""
+    server, info = spawn("helper_listen_and_fork", port)
+    server.stdin.close()
+    server.wait()
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    try:
+        finish(case="worker_outlives_server", errno=err, port=port, addr=HOST, reuseaddr=False,
+               reuseport=False, holder_pid=info["worker_pid"], opener_pid=info["pid"])
+    finally:
+        os.kill(info["worker_pid"], 9)
+
+
 def case_orphaned_connection(port):
     """A client connected from P to a server of this process, closed and exited; the server
     does not close its end (CLOSE_WAIT), so the client's end stays in FIN_WAIT2 with no process
