@@ -44,7 +44,7 @@ pub enum Cause {
     /// EINVAL: an IPv4-mapped address on an IPv6 socket with IPV6_V6ONLY.
     #[serde(rename = "mapped_address_on_v6only")]
     MappedAddressOnV6Only,
-    /// EINVAL: a TCP socket asked for a multicast address.
+    /// EINVAL: a TCP socket asked for an IPv6 multicast address (`__inet6_bind()`; IPv4 has no such check).
     MulticastAddress,
     /// EAFNOSUPPORT: an address whose family field is not the socket's.
     WrongFamily,

@@ -88,9 +88,9 @@ pub(super) fn hint_for_holder(
                 either(&ways)
             )
         }
-        Cause::UdpConflict => udp_hint(req, h, &w, ctx),
+        Cause::UdpConflict => udp_hint(req, h, &w, same, ctx),
         Cause::ReuseportMismatch => reuseport_hint(req, h, &w),
-        Cause::DualStackConflict => dual_stack_hint(req, h, &w),
+        Cause::DualStackConflict => dual_stack_hint(req, h, &w, same),
         Cause::FourTupleInUse => {
             let lasts = if h.state == State::TimeWait {
                 ", which lasts up to 60 s"
@@ -131,7 +131,11 @@ fn listener_hint(req: &Request, h: &Holder, w: &str, same: bool) -> String {
         }
         _ => "",
     };
-    let ways = [Some(stop(h)), Some("choose another port"), narrower(req, h)];
+    let ways = [
+        Some(stop(h, same)),
+        Some("choose another port"),
+        narrower(req, h),
+    ];
     format!(
         "{w} is already listening on {local}{reuseport}: {}",
         either(&ways)
@@ -288,13 +292,13 @@ fn accepted_hint(req: &Request, h: &Holder, w: &str) -> String {
 
 /// Another UDP socket, not connected, holds the port: a receiver, or a client that sent without
 /// bind() and got an ephemeral port.
-fn udp_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String {
+fn udp_hint(req: &Request, h: &Holder, w: &str, same: bool, ctx: &PortContext) -> String {
     let (port, local) = (req.port, h.local);
     // UDP sockets share a port when both set SO_REUSEADDR (multicast receivers: each
     // gets every datagram) or both SO_REUSEPORT as one user (unicast spread over them).
     let share = udp_share(req, h);
     let ways = [
-        Some(stop(h)),
+        Some(stop(h, same)),
         Some("choose another port"),
         narrower(req, h),
         Some(share.as_str()),
@@ -316,29 +320,25 @@ fn udp_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String {
 
 /// How two UDP receivers share a port: both with SO_REUSEADDR (each gets every multicast or
 /// broadcast datagram), or both with SO_REUSEPORT as one user (unicast datagrams spread over
-/// them). Names the side that lacks SO_REUSEADDR when one has it.
+/// them). Names, for each option, the side that lacks it when the other has it.
 fn udp_share(req: &Request, h: &Holder) -> String {
-    let why = "if both are meant to receive its datagrams";
-    match (req.reuseaddr, h.reuseaddr) {
-        (false, Some(true)) => format!(
-            "{why}, set SO_REUSEADDR on this socket (that one has it already; each then gets \
-             every multicast and broadcast datagram)"
-        ),
-        (true, Some(false)) => format!(
-            "{why}, set SO_REUSEADDR on that socket too (this one has it already; each then gets \
-             every multicast and broadcast datagram)"
-        ),
-        _ => format!(
-            "{why}, set SO_REUSEADDR on both sockets (each gets every multicast and broadcast \
-             datagram) or SO_REUSEPORT on both (same user; the kernel spreads unicast datagrams \
-             between them)"
-        ),
-    }
+    let on = |opt: &str, this: bool, that: Option<bool>| match (this, that) {
+        (false, Some(true)) => format!("{opt} on this socket (that one has it already)"),
+        (true, Some(false)) => format!("{opt} on that socket too (this one has it already)"),
+        _ => format!("{opt} on both sockets"),
+    };
+    format!(
+        "if both are meant to receive its datagrams, set {} (each then gets every multicast and \
+         broadcast datagram) or {} (same user; the kernel then spreads unicast datagrams \
+         between them)",
+        on("SO_REUSEADDR", req.reuseaddr, h.reuseaddr),
+        on("SO_REUSEPORT", req.reuseport, h.reuseport),
+    )
 }
 
 /// A listening or bound socket `h` of `w` and the request overlap through an IPv6 wildcard
 /// without IPV6_V6ONLY: whichever side it is gets the fix.
-fn dual_stack_hint(req: &Request, h: &Holder, w: &str) -> String {
+fn dual_stack_hint(req: &Request, h: &Holder, w: &str, same: bool) -> String {
     let (local, port) = (h.local, req.port);
     let what = if h.state == State::Listen {
         "is listening on"
@@ -356,7 +356,7 @@ fn dual_stack_hint(req: &Request, h: &Holder, w: &str) -> String {
     let v6only = format!("set IPV6_V6ONLY on {side} socket{how}");
     let share = req.udp.then(|| udp_share(req, h));
     let ways = either(&[
-        Some(stop(h)),
+        Some(stop(h, same)),
         Some("choose another port"),
         Some(v6only.as_str()),
         share.as_deref(),
@@ -367,9 +367,14 @@ fn dual_stack_hint(req: &Request, h: &Holder, w: &str) -> String {
              {port}: {ways}"
         );
     }
+    let call = if req.syscall == SyscallName::Listen {
+        "listen() on an IPv6 wildcard"
+    } else {
+        "IPv6 wildcard bind"
+    };
     format!(
-        "{w} {what} {local}, and this IPv6 wildcard bind without IPV6_V6ONLY also covers IPv4 \
-         port {port}: {ways}"
+        "{w} {what} {local}, and this {call} without IPV6_V6ONLY also covers IPv4 port {port}: \
+         {ways}"
     )
 }
 

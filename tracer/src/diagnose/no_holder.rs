@@ -157,7 +157,7 @@ fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
     };
     if let Some(u) = ctx.users.as_ref().filter(|u| !u.by_state.is_empty()) {
         in_use.push_str(": ");
-        in_use.push_str(&users_text(u));
+        in_use.push_str(&users_text(u, req.pid));
     }
     let tw = ctx
         .users
@@ -209,7 +209,7 @@ fn reserved_in_range(ctx: &PortContext) -> String {
 
 /// `"3 ESTABLISHED, 3 TIME_WAIT; by python3 (pid 42) 2, curl (3 processes, e.g. pid 7, all
 /// exited) 3"`.
-fn users_text(u: &PortUsers) -> String {
+fn users_text(u: &PortUsers, caller: u32) -> String {
     let states: Vec<String> = u.by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let mut text = states.join(", ");
     if !u.top.is_empty() {
@@ -227,6 +227,9 @@ fn users_text(u: &PortUsers) -> String {
                         "{} ({} processes, e.g. pid {}{gone}) {}",
                         p.comm, p.processes, p.pid, p.sockets
                     );
+                }
+                if p.pid == caller {
+                    return format!("this process ({}, pid {}) {}", p.comm, p.pid, p.sockets);
                 }
                 let gone = if p.alive { "" } else { ", exited" };
                 format!("{} (pid {}{gone}) {}", p.comm, p.pid, p.sockets)

@@ -6,8 +6,11 @@ use super::{Holder, PortContext, Request};
 
 /// The first way out of a conflict with `h`: stop its process — all of them when several share
 /// the socket, since the port stays taken until the last one closes it.
-pub(super) fn stop(h: &Holder) -> &'static str {
-    if h.shared_with.is_empty() {
+/// How to end `h`'s hold; `same`: it is the caller's own socket.
+pub(super) fn stop(h: &Holder, same: bool) -> &'static str {
+    if same {
+        "close that socket"
+    } else if h.shared_with.is_empty() {
         "stop it"
     } else {
         "stop all of them"

@@ -548,6 +548,19 @@ fn udp_sharing_names_the_side_without_so_reuseaddr() {
         "{}",
         d.hint
     );
+    // And for SO_REUSEPORT, which that socket has and this one lacks.
+    let mut rp = h.clone();
+    rp.reuseport = Some(true);
+    rp.reuseaddr = Some(false);
+    r.reuseaddr = false;
+    let d = verdict(&r, vec![rp], &ctx());
+    assert!(
+        d.hint
+            .contains("or SO_REUSEPORT on this socket (that one has it already)"),
+        "{}",
+        d.hint
+    );
+    r.reuseaddr = true;
     let mut jvm = h.clone();
     jvm.local = "[::]:5000".parse().unwrap();
     jvm.v6only = Some(false);
@@ -1012,6 +1025,16 @@ fn an_exhausted_range_says_who_holds_it() {
         assert!(d.hint.contains(part), "{part} in: {}", d.hint);
     }
     assert_eq!(d.port_users.as_ref().map(|u| u.sampled), Some(4));
+    // The failing process among them is said to be itself.
+    r.pid = 42;
+    assert!(
+        verdict(&r, vec![], &c)
+            .hint
+            .contains(", this process (python3, pid 42) 1;"),
+        "{}",
+        verdict(&r, vec![], &c).hint
+    );
+    r.pid = 100;
     // A client run once per request: its processes are one program.
     let users = c.users.as_mut().unwrap();
     users.top[0].processes = 3;
