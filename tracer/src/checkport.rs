@@ -289,13 +289,14 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
     let (ns, inode) = open_netns(args.pid_netns, args.netns)?;
     let udp = args.protocol == Some(Proto::Udp);
     if args.listening {
-        let mut inv = Investigator::new(None);
+        // A running watch's history tells a UDP server's port from a client's.
+        let mut inv = Investigator::one_off(!args.no_history);
         // A UDP service loses its port to a client's ephemeral socket just as a TCP one does.
         let protocols: &[bool] = match args.protocol {
             Some(p) => &[p == Proto::Udp],
             None => &[false, true],
         };
-        return listening(&mut inv, &ns, protocols, args.output);
+        return listening(&mut inv, &ns, inode, protocols, args.output);
     }
     let port = args.port.ok_or_else(|| anyhow!("a port is required"))?;
     let addr = &args.addr;
@@ -463,37 +464,51 @@ struct Listening {
     port_range: Option<String>,
     reserved_ports: String,
     /// Listening ports inside the range and not reserved, with their owners.
-    unprotected: Vec<(u16, String)>,
+    unprotected: Vec<Unprotected>,
     /// `ip_local_reserved_ports` covering the current value and those ports.
     #[serde(skip_serializing_if = "Option::is_none")]
     proposed_reserved_ports: Option<String>,
 }
 
+/// A listening TCP socket or a bound UDP one on an unreserved port of the ephemeral range.
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Unprotected {
+    port: u16,
+    protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm: Option<String>,
+    /// A UDP socket whose port a running watch never saw bound: perhaps a client's, which the
+    /// kernel gave it at its first send (if the watch ran when the socket was made).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    maybe_client: bool,
+}
+
 fn listening(
     inv: &mut Investigator,
     ns: &netns::Netns,
+    inode: u32,
     protocols: &[bool],
     output: OutputFormat,
 ) -> Result<bool> {
-    let mut unprotected: Vec<(u16, String)> = Vec::new();
+    let mut unprotected: Vec<Unprotected> = Vec::new();
     let mut ctx = None;
     for &udp in protocols {
         let (holders, c) = inv.listeners(ns, udp);
-        unprotected.extend(
-            holders
-                .iter()
-                .filter(|h| c.in_ephemeral_range(h.local.port()))
-                .map(|h| {
-                    let who = match (&h.comm, h.pid) {
-                        (Some(c), Some(p)) => format!("{c}[{p}]"),
-                        _ => "?".to_string(),
-                    };
-                    (
-                        h.local.port(),
-                        if udp { format!("{who} (udp)") } else { who },
-                    )
-                }),
-        );
+        for h in holders
+            .iter()
+            .filter(|h| c.in_ephemeral_range(h.local.port()))
+        {
+            let port = h.local.port();
+            unprotected.push(Unprotected {
+                port,
+                protocol: if udp { "udp" } else { "tcp" },
+                pid: h.pid,
+                comm: h.comm.clone(),
+                maybe_client: udp && inv.saw_bound(inode, port, udp) == Some(false),
+            });
+        }
         ctx = Some(c);
     }
     let ctx = ctx.unwrap_or_default();
@@ -503,7 +518,7 @@ fn listening(
         port_range: ctx.range.map(|(lo, hi)| format!("{lo}-{hi}")),
         reserved_ports: ctx.reserved_with([]),
         proposed_reserved_ports: (!unprotected.is_empty())
-            .then(|| ctx.reserved_with(unprotected.iter().map(|(p, _)| *p))),
+            .then(|| ctx.reserved_with(unprotected.iter().map(|u| u.port))),
         unprotected,
     };
     match output {
@@ -514,8 +529,21 @@ fn listening(
                 println!("no listening port lies inside the ephemeral range {range} unreserved");
             } else {
                 println!("listening ports inside the ephemeral range {range}, not reserved:");
-                for (p, who) in &report.unprotected {
-                    println!("    {p:>5}  {}", sanitize(who));
+                for u in &report.unprotected {
+                    let who = match (&u.comm, u.pid) {
+                        (Some(c), Some(p)) => format!("{}[{p}]", sanitize(c)),
+                        (None, Some(p)) => format!("pid {p}"),
+                        _ => "?".to_string(),
+                    };
+                    let note = match (u.protocol, u.maybe_client) {
+                        ("udp", true) => {
+                            " (udp; the running watch saw no bind() of it: perhaps a client's \
+                             port, given at its first send, which needs no reserving)"
+                        }
+                        ("udp", false) => " (udp)",
+                        _ => "",
+                    };
+                    println!("    {:>5}  {who}{note}", u.port);
                 }
                 println!(
                     "protect them: sysctl -w net.ipv4.ip_local_reserved_ports={}",

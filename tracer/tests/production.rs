@@ -258,13 +258,38 @@ fn check_port_names_real_holders_and_protects_listeners() {
         warn.contains("lies in the ephemeral range 8000-9000"),
         "{warn}"
     );
-    // A UDP receiver's port is taken by clients' ephemeral sockets alike: listed too.
+    // A UDP receiver's port is taken by clients' ephemeral sockets alike: listed too. A UDP
+    // client's port (given at its first send) is listed, but said to be perhaps a client's
+    // when a running watch saw no bind() of it.
+    let tracer = Tracer::start(&["--netns", &format!("/run/netns/{}", ns.name)]);
     let udp = ns.hold_case("helper_udp_bound", &["8622"]);
+    let client = ns.hold_case("helper_udp_sendto", &["8622"]);
     let l: Value =
         serde_json::from_slice(&check(&["--listening", "--output", "json"]).stdout).unwrap();
-    assert_eq!(l["unprotected"][0][0], 8620, "{l:#}");
-    assert_eq!(l["unprotected"][1][0], 8622, "{l:#}");
-    assert_eq!(l["proposed_reserved_ports"], "8620,8622");
+    let listed = l["unprotected"].as_array().unwrap();
+    let entry = |port: &Value| listed.iter().find(|u| &u["port"] == port);
+    let tcp = entry(&8620.into()).unwrap_or_else(|| panic!("{l:#}"));
+    assert_eq!(
+        (&tcp["protocol"], &tcp["pid"], &tcp["comm"]),
+        (&"tcp".into(), &holder.report["pid"], &"python3".into()),
+        "{l:#}"
+    );
+    let server = entry(&8622.into()).unwrap_or_else(|| panic!("{l:#}"));
+    assert_eq!(server["protocol"], "udp", "{l:#}");
+    assert_eq!(
+        server.get("maybe_client"),
+        None,
+        "its bind() was seen: {l:#}"
+    );
+    let sent_from = entry(&client.report["local"]).unwrap_or_else(|| panic!("{l:#}"));
+    assert_eq!(sent_from["maybe_client"], true, "{l:#}");
+    let text = String::from_utf8_lossy(&check(&["--listening"]).stdout).into_owned();
+    assert!(text.contains("perhaps a client's port"), "{text}");
+    client.release();
+    drop(tracer);
+    let l: Value =
+        serde_json::from_slice(&check(&["--listening", "--output", "json"]).stdout).unwrap();
+    assert_eq!(l["proposed_reserved_ports"], "8620,8622", "{l:#}");
     let l: Value = serde_json::from_slice(
         &check(&["--listening", "--protocol", "tcp", "--output", "json"]).stdout,
     )

@@ -103,6 +103,18 @@ impl Investigator {
         self.history.is_some()
     }
 
+    /// Whether a running watch saw a bind() (or listen()) take `port` in `netns`: None with no
+    /// history to ask. A UDP socket's port it did not see bound may be a client's, given by the
+    /// kernel at its first send.
+    pub fn saw_bound(&self, netns: u32, port: u16, udp: bool) -> Option<bool> {
+        let protocol = if udp { IPPROTO_UDP } else { IPPROTO_TCP } as u8;
+        self.has_history().then(|| {
+            self.remembered(netns, port, protocol)
+                .iter()
+                .any(|r| matches!(r.role, Role::Bound | Role::Listening))
+        })
+    }
+
     fn with(history: Option<History>, connections_at_start: bool) -> Self {
         let lists_bound_sockets = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 8, 0));

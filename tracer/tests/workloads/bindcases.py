@@ -391,6 +391,15 @@ def helper_udp_bound(port):
     sys.stdin.read()
 
 
+def helper_udp_sendto(port):
+    """A UDP client that sends to P without bind(): the kernel gives its socket an ephemeral
+    port at the send. Reports that port; held until stdin closes."""
+    s = sock(kind=socket.SOCK_DGRAM)
+    s.sendto(b"x", (HOST, int(port)))
+    report(role="udp_client", local=s.getsockname()[1])
+    sys.stdin.read()
+
+
 def helper_listen_and_leak(port):
     """Listens on P, starts `sleep` with the listener passed on (as a program started without
     closing its descriptors would), reports sleep's pid and exits."""
