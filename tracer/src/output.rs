@@ -313,12 +313,9 @@ pub fn text_line(ev: &Event) -> String {
             };
             let _ = writeln!(line, "    {tag}: {}", sanitize(&holder_text(h)));
         }
-        if d.holders.len() > MAX_HOLDER_LINES {
-            let _ = writeln!(
-                line,
-                "    ... and {} more",
-                d.holders.len() - MAX_HOLDER_LINES
-            );
+        let more = d.holders.len().saturating_sub(MAX_HOLDER_LINES) + d.omitted();
+        if more > 0 {
+            let _ = writeln!(line, "    ... and {more} more");
         }
         let _ = writeln!(
             line,

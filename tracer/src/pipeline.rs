@@ -60,6 +60,9 @@ enum Msg {
 /// nothing is lost silently.
 const QUEUE: usize = 4 * 1024;
 
+/// Holders a reported failure names (JSON; text shows fewer); the rest are counted by state.
+const MAX_HOLDERS: usize = 16;
+
 /// After a stop is asked for, how long queued failures still get their holders looked up. A
 /// storm can leave thousands queued, and a service manager's stop timeout (systemd's 90 s) must
 /// not be spent on them: past this, the rest are written without holders, and a warning says how
@@ -116,7 +119,9 @@ impl Pipeline {
                                 if stop_seen.get().is_some_and(|t| t.elapsed() > STOP_GRACE) {
                                     undiagnosed += 1;
                                 } else {
-                                    ev.diagnosis = Some(inv.diagnose(&ev, ns.as_ref()));
+                                    let mut d = inv.diagnose(&ev, ns.as_ref());
+                                    d.keep_holders(MAX_HOLDERS);
+                                    ev.diagnosis = Some(d);
                                 }
                             }
                             renderer.event(&ev)?;

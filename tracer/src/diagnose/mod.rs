@@ -28,6 +28,7 @@ mod rules;
 mod tests;
 
 use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 pub use self::{
     cause::Cause,
@@ -76,7 +77,29 @@ pub struct Diagnosis {
     pub device: Option<String>,
     /// The sockets on the port, the one that explains the failure first.
     pub holders: Vec<Holder>,
+    /// Sockets on the port left out of `holders` (see `keep_holders`), by state.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub holders_omitted: BTreeMap<String, u32>,
     pub hint: String,
+}
+
+impl Diagnosis {
+    /// Keeps the first `n` holders (the culprits first) and counts the rest by state: a server
+    /// that crashed with 10 000 connections leaves as many TIME-WAITs, which would make each of
+    /// its restarts' failures a line of megabytes.
+    pub fn keep_holders(&mut self, n: usize) {
+        for h in self.holders.drain(n.min(self.holders.len())..) {
+            *self
+                .holders_omitted
+                .entry(h.state.as_str().to_string())
+                .or_default() += 1;
+        }
+    }
+
+    /// How many holders `keep_holders` left out.
+    pub fn omitted(&self) -> usize {
+        self.holders_omitted.values().map(|&n| n as usize).sum()
+    }
 }
 
 /// Decides the cause from the failing request, the sockets found on the port and the namespace's
@@ -85,8 +108,16 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     for h in &mut holders {
         h.conflicts = conflicts(req, h);
     }
-    // Culprits first, then by how well a state explains a failure.
-    holders.sort_by_key(|h| (!h.conflicts, h.state.rank(), h.source != Source::Live));
+    // Culprits first, then by how well a state explains a failure; of several TIME-WAITs, the
+    // one that lasts longest: the wait the hint gives is for the last of them.
+    holders.sort_by_key(|h| {
+        (
+            !h.conflicts,
+            h.state.rank(),
+            h.source != Source::Live,
+            std::cmp::Reverse(h.expires_ms),
+        )
+    });
     let in_range = ctx.in_ephemeral_range(req.port);
     let fixed = match req.errno {
         // From a bound port: the connection it meets is looked for among the holders.
@@ -157,6 +188,16 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     let mut hint = hint_with_notes(cause, req, primary, same_process, ctx);
     if let Some(p) = primary {
         hint.push_str(&others_blocking(p, &holders));
+        let time_waits = holders
+            .iter()
+            .filter(|h| h.conflicts && h.state == State::TimeWait)
+            .count();
+        if cause == Cause::TimeWaitConflict && time_waits > 1 {
+            let _ = write!(
+                hint,
+                " ({time_waits} TIME-WAITs hold the port; this one ends last)"
+            );
+        }
     }
     let holders = if fixed.is_some() && cause != Cause::EphemeralExhausted {
         Vec::new()
@@ -173,6 +214,7 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
         port_users: ctx.users.clone(),
         device: ctx.device.clone(),
         holders,
+        holders_omitted: BTreeMap::new(),
         hint,
     }
 }

@@ -481,6 +481,19 @@ fn a_time_wait_hint_gives_the_fix_for_now_and_for_good() {
         "{}",
         d.hint
     );
+    // Of several, the wait is for the last to end (a crashed server's closed connections).
+    let mut later = h.clone();
+    later.remote = Some("10.0.0.3:443".parse().unwrap());
+    later.expires_ms = Some(59_000);
+    let d = verdict(&req("0.0.0.0", 40000), vec![h.clone(), later], &c);
+    assert_eq!(d.holders[0].remote, Some("10.0.0.3:443".parse().unwrap()));
+    assert!(d.hint.contains("(59 s left)"), "{}", d.hint);
+    assert!(
+        d.hint
+            .ends_with(" (2 TIME-WAITs hold the port; this one ends last)"),
+        "{}",
+        d.hint
+    );
     h.reuseaddr = Some(true);
     let d = verdict(&req("0.0.0.0", 40000), vec![h.clone()], &c);
     assert!(
@@ -1317,4 +1330,25 @@ fn a_holder_in_a_pod_is_named_with_it() {
         "{}",
         d.hint
     );
+}
+
+/// A failure against thousands of TIME-WAITs names the first holders and counts the rest by
+/// state, so that a log line stays small.
+#[test]
+fn holders_beyond_a_limit_are_counted_not_listed() {
+    let holders: Vec<Holder> = (0..20)
+        .map(|i| {
+            let mut h = holder(State::TimeWait, "127.0.0.1:8001");
+            h.remote = Some(format!("127.0.0.1:{}", 40000 + i).parse().unwrap());
+            h
+        })
+        .collect();
+    let mut d = verdict(&req("0.0.0.0", 8001), holders, &ctx());
+    d.keep_holders(16);
+    assert_eq!(d.holders.len(), 16);
+    assert_eq!(d.omitted(), 4);
+    let v = serde_json::to_value(&d).unwrap();
+    assert_eq!(v["holders_omitted"]["TIME_WAIT"], 4, "{v:#}");
+    d.keep_holders(16);
+    assert_eq!(d.omitted(), 4, "idempotent");
 }
