@@ -12,12 +12,14 @@ use std::{
     io,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
+    sync::{Arc, Weak},
 };
 
 /// An open network namespace.
 #[derive(Debug)]
 pub struct Netns {
-    file: File,
+    /// Shared by the handles of one namespace that are open at once (`Finder::open`).
+    file: Arc<File>,
     /// The collector's own namespace: no need to switch.
     pub is_own: bool,
 }
@@ -26,7 +28,7 @@ impl Netns {
     fn open(path: &Path, inode: u64, own: u64) -> Option<Self> {
         let file = File::open(path).ok()?;
         (file.metadata().ok()?.ino() == inode).then_some(Self {
-            file,
+            file: Arc::new(file),
             is_own: inode == own,
         })
     }
@@ -61,13 +63,38 @@ pub fn own_inode() -> u64 {
 #[derive(Default)]
 pub struct Finder {
     known: HashMap<u64, PathBuf>,
+    /// Handles still held (by failures waiting for their lookup): one descriptor per namespace
+    /// however many failures wait — a storm of thousands would otherwise hold as many, past a
+    /// service's file limit (systemd's soft 1 024). Weak: a namespace is not kept alive by it.
+    open: HashMap<u64, Weak<File>>,
 }
 
 impl Finder {
-    /// Opens the namespace `inode`: through the failing thread or process if it still exists,
-    /// else where it was found before, else by searching named namespaces and every process.
+    /// Opens the namespace `inode`: the handle already open for it, else through the failing
+    /// thread or process if it still exists, else where it was found before, else by searching
+    /// named namespaces and every process.
     pub fn open(&mut self, inode: u64, pid: u32, tid: u32) -> Option<Netns> {
         let own = own_inode();
+        // While a handle is open its namespace lives, and no other has its inode.
+        if inode != 0
+            && let Some(file) = self.open.get(&inode).and_then(Weak::upgrade)
+        {
+            return Some(Netns {
+                file,
+                is_own: inode == own,
+            });
+        }
+        let ns = self.find(inode, own, pid, tid)?;
+        if inode != 0 {
+            if self.open.len() >= 64 {
+                self.open.retain(|_, f| f.strong_count() > 0);
+            }
+            self.open.insert(inode, Arc::downgrade(&ns.file));
+        }
+        Some(ns)
+    }
+
+    fn find(&mut self, inode: u64, own: u64, pid: u32, tid: u32) -> Option<Netns> {
         if inode == 0 {
             // The kernel could not read it (no BTF): the failing thread's own, while it lives.
             for path in [
