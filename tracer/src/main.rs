@@ -92,22 +92,47 @@ fn main() -> ExitCode {
 /// at the first await: a signal sent after the ready file appears but before the collector
 /// first waits is kept for it — where it would otherwise be lost to an inherited SIG_IGN (a
 /// background job of a script ignores SIGINT), leaving the run to go on for nobody.
+///
+/// SIGHUP too (the terminal of an ssh session that dropped): a clean stop, with the summary and
+/// the log's stop record, where its default action would end the run without them — unless it is
+/// ignored (`nohup bindtrace watch &`), which is kept.
 fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     );
+    let hangup = (!hangup_ignored())
+        .then(|| signal(SignalKind::hangup()).ok())
+        .flatten();
     async move {
         let (Ok(mut int), Ok(mut term)) = handlers else {
             // Without signal handlers the default action (exit) still applies.
             return std::future::pending().await;
         };
+        let hup = async move {
+            match hangup {
+                Some(mut h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
+            () = hup => {}
         }
     }
+}
+
+/// Whether SIGHUP is ignored (inherited from `nohup`).
+fn hangup_ignored() -> bool {
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: sigaction(2) with no new action only reads the current one into `old`.
+    let ok = unsafe { libc::sigaction(libc::SIGHUP, std::ptr::null(), old.as_mut_ptr()) } == 0;
+    // SAFETY: zero-initialised, and filled on success.
+    ok && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
 }
 
 /// Opens the network namespace with inode `inode` (`--netns`), or says that none has it.

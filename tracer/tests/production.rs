@@ -715,16 +715,30 @@ fn netns_filter_keeps_only_that_namespace() {
 
 /// Starts `bindtrace watch` limited to `ns`, stdout piped, and returns once it is attached.
 fn watch_in(ns: &Netns, dir: &Path) -> std::process::Child {
+    watch_in_with(ns, dir, false)
+}
+
+/// `watch_in`, started with SIGHUP ignored (as `nohup` starts it) if `nohup`.
+fn watch_in_with(ns: &Netns, dir: &Path, nohup: bool) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
     let ready = dir.join("ready");
-    let mut child = bindtrace()
-        .args(["watch", "--backend", &common::backend(), "--netns"])
+    let mut cmd = bindtrace();
+    cmd.args(["watch", "--backend", &common::backend(), "--netns"])
         .arg(format!("/run/netns/{}", ns.name))
         .arg("--ready-file")
         .arg(&ready)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    if nohup {
+        // SAFETY: signal(2) between fork and exec, async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
     for _ in 0..3000 {
         if ready.exists() {
             return child;
@@ -736,6 +750,46 @@ fn watch_in(ns: &Netns, dir: &Path) -> std::process::Child {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     panic!("bindtrace did not attach");
+}
+
+/// SIGHUP (the terminal of a dropped ssh session) stops a watch as SIGTERM does, with its
+/// summary; ignored, as `nohup` leaves it, it is kept ignored and the watch goes on.
+#[test]
+fn sighup_stops_watch_cleanly_unless_ignored() {
+    if !can_run("sighup") {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = tempdir("sighup");
+    let mut child = watch_in_with(&ns, &dir, false);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let status = exited(&mut child, "after SIGHUP");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("failure(s) reported"), "no summary: {err}");
+
+    let dir = tempdir("sighup-ignored");
+    let mut child = watch_in_with(&ns, &dir, true);
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    // Not a timing claim: a watch that took the signal would be gone well within this.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let running = child.try_wait().unwrap().is_none();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = exited(&mut child, "after SIGTERM");
+    assert!(
+        running,
+        "a watch started under nohup stopped on SIGHUP: {status}"
+    );
+    assert!(status.success(), "{status}");
 }
 
 /// Waits for `child` to exit; panics if it has not after a minute (a hang, not a timing claim).
