@@ -5,7 +5,10 @@
 //! - Each line is written with a single `write(2)` on an unbuffered file, so a line is either in
 //!   the file or not, and nothing waits in a buffer when bindtrace is stopped.
 //! - When a write fails (disk full), the line is counted as unwritten and tracing goes on; the
-//!   count is in the summary at exit and in the metrics.
+//!   count is in the summary at exit and in the metrics. What part of it was written is cut
+//!   off again, so that the next line does not join it.
+//! - When the path stops naming the file being written (moved or deleted by hand, or by a
+//!   logrotate without `copytruncate`), the path is opened again before the next line.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -118,6 +121,9 @@ impl LogFile {
     }
 
     fn write_line(&mut self, line: &[u8]) {
+        if !self.follow_path() {
+            return;
+        }
         if self.size > 0
             && self.size + line.len() as u64 > self.max_size
             && let Err(e) = self.rotate()
@@ -126,7 +132,46 @@ impl LogFile {
         }
         match self.file.write_all(line) {
             Ok(()) => self.size += line.len() as u64,
-            Err(e) => self.failed(&e),
+            Err(e) => {
+                // A line cut short (the disk filled in the middle of it): cut back to the last
+                // whole line, else end it, so that the next one starts a line of its own.
+                if self.file.set_len(self.size).is_err() {
+                    let _ = self.file.write_all(b"\n");
+                    self.size = self.file.metadata().map_or(self.size, |m| m.len());
+                }
+                self.failed(&e);
+            }
+        }
+    }
+
+    /// Opens the path again when it no longer names the file being written (moved or deleted),
+    /// and takes the file's size as it is (a logrotate `copytruncate` empties it). False when
+    /// it cannot be opened again (the line is then counted as unwritten).
+    fn follow_path(&mut self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(ours) = self.file.metadata() else {
+            return true;
+        };
+        let same =
+            fs::metadata(&self.path).is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
+        if same {
+            self.size = ours.len();
+            return true;
+        }
+        match open(&self.path).and_then(|f| Ok((f.metadata()?.len(), f))) {
+            Ok((size, file)) => {
+                eprintln!(
+                    "bindtrace: {} was moved or deleted; writing to it anew",
+                    self.path.display()
+                );
+                self.file = file;
+                self.size = size;
+                true
+            }
+            Err(e) => {
+                self.failed(&e);
+                false
+            }
         }
     }
 
@@ -244,6 +289,34 @@ mod tests {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
             .collect();
         assert_eq!(kinds, ["\"watch_started\"", "\"watch_stopped\""]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A log moved or deleted while written to is opened again at its path; a logrotate
+    /// `copytruncate` (the file emptied) is written on from its new end.
+    #[test]
+    fn a_moved_or_emptied_log_is_followed() {
+        let dir = std::env::temp_dir().join(format!("bindtrace-logmove-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("bind.log");
+        let mut log = LogFile::open(&path, 1 << 20, 1).unwrap();
+        let ev = event();
+        log.event(&ev).unwrap();
+        fs::rename(&path, dir.join("moved")).unwrap();
+        log.event(&ev).unwrap();
+        let lines = |p: &Path| fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!((lines(&dir.join("moved")), lines(&path)), (1, 1));
+        fs::remove_file(&path).unwrap();
+        log.event(&ev).unwrap();
+        assert_eq!(lines(&path), 1);
+        File::create(&path).unwrap();
+        log.event(&ev).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with('{') && text.lines().count() == 1,
+            "{text:?}"
+        );
+        assert_eq!(log.unwritten.load(Ordering::Relaxed), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -361,7 +361,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         write_atomically(path, &format!("{}\n", tracer.backend.as_str()))?;
     }
     eprintln!(
-        "bindtrace: tracing bind()/listen() failures with the {} backend (Ctrl-C to stop)",
+        "bindtrace: tracing bind(), listen() and connect() failures with the {} backend (Ctrl-C to stop)",
         tracer.backend.as_str()
     );
     release_start_up_memory();

@@ -70,7 +70,7 @@ pub struct Metrics {
     events: Counter,
     lost: Counter,
     untracked: Counter,
-    log_unwritten: Gauge,
+    log_unwritten: Counter,
     log_unwritten_src: Option<Arc<AtomicU64>>,
     series: HashSet<FailureLabels>,
 }
@@ -104,7 +104,7 @@ impl Metrics {
              flight): failures among them are not reported",
             untracked.clone(),
         );
-        let log_unwritten = Gauge::default();
+        let log_unwritten = Counter::default();
         registry.register(
             "log_lines_unwritten",
             "Events that could not be written to --log-file (e.g. disk full)",
@@ -166,8 +166,10 @@ impl Writer for Metrics {
             self.failures.get_or_create(&l).inc();
         }
         if let Some(src) = &self.log_unwritten_src {
-            self.log_unwritten
-                .set(i64::try_from(src.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+            let (now, shown) = (src.load(Ordering::Relaxed), self.log_unwritten.get());
+            if now > shown {
+                self.log_unwritten.inc_by(now - shown);
+            }
         }
         Ok(())
     }
