@@ -170,6 +170,10 @@ pub struct Event {
     /// Who held the port and why (failures only; see `diagnose::Diagnosis`).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<crate::diagnose::Diagnosis>,
+    /// Why a failure has no diagnosis though holders were being looked up: `"stopping"`, still
+    /// queued when the stop came (see `pipeline::STOP_GRACE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undiagnosed: Option<String>,
 }
 
 impl Event {
@@ -226,6 +230,7 @@ impl Event {
             backend: Backend::try_from(raw.backend).map_or(BackendName::Unknown, Into::into),
             container: crate::container::Context::default(),
             diagnosis: None,
+            undiagnosed: None,
         }
     }
 

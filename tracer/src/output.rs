@@ -324,6 +324,9 @@ pub fn text_line(ev: &Event) -> String {
             sanitize(&d.hint)
         );
     }
+    if ev.undiagnosed.as_deref() == Some("stopping") {
+        line.push_str("    (holders not looked up: still queued when bindtrace was stopped)\n");
+    }
     line
 }
 
@@ -366,6 +369,7 @@ pub(crate) mod tests {
             container: crate::container::Context::default(),
             ts_ns: 0,
             in_use: None,
+            undiagnosed: None,
             diagnosis: None,
         }
     }

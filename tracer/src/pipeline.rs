@@ -118,6 +118,7 @@ impl Pipeline {
                             {
                                 if stop_seen.get().is_some_and(|t| t.elapsed() > STOP_GRACE) {
                                     undiagnosed += 1;
+                                    ev.undiagnosed = Some("stopping".into());
                                 } else {
                                     let mut d = inv.diagnose(&ev, ns.as_ref());
                                     d.keep_holders(MAX_HOLDERS);

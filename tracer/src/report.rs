@@ -261,10 +261,12 @@ when bindtrace was watching ({} run(s)):",
             .entry(format!("{port}/{}", ev.protocol))
             .or_default()
             .add(t);
-        let cause = ev
-            .diagnosis
-            .as_ref()
-            .map_or_else(|| ev.error.clone(), |d| d.cause.as_str().to_string());
+        // Not looked into (a storm's backlog at a stop): said so, not counted by its errno.
+        let cause = match (&ev.diagnosis, &ev.undiagnosed) {
+            (Some(d), _) => d.cause.as_str().to_string(),
+            (None, Some(why)) => format!("(not diagnosed: {why})"),
+            (None, None) => ev.error.clone(),
+        };
         self.by_cause.entry(cause.clone()).or_default().add(t);
         self.by_process.entry(ev.comm.clone()).or_default().add(t);
         let container = ev
@@ -575,6 +577,14 @@ mod tests {
         assert_eq!(i.count.failures, 2);
         assert_eq!(i.count.last, "2026-11-25T15:41:07.2Z");
         assert!(i.failing.contains("java"));
+        // A failure written without its lookup at a stop is not counted by its errno.
+        let mut late = b.clone();
+        late.undiagnosed = Some("stopping".into());
+        let mut s = Summary::default();
+        s.read(format!("{}\n", serde_json::to_string(&late).unwrap()).as_bytes())
+            .unwrap();
+        assert_eq!(s.by_cause["(not diagnosed: stopping)"].failures, 1);
+        assert!(crate::output::text_line(&late).contains("holders not looked up"));
     }
 
     /// The start and stop records of each `watch` give the spans the log covers, whatever the
