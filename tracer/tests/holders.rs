@@ -378,6 +378,48 @@ fn reuseport_compares_the_sockets_users_not_the_processes() {
     run.release();
 }
 
+/// A TIME-WAIT that began while the watch ran, of a connection made before it (a server's
+/// accepted one, closed by the server before the watch started): its owner is unknown, and the
+/// history never held it, so it is not said forgotten (whose text says "raise --history-size").
+#[test]
+fn a_time_wait_of_a_connection_older_than_the_watch_is_not_said_forgotten() {
+    if !can_run("time_wait_older_than_the_watch") {
+        return;
+    }
+    let ns = Netns::new();
+    let run = ns.hold_case("case_time_wait_older_than_the_watch", &["7058"]);
+    let tracer = Tracer::start(&["--netns", &format!("/run/netns/{}", ns.name)]);
+    let done = run.release().expect("the workload's report");
+    assert_eq!(done["errno"], 98, "{done}");
+    let ev = tracer.failure(done["pid"].as_u64().unwrap(), 7058);
+    let h = holder(&ev);
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h.get("owner_forgotten"), None, "{ev:#}");
+}
+
+/// The same, but with the connection made while the watch ran and its record evicted by 5 000
+/// later ones from a history of 1 024: said forgotten (the text says to raise --history-size).
+#[test]
+fn a_time_wait_whose_record_was_evicted_is_said_forgotten() {
+    if !can_run("time_wait_evicted") {
+        return;
+    }
+    let ns = Netns::new();
+    let tracer = Tracer::start(&[
+        "--netns",
+        &format!("/run/netns/{}", ns.name),
+        "--history-size",
+        "1024",
+    ]);
+    let done = ns.run_case("case_time_wait_evicted", &["7060", "5000"]);
+    assert_eq!(done["errno"], 98, "{done}");
+    let ev = tracer.failure(done["pid"].as_u64().unwrap(), 7060);
+    let h = holder(&ev);
+    assert_eq!(h["state"], "TIME_WAIT", "{ev:#}");
+    assert_eq!(h.get("pid"), None, "its record is gone: {ev:#}");
+    assert_eq!(h["owner_forgotten"], true, "{ev:#}");
+}
+
 #[test]
 fn listen_failure_names_the_listener() {
     if !can_run("listen") {

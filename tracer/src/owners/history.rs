@@ -78,6 +78,31 @@ impl History {
         owners
     }
 
+    /// Whether a record of the key could have been evicted: its set is full in some watch's
+    /// history. A set with a slot never written has never evicted anything (a write takes an
+    /// empty slot before the oldest), so a record the key never had there was never made.
+    pub(super) fn could_have_evicted(
+        &self,
+        netns: u32,
+        port: u16,
+        protocol: u8,
+        role: Role,
+    ) -> bool {
+        let key = HistoryKey {
+            netns,
+            port,
+            protocol,
+            role: role as u8,
+        };
+        self.maps.iter().any(|map| {
+            let Some(mask) = map.len().checked_sub(1) else {
+                return false;
+            };
+            map.get(&history::set_of(&key, mask), 0)
+                .is_ok_and(|set| set.slots.iter().all(|s| s.check != 0))
+        })
+    }
+
     fn find(map: &Array<MapData, HistorySet>, key: HistoryKey) -> Vec<Owner> {
         let Some(mask) = map.len().checked_sub(1) else {
             return Vec::new();

@@ -452,7 +452,7 @@ impl Investigator {
                 h.source = Source::Startup;
                 h.accepted = h.accepted || o.accepted;
             } else {
-                h.owner_forgotten = self.forgot(&h);
+                h.owner_forgotten = self.forgot(&h, netns);
             }
             // Said only where the process's differs (it changed user after making the socket).
             if h.socket_uid == h.uid {
@@ -466,11 +466,22 @@ impl Investigator {
     /// Whether `h`, a TIME-WAIT no record names, began while this watch ran: its connection was
     /// then made under the history's eyes or open at the start-up scan, and its record has been
     /// evicted since (a TIME-WAIT lasts 60 s; `expires_ms` says how much of it is left).
-    fn forgot(&self, h: &Holder) -> bool {
+    ///
+    /// Not when no record could have been evicted (its sets never filled): then the connection
+    /// was never seen made — opened before the watch started, or accepted by a listener it never
+    /// saw — and a larger history would not have named it.
+    fn forgot(&self, h: &Holder, netns: u32) -> bool {
         let (Some(since), Some(left)) = (self.watching_since, h.expires_ms) else {
             return false;
         };
-        h.state == State::TimeWait && time_wait_began(left) > since
+        let evictable = |hist: &History| {
+            [Role::Connected, Role::Listening]
+                .into_iter()
+                .any(|role| hist.could_have_evicted(netns, h.local.port(), IPPROTO_TCP as u8, role))
+        };
+        h.state == State::TimeWait
+            && time_wait_began(left) > since
+            && self.history.as_ref().is_none_or(evictable)
     }
 
     /// Holders known from history alone, when the kernel lists no socket on the port that would
@@ -653,12 +664,15 @@ mod tests {
             "127.0.0.1:40000".parse().unwrap(),
             Source::Unknown,
         );
-        assert!(!inv.forgot(&h), "a one-off lookup watched nothing");
+        assert!(!inv.forgot(&h, 1), "a one-off lookup watched nothing");
         inv.watching_since = Some(event::monotonic_now().saturating_sub(10_000_000_000));
         h.expires_ms = Some(59_000);
-        assert!(inv.forgot(&h), "began about 1 s ago, 10 s into the watch");
+        assert!(
+            inv.forgot(&h, 1),
+            "began about 1 s ago, 10 s into the watch"
+        );
         h.expires_ms = Some(30_000);
-        assert!(!inv.forgot(&h), "began 30 s ago, before the watch");
+        assert!(!inv.forgot(&h, 1), "began 30 s ago, before the watch");
     }
 
     /// With no socket left on the port, the last one seen to take it before the failure that

@@ -686,6 +686,52 @@ def case_1a_gated(port):
     case_1a(port)
 
 
+def case_time_wait_older_than_the_watch(port):
+    """A server on P closes a connection it accepted, first (its side is then an orphaned
+    FIN_WAIT2, no process holding it), and closes its listener; then it reports and waits for a
+    line on stdin (the test starts a watch), the client closes, the server's side becomes a
+    TIME-WAIT on P, and a bind of P fails on it. Nothing the watch could have seen made it."""
+    srv = server(port)
+    c = sock()
+    c.connect((HOST, port))
+    conn, _ = srv.accept()
+    conn.close()
+    srv.close()
+    report(case="time_wait_older_than_the_watch", stage="ready", port=port)
+    sys.stdin.readline()
+    c.close()
+    wait_for_tcp_state(port, TCP_TIME_WAIT)
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    finish(case="time_wait_older_than_the_watch", errno=err, port=port, addr=HOST,
+           reuseaddr=False, reuseport=False)
+
+
+def case_time_wait_evicted(port, connections):
+    """As 1a (an exited process's TIME-WAIT on P), then `connections` more connections from
+    ephemeral ports (each one a record in the history), which a small history cannot keep with
+    P's: a bind of P fails on a TIME-WAIT whose record was evicted."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+        f.write("20000 39999")
+    srv = server(port + 1)
+    c, info = spawn("helper_connect_and_leave", port, port + 1)
+    conn, _ = srv.accept()
+    conn.recv(1)
+    conn.close()
+    c.wait()
+    wait_for_tcp_state(port, TCP_TIME_WAIT)
+    for _ in range(int(connections)):
+        other = sock()
+        other.connect((HOST, port + 1))
+        theirs, _ = srv.accept()
+        theirs.close()
+        other.close()
+    s = sock()
+    err = attempt(lambda: s.bind((HOST, port)))
+    finish(case="time_wait_evicted", errno=err, port=port, addr=HOST, reuseaddr=False,
+           reuseport=False, holder_pid=info["pid"])
+
+
 def case_1b(port, v6=0):
     """Another process holds an ESTABLISHED connection from P (no SO_REUSEADDR); a SO_REUSEADDR
     listener on P (IPv6's wildcard with `v6`) fails."""
