@@ -508,11 +508,48 @@ fn call_label(ev: &Event) -> String {
     }
 }
 
+/// Whether `file` starts with gzip's magic (a rotated log logrotate compressed); leaves it at
+/// its start.
+fn is_gzip(file: &mut File) -> bool {
+    use std::io::{Read as _, Seek as _};
+    let mut magic = [0u8; 2];
+    let gz = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    let _ = file.rewind();
+    gz
+}
+
+/// Reads a gzip-compressed log through `gzip -dc` (on every host that has logrotate).
+fn read_gzip(s: &mut Summary, f: &std::path::Path) -> Result<()> {
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(f)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "{} is gzip-compressed, and gzip could not be run to read it: give it \
+                 decompressed (zcat {} | bindtrace report -)",
+                f.display(),
+                f.display()
+            )
+        })?;
+    let out = child.stdout.take().expect("piped");
+    let read = s.read(out);
+    let status = child.wait()?;
+    read.with_context(|| format!("reading {}", f.display()))?;
+    anyhow::ensure!(status.success(), "gzip -dc {}: {status}", f.display());
+    Ok(())
+}
+
 pub fn run(args: &ReportArgs) -> Result<()> {
     let mut s = Summary::default();
     let stdin = args.files.is_empty() || args.files.iter().any(|f| f.as_os_str() == "-");
     for f in args.files.iter().filter(|f| f.as_os_str() != "-") {
-        let file = File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let mut file = File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
+        if is_gzip(&mut file) {
+            read_gzip(&mut s, f)?;
+            continue;
+        }
         s.read(file)
             .with_context(|| format!("reading {}", f.display()))?;
     }
@@ -585,6 +622,32 @@ mod tests {
             .unwrap();
         assert_eq!(s.by_cause["(not diagnosed: stopping)"].failures, 1);
         assert!(crate::output::text_line(&late).contains("holders not looked up"));
+    }
+
+    /// A rotated log that logrotate compressed is read as it was written.
+    #[test]
+    fn a_gzip_compressed_log_is_read() {
+        let dir = std::env::temp_dir().join(format!("bindtrace-gz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.json.1");
+        let line = serde_json::to_string(&event()).unwrap();
+        std::fs::write(&path, format!("{line}\n{line}\n")).unwrap();
+        let Ok(status) = std::process::Command::new("gzip").arg(&path).status() else {
+            eprintln!("SKIP gzip: no gzip on this machine");
+            return;
+        };
+        assert!(status.success());
+        let gz = dir.join("events.json.1.gz");
+        assert!(is_gzip(&mut File::open(&gz).unwrap()));
+        let mut s = Summary::default();
+        read_gzip(&mut s, &gz).unwrap();
+        assert_eq!(
+            (s.failures, s.corrupt_lines),
+            (1, 0),
+            "the same failure twice is one"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The start and stop records of each `watch` give the spans the log covers, whatever the
