@@ -166,6 +166,30 @@ pub struct FilterArgs {
     pub netns: Option<u32>,
 }
 
+impl FilterArgs {
+    /// The filters given, as they are written on the command line (`--port 8080 --netns
+    /// 4026532177`); empty for none: what a run's log did not cover.
+    pub fn scope(&self) -> String {
+        let mut scope: Vec<String> = Vec::new();
+        if let Some(p) = self.port {
+            scope.push(format!("--port {p}"));
+        }
+        if let Some(p) = self.pid {
+            scope.push(format!("--pid {p}"));
+        }
+        if let Some(c) = &self.comm {
+            scope.push(format!("--comm {c}"));
+        }
+        if let Some(c) = &self.cgroup {
+            scope.push(format!("--cgroup {}", c.display()));
+        }
+        if let Some(n) = self.netns {
+            scope.push(format!("--netns {n}"));
+        }
+        scope.join(" ")
+    }
+}
+
 pub fn parse_netns(s: &str) -> Result<u32, String> {
     use std::os::unix::fs::MetadataExt as _;
     // Namespaces' inode numbers come from the kernel's dynamic proc inodes, from

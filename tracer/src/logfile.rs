@@ -198,15 +198,21 @@ fn now() -> String {
 impl LogFile {
     /// Marks the start of a `watch` in the log, so that `report` can tell when failures could
     /// have been logged and when not (bindtrace stopped, or killed).
-    pub fn started(&mut self, backend: &str) {
+    /// `scope`: the filters it ran with (`--port 8080 --netns 4026532177`), empty for none:
+    /// what it did not watch.
+    pub fn started(&mut self, backend: &str, scope: &str) {
         self.started = true;
-        self.record(&serde_json::json!({
+        let mut v = serde_json::json!({
             "time": now(),
             "event": "watch_started",
             "backend": backend,
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
-        }));
+        });
+        if !scope.is_empty() {
+            v["scope"] = scope.into();
+        }
+        self.record(&v);
     }
 
     fn record(&mut self, v: &serde_json::Value) {
@@ -281,7 +287,7 @@ mod tests {
         drop(LogFile::open(&path, 1 << 20, 1).unwrap());
         assert_eq!(fs::read_to_string(&path).unwrap(), "");
         let mut log = LogFile::open(&path, 1 << 20, 1).unwrap();
-        log.started("tracepoint");
+        log.started("tracepoint", "");
         drop(log);
         let kinds: Vec<String> = fs::read_to_string(&path)
             .unwrap()

@@ -341,7 +341,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
     let mut writers: Vec<Box<dyn pipeline::Writer>> = Vec::new();
     let unwritten = log.as_ref().map(|l| std::sync::Arc::clone(&l.unwritten));
     if let Some(mut log) = log {
-        log.started(tracer.backend.as_str());
+        log.started(tracer.backend.as_str(), &args.filters.scope());
         writers.push(Box::new(log));
     }
     if let Some(listener) = metrics_listener {

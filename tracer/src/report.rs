@@ -112,7 +112,8 @@ pub struct Summary {
     seen: std::collections::HashSet<u64>,
     /// (time, whether a start, the run's pid) of each start and stop record.
     #[serde(skip)]
-    marks: Vec<(String, bool, u64)>,
+    /// (time, whether a start, pid, the start's scope).
+    marks: Vec<(String, bool, u64, String)>,
 }
 
 /// A span of time a `watch` was writing the log: from its `watch_started` record to its
@@ -122,6 +123,9 @@ struct Session {
     started: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     stopped: Option<String>,
+    /// The filters it ran with (`--port 8080`): failures outside them were not watched.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    scope: String,
 }
 
 impl Summary {
@@ -149,7 +153,9 @@ impl Summary {
             Ok(v) if v["event"] == "watch_started" || v["event"] == "watch_stopped" => {
                 let time = v["time"].as_str().unwrap_or_default().to_string();
                 let pid = v["pid"].as_u64().unwrap_or(0);
-                self.marks.push((time, v["event"] == "watch_started", pid));
+                let scope = v["scope"].as_str().unwrap_or_default().to_string();
+                self.marks
+                    .push((time, v["event"] == "watch_started", pid, scope));
             }
             _ => self.corrupt_lines += 1,
         }
@@ -164,7 +170,7 @@ impl Summary {
         marks.dedup();
         let mut used = vec![false; marks.len()];
         let mut sessions: Vec<Session> = Vec::new();
-        for (i, (time, start, pid)) in marks.iter().enumerate() {
+        for (i, (time, start, pid, scope)) in marks.iter().enumerate() {
             if !*start {
                 continue;
             }
@@ -179,14 +185,16 @@ impl Summary {
             sessions.push(Session {
                 started: time.clone(),
                 stopped: stop.map(|j| marks[j].0.clone()),
+                scope: scope.clone(),
             });
         }
         // A stop whose start is in a file not given.
-        for (j, (time, start, _)) in marks.iter().enumerate() {
+        for (j, (time, start, ..)) in marks.iter().enumerate() {
             if !start && !used[j] {
                 sessions.push(Session {
                     started: String::new(),
                     stopped: Some(time.clone()),
+                    scope: String::new(),
                 });
             }
         }
@@ -232,7 +240,11 @@ when bindtrace was watching ({} run(s)):",
                 .stopped
                 .as_deref()
                 .unwrap_or("(no stop record: killed, or still running)");
-            println!("  {from} to {to}");
+            if s.scope.is_empty() {
+                println!("  {from} to {to}");
+            } else {
+                println!("  {from} to {to}, only {}", s.scope);
+            }
         }
         println!("  (failures outside these spans were not seen)");
     }
@@ -691,6 +703,15 @@ mod tests {
                 ("2026-11-25T11:00:00Z", None)
             ]
         );
+        // A run's filters are what it did not watch.
+        let mut s = Summary::default();
+        s.read(
+            "{\"time\":\"t\",\"event\":\"watch_started\",\"pid\":1,\"scope\":\"--port 8080\"}\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        s.finish();
+        assert_eq!(s.sessions[0].scope, "--port 8080");
     }
 
     /// A failure that wanted any port is grouped with the others towards its destination, not
