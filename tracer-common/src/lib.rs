@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Bumped whenever a struct below changes shape.
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -181,6 +181,10 @@ pub struct BindEvent {
     /// socket at the call's exit; 0 otherwise.
     pub chosen_port: u16,
     pub _pad: [u8; 4],
+    /// The process's name (its thread-group leader's `comm`) when the call came from another
+    /// thread, whose name `comm` is; all zero from the main thread. Read at the call: a process
+    /// that fails and exits at once is gone before the collector could read `/proc`.
+    pub process_comm: [u8; 16],
 }
 
 /// Slots in the kernel programs' table of calls in flight: a thread's call lives in slot
@@ -200,7 +204,7 @@ pub fn pending_overflow_entries(possible_cpus: usize) -> u32 {
         .max(4096)
 }
 
-pub const BIND_EVENT_SIZE: usize = 120;
+pub const BIND_EVENT_SIZE: usize = 136;
 const _: () = assert!(core::mem::size_of::<BindEvent>() == BIND_EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 8);
 

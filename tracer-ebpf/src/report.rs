@@ -97,6 +97,9 @@ fn stamp_caller(ev: &mut BindEvent, c: &Caller, sk: u64) {
     ev.gid = c.gid;
     ev.cgroup_id = c.cgroup_id;
     ev.comm = c.comm;
+    if c.pid != c.tid {
+        ev.process_comm = kernel::process_comm().unwrap_or([0; 16]);
+    }
     if ev.netns == 0 && sk == 0 {
         ev.netns = kernel::current_netns();
     }

@@ -180,7 +180,7 @@ impl Event {
     /// Builds the owned event; `wall_ns` converts the kernel's monotonic timestamp.
     pub fn from_raw(kind: EventKind, raw: &BindEvent, wall_ns: impl Fn(u64) -> i128) -> Self {
         let known = |bit| raw.flags & bit != 0;
-        Self {
+        let mut ev = Self {
             time: rfc3339(wall_ns(raw.ts_ns)),
             ts_ns: raw.ts_ns,
             in_use: if known(flags::IN_USE) {
@@ -231,7 +231,14 @@ impl Event {
             container: crate::container::Context::default(),
             diagnosis: None,
             undiagnosed: None,
+        };
+        // A call from a thread other than the main one: the process's name, as the kernel read
+        // it at the call, and the thread's beside it.
+        let process = cstr(&raw.process_comm);
+        if !process.is_empty() && process != ev.comm {
+            ev.thread = Some(std::mem::replace(&mut ev.comm, process));
         }
+        ev
     }
 
     /// Names the caller by its process, as `/proc/PID/comm` has it, keeping the kernel's name

@@ -420,6 +420,26 @@ fn a_time_wait_whose_record_was_evicted_is_said_forgotten() {
     assert_eq!(h["owner_forgotten"], true, "{ev:#}");
 }
 
+/// A thread of its own name fails and the process exits at once (looked up only after it has
+/// gone: the tracer is paused meanwhile): named by the process's name, as the kernel read it at
+/// the call, with the thread's beside it.
+#[test]
+fn a_thread_that_fails_as_its_process_exits_is_named_by_its_process() {
+    if !can_run("thread_fails_and_exits") {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let ns = Netns::new();
+    tracer.pause();
+    let truth = ns.run_case("case_thread_fails_and_exits", &["7064"]);
+    tracer.resume();
+    assert_eq!(truth["errno"], 98, "{truth}");
+    let ev = tracer.failure(truth["pid"].as_u64().unwrap(), 7064);
+    assert_eq!(ev["tid"], truth["tid"], "{ev:#}");
+    assert_eq!(ev["comm"], truth["comm"], "{ev:#}");
+    assert_eq!(ev["thread"], "worker-bind", "{ev:#}");
+}
+
 #[test]
 fn listen_failure_names_the_listener() {
     if !can_run("listen") {

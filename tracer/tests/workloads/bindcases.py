@@ -732,6 +732,28 @@ def case_time_wait_evicted(port, connections):
            reuseport=False, holder_pid=info["pid"])
 
 
+def case_thread_fails_and_exits(port):
+    """A listener on P; a thread named "worker-bind" binds P, fails, and the process exits at
+    once (os._exit), before anyone could read its /proc."""
+    import ctypes
+    import threading
+    srv = server(port)
+    out = {}
+
+    def work():
+        ctypes.CDLL(None).prctl(15, b"worker-bind", 0, 0, 0)  # PR_SET_NAME, this thread only
+        s = sock()
+        out["errno"] = attempt(lambda: s.bind((HOST, port)))
+        out["tid"] = threading.get_native_id()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    report(case="thread_fails_and_exits", errno=out["errno"], tid=out["tid"], port=port)
+    srv.close()
+    os._exit(0)
+
+
 def case_1b(port, v6=0):
     """Another process holds an ESTABLISHED connection from P (no SO_REUSEADDR); a SO_REUSEADDR
     listener on P (IPv6's wildcard with `v6`) fails."""
