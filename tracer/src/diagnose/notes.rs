@@ -120,10 +120,20 @@ pub(super) fn hint_with_notes(
         );
     }
     if let Some(h) = primary.filter(|h| h.socket_closed) {
+        // Its opener gone too: perhaps before the failure, the socket then held by a process it
+        // handed it to (a pre-fork server's worker, a daemonized child), which closed it since.
+        let heir = if h.owner_alive == Some(false)
+            && matches!(h.state, State::Listen | State::Bound)
+        {
+            "; its opener has exited: if before this failure, a process that had the socket from \
+             it (a forked worker, a daemonized child) held the port then"
+        } else {
+            ""
+        };
         let _ = write!(
             hint,
             " (bindtrace saw that socket take the port{}; it had closed by the time bindtrace \
-             looked)",
+             looked{heir})",
             age(h)
         );
     } else if primary.is_some_and(|h| {

@@ -1352,3 +1352,22 @@ fn holders_beyond_a_limit_are_counted_not_listed() {
     d.keep_holders(16);
     assert_eq!(d.omitted(), 4, "idempotent");
 }
+
+/// A listener's record whose socket had closed by the lookup and whose opener has exited: the
+/// opener may have gone before the failure, leaving the socket to a worker it forked.
+#[test]
+fn a_closed_socket_of_an_exited_opener_may_have_been_a_workers() {
+    let mut h = holder(State::Listen, "0.0.0.0:9132");
+    h.source = Source::History;
+    h.socket_closed = true;
+    h.owner_alive = Some(false);
+    let d = verdict(&req("0.0.0.0", 9132), vec![h.clone()], &ctx());
+    assert!(
+        d.hint.contains("a forked worker, a daemonized child"),
+        "{}",
+        d.hint
+    );
+    h.owner_alive = Some(true);
+    let d = verdict(&req("0.0.0.0", 9132), vec![h], &ctx());
+    assert!(!d.hint.contains("forked worker"), "{}", d.hint);
+}
