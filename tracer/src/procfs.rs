@@ -44,9 +44,24 @@ fn numeric_entries(dir: &str) -> impl Iterator<Item = u32> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
+/// Where `pid`'s descriptors are listed: `/proc/PID/fd`, or, when its main thread has exited
+/// (`pthread_exit()`: a zombie leader, whose own `fd` lists nothing) while others run on with
+/// the same table, a live thread's.
+fn fd_dir(pid: u32) -> String {
+    let dir = format!("/proc/{pid}/fd");
+    if numeric_entries(&dir).next().is_some() {
+        return dir;
+    }
+    numeric_entries(&format!("/proc/{pid}/task"))
+        .filter(|&tid| tid != pid)
+        .map(|tid| format!("/proc/{pid}/task/{tid}/fd"))
+        .find(|d| numeric_entries(d).next().is_some())
+        .unwrap_or(dir)
+}
+
 /// Adds the sockets of `pid` that are in `wanted` (all of them when `wanted` is `None`).
 fn scan_pid(pid: u32, wanted: Option<&HashSet<u64>>, out: &mut HashMap<u64, Holders>) {
-    let dir = format!("/proc/{pid}/fd");
+    let dir = fd_dir(pid);
     for fd in numeric_entries(&dir) {
         if let Some(ino) = socket_inode(std::path::Path::new(&format!("{dir}/{fd}")))
             && wanted.is_none_or(|w| w.contains(&ino))
@@ -102,7 +117,7 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// Whether descriptor `fd` of `pid` is still socket `inode`.
 fn still_holds(pid: u32, fd: u32, inode: u64) -> bool {
-    socket_inode(std::path::Path::new(&format!("/proc/{pid}/fd/{fd}"))) == Some(inode)
+    socket_inode(std::path::Path::new(&format!("{}/{fd}", fd_dir(pid)))) == Some(inode)
 }
 
 fn full_scan() -> HashMap<u64, Holders> {
