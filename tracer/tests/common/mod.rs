@@ -467,6 +467,12 @@ impl Tracer {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
+        // A test that failed while it had the tracer paused: a stopped process would not act on
+        // the interrupt, and the suite would wait on it for ever.
+        if let Ok(child) = self.child.lock() {
+            // SAFETY: kill(2) on our own child; an error (it was reaped) is of no matter.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        }
         self.interrupt();
     }
 }

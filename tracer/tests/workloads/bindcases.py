@@ -707,12 +707,11 @@ def case_time_wait_older_than_the_watch(port):
            reuseaddr=False, reuseport=False)
 
 
-def case_time_wait_evicted(port, connections):
-    """As 1a (an exited process's TIME-WAIT on P), then `connections` more connections from
-    ephemeral ports (each one a record in the history), which a small history cannot keep with
-    P's: a bind of P fails on a TIME-WAIT whose record was evicted."""
-    with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
-        f.write("20000 39999")
+def case_time_wait_evicted(port, stride, count):
+    """As 1a (an exited process's TIME-WAIT on P), then `count` more connections from ports P +
+    k * `stride`, whose history records share P's set of slots (the test picks the stride), so
+    that they evict P's: a bind of P fails on a TIME-WAIT whose record is gone."""
+    port, stride = int(port), int(stride)
     srv = server(port + 1)
     c, info = spawn("helper_connect_and_leave", port, port + 1)
     conn, _ = srv.accept()
@@ -720,12 +719,13 @@ def case_time_wait_evicted(port, connections):
     conn.close()
     c.wait()
     wait_for_tcp_state(port, TCP_TIME_WAIT)
-    for _ in range(int(connections)):
+    for k in range(1, int(count) + 1):
         other = sock()
+        other.bind((HOST, port + k * stride))
         other.connect((HOST, port + 1))
         theirs, _ = srv.accept()
-        theirs.close()
         other.close()
+        theirs.close()
     s = sock()
     err = attempt(lambda: s.bind((HOST, port)))
     finish(case="time_wait_evicted", errno=err, port=port, addr=HOST, reuseaddr=False,
