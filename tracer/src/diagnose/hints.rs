@@ -382,9 +382,10 @@ fn dual_stack_hint(req: &Request, h: &Holder, w: &str, same: bool) -> String {
 /// to differ from its process's.
 fn reuseport_hint(req: &Request, h: &Holder, w: &str) -> String {
     let theirs = match (h.socket_uid, h.uid) {
-        (Some(s), Some(p)) if s != p => {
-            format!("uid {s} for {w}'s socket, made by uid {s} before the process became uid {p}")
-        }
+        (Some(s), Some(p)) if s != p => format!(
+            "uid {s} for the socket {w} holds: it was made by uid {s}, before the process became \
+             uid {p}"
+        ),
         _ => format!(
             "uid {} for {w}",
             h.sharing_uid()
