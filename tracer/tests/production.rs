@@ -765,13 +765,7 @@ fn sighup_stops_watch_cleanly_unless_ignored() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let status = exited(&mut child, "after SIGHUP");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert!(status.success(), "{status}: {err}");
     assert!(err.contains("failure(s) reported"), "no summary: {err}");
 
@@ -790,6 +784,18 @@ fn sighup_stops_watch_cleanly_unless_ignored() {
         "a watch started under nohup stopped on SIGHUP: {status}"
     );
     assert!(status.success(), "{status}");
+}
+
+/// All `child` wrote to its stderr (piped), once it has exited.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
 }
 
 /// Waits for `child` to exit; panics if it has not after a minute (a hang, not a timing claim).
@@ -816,13 +822,7 @@ fn watch_stops_when_its_reader_goes_away() {
     let mut child = watch_in(&ns, &dir);
     drop(child.stdout.take());
     let status = exited(&mut child, "after its reader went away");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert!(status.success(), "{status}: {err}");
 }
 
@@ -875,13 +875,7 @@ fn sigterm_stops_watch_during_a_failure_storm() {
     let storm_running = storm.try_wait().unwrap().is_none();
     let _ = storm.kill();
     let _ = storm.wait();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert!(status.success(), "{status}: {err}");
     assert!(storm_running, "the storm ended by itself");
     assert!(most_fds < 256, "{most_fds} descriptors open in the storm");
