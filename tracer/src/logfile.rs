@@ -61,6 +61,11 @@ pub struct LogFile {
     warned: bool,
     /// Whether this run's `watch_started` record was written: only then does it write its stop.
     started: bool,
+    /// What this run logged, for its `watch_stopped` record: failures (and, with `--all`,
+    /// successes) written, and records the kernel dropped since the start.
+    failures: u64,
+    successes: u64,
+    lost_total: u64,
 }
 
 fn open(path: &Path) -> io::Result<File> {
@@ -96,6 +101,9 @@ impl LogFile {
             unwritten: Arc::default(),
             warned: false,
             started: false,
+            failures: 0,
+            successes: 0,
+            lost_total: 0,
         })
     }
 
@@ -229,10 +237,15 @@ impl Drop for LogFile {
         if !self.started {
             return;
         }
+        // The run's totals, so that a log read later says how much it saw without counting
+        // lines across rotated files (and whether the kernel dropped any).
         self.record(&serde_json::json!({
             "time": now(),
             "event": "watch_stopped",
             "pid": std::process::id(),
+            "failures": self.failures,
+            "successes": self.successes,
+            "events_lost": self.lost_total,
         }));
     }
 }
@@ -242,10 +255,16 @@ impl Writer for LogFile {
         let mut line = serde_json::to_vec(ev)?;
         line.push(b'\n');
         self.write_line(&line);
+        if ev.is_failure() {
+            self.failures += 1;
+        } else {
+            self.successes += 1;
+        }
         Ok(())
     }
 
     fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> io::Result<()> {
+        self.lost_total = lost_total;
         let mut line = serde_json::to_vec(&serde_json::json!({
             "time": time,
             "event": "events_lost",
@@ -276,8 +295,8 @@ mod tests {
         assert!(parse_size("").is_err());
     }
 
-    /// A run that started writes its start and, when it ends, its stop; one that failed to start
-    /// (the log was opened first) writes neither.
+    /// A run that started writes its start and, when it ends, its stop with what it logged; one
+    /// that failed to start (the log was opened first) writes neither.
     #[test]
     fn a_run_marks_its_start_and_stop_and_a_failed_start_nothing() {
         let dir = std::env::temp_dir().join(format!("bindtrace-logmarks-{}", std::process::id()));
@@ -288,13 +307,36 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "");
         let mut log = LogFile::open(&path, 1 << 20, 1).unwrap();
         log.started("tracepoint", "");
+        let failure = event();
+        assert!(failure.is_failure());
+        log.event(&failure).unwrap();
+        log.event(&failure).unwrap();
+        log.lost("t", 3, 3).unwrap();
+        log.lost("t", 2, 5).unwrap();
         drop(log);
-        let kinds: Vec<String> = fs::read_to_string(&path)
+        let records: Vec<serde_json::Value> = fs::read_to_string(&path)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+            .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(kinds, ["\"watch_started\"", "\"watch_stopped\""]);
+        let kinds: Vec<&str> = records.iter().filter_map(|r| r["event"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "watch_started",
+                "bind_failure",
+                "bind_failure",
+                "events_lost",
+                "events_lost",
+                "watch_stopped"
+            ]
+        );
+        // The stop carries the run's totals.
+        let stop = records.last().unwrap();
+        assert_eq!(
+            (&stop["failures"], &stop["successes"], &stop["events_lost"]),
+            (&2.into(), &0.into(), &5.into())
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -28,7 +28,7 @@ mod report;
 mod sockdiag;
 mod tracefs;
 
-use std::{fmt::Write as _, fs, path::Path, process::ExitCode};
+use std::{fmt::Write as _, fs, io::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
@@ -175,14 +175,14 @@ fn open_cgroup2_dir(p: &Path) -> Result<fs::File> {
     Ok(f)
 }
 
-/// Completes on SIGINT or SIGTERM (handled from this call on), or when the output's reader has
-/// gone.
-fn stop_requested() -> impl Future<Output = ()> {
+/// Completes on SIGINT or SIGTERM (handled from this call on), or, when the terminal is the only
+/// output (`alone`), once its reader has gone.
+fn stop_requested(alone: bool) -> impl Future<Output = ()> {
     let signal = shutdown_signal();
     async move {
         tokio::select! {
             () = signal => {}
-            () = reader_gone() => {}
+            () = reader_gone(), if alone => {}
         }
     }
 }
@@ -289,8 +289,50 @@ fn kernel_config(args: &WatchArgs) -> Config {
     }
 }
 
+/// What takes a watch's events besides the terminal, if anything: then its reader going away (a
+/// logger that died) must not stop a daemon whose log still takes every event.
+fn other_outputs(args: &WatchArgs) -> Option<&'static str> {
+    match (&args.log_file, &args.metrics_addr) {
+        (Some(_), Some(_)) => Some("the log file and the metrics"),
+        (Some(_), None) => Some("the log file"),
+        (None, Some(_)) => Some("the metrics"),
+        (None, None) => None,
+    }
+}
+
+/// Where a watch's events go: the log file, the metrics, and the terminal (`others`: what else
+/// takes them, if anything).
+fn outputs(
+    args: &WatchArgs,
+    backend: &str,
+    log: Option<logfile::LogFile>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    unwritten: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    others: Option<&'static str>,
+) -> Vec<Box<dyn pipeline::Writer>> {
+    let mut writers: Vec<Box<dyn pipeline::Writer>> = Vec::new();
+    if let Some(mut log) = log {
+        log.started(backend, &args.filters.scope());
+        writers.push(Box::new(log));
+    }
+    if let Some(listener) = metrics_listener {
+        let (m, registry) = metrics::Metrics::new(backend, unwritten);
+        metrics::serve(listener, registry);
+        writers.push(Box::new(m));
+    }
+    // The terminal last: once an event is shown there, the log file and the metrics have it too
+    // (what a watcher that reads the output and then scrapes or reads the log relies on).
+    let terminal = Renderer::stdout(args.output);
+    match others {
+        Some(others) => writers.push(Box::new(output::Detachable::new(terminal, others))),
+        None => writers.push(Box::new(terminal)),
+    }
+    writers
+}
+
 async fn watch(args: WatchArgs) -> Result<()> {
-    let stop = stop_requested();
+    let others = other_outputs(&args);
+    let stop = stop_requested(others.is_none());
     // Everything that can be wrong with the arguments fails before anything is attached.
     let log = args
         .log_file
@@ -338,20 +380,15 @@ async fn watch(args: WatchArgs) -> Result<()> {
     }
     let collector = Collector::new(&mut tracer.ebpf)?;
     let investigator = (!args.no_holders).then(|| investigator(&mut tracer.ebpf));
-    let mut writers: Vec<Box<dyn pipeline::Writer>> = Vec::new();
     let unwritten = log.as_ref().map(|l| std::sync::Arc::clone(&l.unwritten));
-    if let Some(mut log) = log {
-        log.started(tracer.backend.as_str(), &args.filters.scope());
-        writers.push(Box::new(log));
-    }
-    if let Some(listener) = metrics_listener {
-        let (m, registry) = metrics::Metrics::new(tracer.backend.as_str(), unwritten.clone());
-        metrics::serve(listener, registry);
-        writers.push(Box::new(m));
-    }
-    // The terminal last: once an event is shown there, the log file and the metrics have it too
-    // (what a watcher that reads the output and then scrapes or reads the log relies on).
-    writers.push(Box::new(Renderer::stdout(args.output)));
+    let writers = outputs(
+        &args,
+        tracer.backend.as_str(),
+        log,
+        metrics_listener,
+        unwritten.clone(),
+        others,
+    );
     // Ready once the owners of connections made before now are known too (the kernel programs
     // already record every failure meanwhile).
     if let Some(inv) = &investigator {
@@ -388,9 +425,13 @@ async fn watch(args: WatchArgs) -> Result<()> {
     if unwritten > 0 {
         let _ = write!(extra, ", {unwritten} log line(s) not written");
     }
-    eprintln!(
+    // stderr may be the pipe whose reader went away (`2>&1 | logger`): not a reason to fail.
+    let _ = writeln!(
+        std::io::stderr(),
         "bindtrace: {} failure(s) reported, {} event(s) lost, {} record(s) unreadable{extra}",
-        stats.failures, stats.lost, stats.corrupt,
+        stats.failures,
+        stats.lost,
+        stats.corrupt,
     );
     Ok(())
 }

@@ -219,6 +219,53 @@ impl Writer for Renderer {
     }
 }
 
+/// The terminal's output beside a durable one (the log file, the metrics): its reader going away
+/// — a logger the service manager piped it to, which died — ends only this output, not the run,
+/// which goes on for the others. `others` names them, for the one notice on stderr.
+pub struct Detachable {
+    inner: Renderer,
+    others: &'static str,
+    gone: bool,
+}
+
+impl Detachable {
+    pub fn new(inner: Renderer, others: &'static str) -> Self {
+        Self {
+            inner,
+            others,
+            gone: false,
+        }
+    }
+
+    fn write(&mut self, f: impl FnOnce(&mut Renderer) -> io::Result<()>) -> io::Result<()> {
+        if self.gone {
+            return Ok(());
+        }
+        match f(&mut self.inner) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.gone = true;
+                // stderr may have been the same pipe: a notice that cannot be written is dropped.
+                let _ = writeln!(
+                    io::stderr(),
+                    "bindtrace: the output's reader went away; still writing to {}",
+                    self.others
+                );
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
+impl Writer for Detachable {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.write(|r| r.event(ev))
+    }
+    fn lost(&mut self, time: &str, lost: u64, lost_total: u64) -> io::Result<()> {
+        self.write(|r| r.lost(time, lost, lost_total))
+    }
+}
+
 fn options(ev: &Event) -> String {
     if !ev.options_known {
         return "options unknown".to_string();

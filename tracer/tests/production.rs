@@ -72,24 +72,7 @@ fn log_file_rotates_loses_nothing_and_report_reads_it_back() {
         files.len() >= 2,
         "8K of events rotated at least once: {files:?}"
     );
-    let mut logged = 0;
-    for f in &files {
-        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o640, "{} is created mode 0640", f.display());
-        let text = std::fs::read_to_string(f).unwrap();
-        assert!(
-            text.len() <= 8192,
-            "{} stays under --log-max-size",
-            f.display()
-        );
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).expect("whole JSON lines");
-            if pids.contains(&v["pid"]) {
-                logged += 1;
-            }
-        }
-    }
-    assert_eq!(logged, 18, "every reported event is in the log");
+    check_log_files(&files, &pids);
 
     let out = bindtrace()
         .args(["report", "--output", "json"])
@@ -713,13 +696,44 @@ fn netns_filter_keeps_only_that_namespace() {
     );
 }
 
-/// Starts `bindtrace watch` limited to `ns`, stdout piped, and returns once it is attached.
-fn watch_in(ns: &Netns, dir: &Path) -> std::process::Child {
-    watch_in_with(ns, dir, false)
+/// The rotated log files of the rotation test: private, within their size, whole JSON lines,
+/// every failure of `pids` (18) in them, and the run's stop with its totals.
+fn check_log_files(files: &[PathBuf], pids: &[Value]) {
+    let mut logged = 0;
+    let mut stops = Vec::new();
+    for f in files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{} is created mode 0640", f.display());
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(
+            text.len() <= 8192,
+            "{} stays under --log-max-size",
+            f.display()
+        );
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("whole JSON lines");
+            if pids.contains(&v["pid"]) {
+                logged += 1;
+            }
+            if v["event"] == "watch_stopped" {
+                stops.push(v);
+            }
+        }
+    }
+    assert_eq!(logged, 18, "every reported event is in the log");
+    // The run's stop says what it logged, across the rotated files.
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0]["failures"], 18, "{stops:?}");
 }
 
-/// `watch_in`, started with SIGHUP ignored (as `nohup` starts it) if `nohup`.
-fn watch_in_with(ns: &Netns, dir: &Path, nohup: bool) -> std::process::Child {
+/// Starts `bindtrace watch` limited to `ns`, stdout piped, and returns once it is attached.
+fn watch_in(ns: &Netns, dir: &Path) -> std::process::Child {
+    watch_in_with(ns, dir, false, &[])
+}
+
+/// `watch_in` with `extra` arguments, started with SIGHUP ignored (as `nohup` starts it) if
+/// `nohup`.
+fn watch_in_with(ns: &Netns, dir: &Path, nohup: bool, extra: &[&str]) -> std::process::Child {
     use std::os::unix::process::CommandExt as _;
     let ready = dir.join("ready");
     let mut cmd = bindtrace();
@@ -727,6 +741,7 @@ fn watch_in_with(ns: &Netns, dir: &Path, nohup: bool) -> std::process::Child {
         .arg(format!("/run/netns/{}", ns.name))
         .arg("--ready-file")
         .arg(&ready)
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     if nohup {
@@ -761,7 +776,7 @@ fn sighup_stops_watch_cleanly_unless_ignored() {
     }
     let ns = Netns::new();
     let dir = tempdir("sighup");
-    let mut child = watch_in_with(&ns, &dir, false);
+    let mut child = watch_in_with(&ns, &dir, false, &[]);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let status = exited(&mut child, "after SIGHUP");
@@ -770,7 +785,7 @@ fn sighup_stops_watch_cleanly_unless_ignored() {
     assert!(err.contains("failure(s) reported"), "no summary: {err}");
 
     let dir = tempdir("sighup-ignored");
-    let mut child = watch_in_with(&ns, &dir, true);
+    let mut child = watch_in_with(&ns, &dir, true, &[]);
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     // Not a timing claim: a watch that took the signal would be gone well within this.
@@ -824,6 +839,54 @@ fn watch_stops_when_its_reader_goes_away() {
     let status = exited(&mut child, "after its reader went away");
     let err = stderr_of(&mut child);
     assert!(status.success(), "{status}: {err}");
+}
+
+/// With a log file the terminal is not the only output: a daemon whose stdout's reader died (a
+/// logger) goes on logging every failure, and stops, with its totals, only when told to.
+#[test]
+fn watch_with_a_log_file_outlives_its_readers_departure() {
+    if !can_run("reader_gone_log") {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = tempdir("reader-gone-log");
+    let log = dir.join("events.json");
+    let mut child = watch_in_with(&ns, &dir, false, &["--log-file", log.to_str().unwrap()]);
+    drop(child.stdout.take());
+    // A failure after the reader left: written to the log (and, by trying stdout, noticed).
+    let truth = ns.run_case("case_filters", &["8600"]);
+    let pid = truth["pid"].as_u64().unwrap();
+    let logged = |text: &str| {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["pid"] == pid)
+            .count()
+    };
+    let mut text = String::new();
+    for _ in 0..3000 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged(&text) == 3 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(logged(&text), 3, "the failures are logged: {text}");
+    // Still running: the reader's departure ended only the terminal's output.
+    assert!(child.try_wait().unwrap().is_none(), "watch stopped");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = exited(&mut child, "after SIGTERM");
+    let err = stderr_of(&mut child);
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        err.contains("reader went away; still writing to the log file"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let stop: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(stop["event"], "watch_stopped", "{text}");
+    assert_eq!(stop["failures"], 3, "{stop}");
+    assert_eq!(stop["events_lost"], 0, "{stop}");
 }
 
 /// SIGTERM in a failure storm that does not end (a crash-looping service): the tracer stops
