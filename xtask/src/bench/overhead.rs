@@ -259,9 +259,36 @@ pub fn run(rounds: u32, against: Option<&Against>) -> Result<Value> {
     }
     let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1")?;
-    let result = run_rounds(rounds, &conditions(against));
+    let result = nothing_else_runs().and_then(|()| run_rounds(rounds, &conditions(against)));
     let _ = std::fs::write(STATS, stats_before.trim());
     result
+}
+
+/// The BPF time of a condition is the time of every program that runs during its workload,
+/// whoever loaded it: programs already attached to the measured paths (another `bindtrace watch`,
+/// a bpftrace script) would be counted in every condition and make the figures meaningless. One
+/// pass of the workloads with nothing of ours attached must run no BPF program.
+fn nothing_else_runs() -> Result<()> {
+    let costs = in_netns(measure)?;
+    let mut others: BTreeMap<&str, f64> = BTreeMap::new();
+    for c in &costs {
+        for (name, (ns, _)) in &c.programs {
+            *others.entry(name).or_default() += ns;
+        }
+    }
+    if !others.is_empty() {
+        let list: Vec<String> = others
+            .iter()
+            .map(|(name, ns)| format!("{name} ({ns:.0} ns per operation)"))
+            .collect();
+        anyhow::bail!(
+            "BPF programs already run on the measured paths with nothing of the bench's attached: \
+             {} — stop what loaded them (another `bindtrace watch`, a bpftrace script; \
+             `bpftool prog show` lists them) and run the bench again",
+            list.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn run_rounds(rounds: u32, conditions: &[Condition]) -> Result<Value> {
