@@ -417,14 +417,11 @@ when bindtrace was watching ({} run(s)):",
                 i.count.first,
                 i.count.last
             );
-            if !i.hint.is_empty() && failing.len() > 1 {
-                println!(
-                    "           (latest, for {}) {}",
-                    sanitize(&i.hint_for),
-                    sanitize(&i.hint)
-                );
-            } else if !i.hint.is_empty() {
-                println!("           {}", sanitize(&i.hint));
+            let hint = hint_as_of_then(&i.hint);
+            if !hint.is_empty() && failing.len() > 1 {
+                println!("           (latest, for {}) {hint}", sanitize(&i.hint_for));
+            } else if !hint.is_empty() {
+                println!("           {hint}");
             }
         }
     }
@@ -575,6 +572,12 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         ReportFormat::Text => s.print_text(),
     }
     Ok(())
+}
+
+/// A hint as it was given at its failure, for a report read later: its waits ("42 s left")
+/// counted from then, not from when the report is read.
+fn hint_as_of_then(hint: &str) -> String {
+    sanitize(hint).replace(" s left)", " s left at the time)")
 }
 
 #[cfg(test)]
@@ -749,6 +752,15 @@ mod tests {
 
     /// A listen port taken by the TIME-WAITs of many clients' connections, one after another, is
     /// one incident that names their programs — not one per program.
+    #[test]
+    fn a_hints_wait_is_said_to_count_from_its_failure() {
+        assert_eq!(
+            hint_as_of_then("now: wait for the TIME-WAIT to end (42 s left); for good: x"),
+            "now: wait for the TIME-WAIT to end (42 s left at the time); for good: x"
+        );
+        assert_eq!(hint_as_of_then("stop it"), "stop it");
+    }
+
     #[test]
     fn one_call_held_by_many_programs_time_waits_is_one_incident() {
         use crate::diagnose::{Holder, PortContext, Request, Source, State, verdict};
