@@ -50,6 +50,52 @@ fn assert_time_wait_named_from_history(ev: &Value, truth: &Value, remote: &str) 
     );
 }
 
+/// Reserving a port keeps only the kernel's own choice off it: a client that bound the port
+/// itself is told to stop doing so, not to reserve it; a client whose port the kernel chose is
+/// told to reserve it.
+#[test]
+fn a_client_that_bound_its_port_is_told_so_not_to_reserve_it() {
+    if !can_run("client_chose_its_port") {
+        return;
+    }
+    let tracer = Tracer::shared();
+    let ns = Netns::new();
+    let run = ns.hold_case("case_client_chose_its_port", &["40110"]);
+    let truth = run.report.clone();
+    let (bound, ephemeral) = (truth["bound"].clone(), truth["ephemeral"].clone());
+    assert_eq!(
+        (
+            &bound,
+            &ephemeral,
+            &truth["bound_errno"],
+            &truth["ephemeral_errno"]
+        ),
+        (&40110.into(), &40111.into(), &98.into(), &98.into()),
+        "{truth}"
+    );
+    let pid = run.pid();
+    let failure = |port: &Value| {
+        tracer.wait_for(&format!("the failure on {port}"), |v| {
+            v["pid"] == pid && v["event"] == "bind_failure" && v["port"] == *port
+        })
+    };
+    let ev = failure(&bound);
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    assert_eq!(holder(&ev)["bound_before_connect"], true, "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("for good: the connection's process bound port 40110 itself"),
+        "{hint}"
+    );
+    assert!(!hint.contains("ip_local_reserved_ports"), "{hint}");
+    let ev = failure(&ephemeral);
+    assert_eq!(ev["cause"], "time_wait_conflict", "{ev:#}");
+    assert!(holder(&ev).get("bound_before_connect").is_none(), "{ev:#}");
+    let hint = ev["hint"].as_str().unwrap();
+    assert!(hint.contains("ip_local_reserved_ports=40111"), "{hint}");
+    drop(run);
+}
+
 #[test]
 fn seed_1a_time_wait_of_an_exited_process_is_named_from_history() {
     if !can_run("seed_1a") {

@@ -5,7 +5,7 @@
 use super::{
     Cause, Holder, Opener, PortContext, Request, Source, State, canonical,
     phrases::{
-        OLD_SERVER_LACKED, SERVER_FIX, TUPLE_FIX, age, either, range_fix, reserve_fix,
+        OLD_SERVER_LACKED, SERVER_FIX, TUPLE_FIX, age, connection_fix, either, reserve_fix,
         reuseaddr_fix, stop, who,
     },
 };
@@ -60,7 +60,7 @@ pub(super) fn hint_for_holder(
                 "{}, or stop that connection",
                 reuseaddr_fix(req, h, "the connection's socket")
             );
-            let fix = match range_fix(port, ctx) {
+            let fix = match connection_fix(port, h, ctx) {
                 Some(good) => format!("now: {now}; for good: {good}"),
                 None => now,
             };
@@ -201,7 +201,7 @@ fn time_wait_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> Stri
                  or wait for the TIME-WAIT to end ({left})"
             ),
         };
-        let good = range_fix(port, ctx)
+        let good = connection_fix(port, h, ctx)
             .unwrap_or_else(|| reuseaddr_fix(req, h, "the connection's socket"));
         format!("now: {now}; for good: {good}")
     };
@@ -249,7 +249,19 @@ fn orphan_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String 
             || "at most net.ipv4.tcp_fin_timeout (60 s by default)".to_string(),
             |ms| format!("{} s more (net.ipv4.tcp_fin_timeout)", ms.div_ceil(1000)),
         );
-        format!("until {remote}, which holds its end in CLOSE_WAIT, closes it too, or for {most}")
+        // A peer that closes first does not free the port: the connection then waits out a
+        // TIME-WAIT (60 s) from that moment. Restarting the peer is no way out.
+        let peer = h
+            .remote
+            .filter(|r| r.ip().is_loopback())
+            .map(|r| {
+                format!(" (a process on this host: `ss -tnp state close-wait src {r}` names it)")
+            })
+            .unwrap_or_default();
+        format!(
+            "for {most}, unless {remote}, which holds its end in CLOSE_WAIT{peer}, closes it \
+             first: the connection then waits as a TIME-WAIT for 60 s from that moment"
+        )
     } else {
         format!(
             "until {remote} acknowledges the close (retransmitted for up to minutes: \
@@ -261,8 +273,8 @@ fn orphan_hint(req: &Request, h: &Holder, w: &str, ctx: &PortContext) -> String 
     } else {
         "wait for it to end: no process holds it, so none can be stopped or changed".to_string()
     };
-    let good =
-        range_fix(port, ctx).unwrap_or_else(|| reuseaddr_fix(req, h, "the connection's socket"));
+    let good = connection_fix(port, h, ctx)
+        .unwrap_or_else(|| reuseaddr_fix(req, h, "the connection's socket"));
     let fix = format!("now: {now}; for good: {good}");
     format!(
         "a connection from {local} to {remote} ({}){made} uses port {port} as its source port; \

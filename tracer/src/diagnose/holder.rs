@@ -164,6 +164,11 @@ pub struct Holder {
     /// newer connections (`--history-size`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub owner_forgotten: bool,
+    /// A connection whose process bound its port itself before connecting (bindtrace saw the
+    /// bind()): the kernel did not pick the port from the ephemeral range, so reserving the port
+    /// would not keep that client off it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bound_before_connect: bool,
     /// Whether the kernel's rules say this socket blocks the request.
     pub conflicts: bool,
 }
@@ -203,6 +208,7 @@ impl Holder {
             socket_closed: false,
             accepted: false,
             owner_forgotten: false,
+            bound_before_connect: false,
             conflicts: false,
         }
     }

@@ -81,6 +81,22 @@ pub(super) fn range_fix(port: u16, ctx: &PortContext) -> Option<String> {
     })
 }
 
+/// What keeps a connection's process off `port` for good, when the port lies in the ephemeral
+/// range: reserving it (`range_fix`) — unless that process bound it itself before connecting,
+/// which no reservation stops: then the client's own choice of port is what to change. None
+/// outside the range.
+pub(super) fn connection_fix(port: u16, h: &Holder, ctx: &PortContext) -> Option<String> {
+    let in_range = ctx.range.is_some_and(|(lo, hi)| (lo..=hi).contains(&port));
+    if h.bound_before_connect && in_range {
+        return Some(format!(
+            "the connection's process bound port {port} itself before connecting (bindtrace saw \
+             its bind()), which no reservation of the port stops: have that client let the \
+             kernel choose its source port (no bind() before connect(), or bind() to port 0)"
+        ));
+    }
+    range_fix(port, ctx)
+}
+
 /// What lets a new server bind over its predecessor's connections (TIME-WAIT or still open):
 /// `inet_bind_conflict()` lets them be only if both sockets set SO_REUSEADDR, and an accepted
 /// connection has its listener's setting.

@@ -55,6 +55,7 @@ fn holder(state: State, local: &str) -> Holder {
         socket_closed: false,
         accepted: false,
         owner_forgotten: false,
+        bound_before_connect: false,
         conflicts: false,
     }
 }
@@ -387,17 +388,62 @@ fn an_orphaned_connection_is_waited_out_not_stopped() {
     for part in [
         "(FIN_WAIT2), made by redis-cli (pid 200), uses port 9103",
         "its process has closed it",
-        "127.0.0.1:9102, which holds its end in CLOSE_WAIT",
+        "127.0.0.1:9102, which holds its end in CLOSE_WAIT (a process on this host: \
+         `ss -tnp state close-wait src 127.0.0.1:9102` names it), closes it first: the \
+         connection then waits as a TIME-WAIT for 60 s from that moment",
         "net.ipv4.tcp_fin_timeout",
         "now: wait for it to end",
     ] {
         assert!(d.hint.contains(part), "{part:?} in {}", d.hint);
     }
+    // The peer's closing does not free the port: not offered as a way out.
+    assert!(!d.hint.contains("closes it too"), "{}", d.hint);
     assert!(!d.hint.contains("stop that connection"), "{}", d.hint);
     // One a process still holds is not orphaned.
     h.inode = 4242;
     let d = verdict(&r, vec![h], &c);
     assert!(d.hint.contains("stop that connection"), "{}", d.hint);
+}
+
+/// A client that bound the port itself before connecting: reserving the port would not keep it
+/// off (reservation only steers the kernel's own choice), so the fix for good is the client's.
+#[test]
+fn a_client_that_bound_its_port_is_not_answered_with_a_reservation() {
+    let mut h = holder(State::TimeWait, "127.0.0.1:35001");
+    h.remote = Some("127.0.0.1:9000".parse().unwrap());
+    h.expires_ms = Some(50_000);
+    let mut c = ctx();
+    c.range = Some((30000, 40000));
+    let r = req("0.0.0.0", 35001);
+    let d = verdict(&r, vec![h.clone()], &c);
+    assert!(
+        d.hint.contains("ip_local_reserved_ports=35001"),
+        "{}",
+        d.hint
+    );
+    h.bound_before_connect = true;
+    for state in [State::TimeWait, State::Established] {
+        h.state = state;
+        h.inode = if state == State::TimeWait { 0 } else { 4242 };
+        let d = verdict(&r, vec![h.clone()], &c);
+        assert!(!d.hint.contains("ip_local_reserved_ports"), "{}", d.hint);
+        assert!(
+            d.hint.contains(
+                "for good: the connection's process bound port 35001 itself before connecting"
+            ),
+            "{}",
+            d.hint
+        );
+        assert!(d.hint.contains("no bind() before connect()"), "{}", d.hint);
+    }
+    // Outside the range nothing was said of reserving: the fix stays SO_REUSEADDR.
+    c.range = Some((40001, 60999));
+    let d = verdict(&r, vec![h], &c);
+    assert!(
+        d.hint.contains("set SO_REUSEADDR on both sockets") && !d.hint.contains("itself"),
+        "{}",
+        d.hint
+    );
 }
 
 /// A new server with SO_REUSEADDR refused by its predecessor's server-side TIME-WAIT: the

@@ -335,6 +335,30 @@ pub(super) fn accepted(
     !made_here && listened && from_client_port
 }
 
+/// Whether the connection `s`, of process `pid`, took its port by its own bind() before
+/// connecting: that process's remembered bind of the port, on the connection's address or the
+/// wildcard, made no later than the connection (where its record says when) and not followed by a
+/// listen() of that process (which makes it a server's bind, not this client's). A bind() to port
+/// 0 is not remembered: its port came from the ephemeral range, as a connect()'s does.
+pub(super) fn bound_before_connect(remembered: &[Remembered], s: &DiagSocket, pid: u32) -> bool {
+    let made = remembered
+        .iter()
+        .find(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote))
+        .map(|r| r.owner.ts_ns);
+    let listened_after = |t: u64| {
+        remembered
+            .iter()
+            .any(|r| r.role == Role::Listening && r.owner.pid == pid && r.owner.ts_ns >= t)
+    };
+    remembered.iter().any(|r| {
+        r.role == Role::Bound
+            && r.owner.pid == pid
+            && (r.on_address(s.local.ip()) || r.local_ip().is_unspecified())
+            && made.is_none_or(|t| r.owner.ts_ns <= t)
+            && !listened_after(r.owner.ts_ns)
+    })
+}
+
 /// Fills in the options of the live socket `s`, open in the processes and descriptors `open_in`
 /// (a socket shared by a master and its workers is open in each, in no particular order): as the
 /// kernel programs saw them when it took the port, whichever of those processes did; only for a

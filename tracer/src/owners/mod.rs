@@ -20,7 +20,10 @@ pub use self::{
     namespace::{parse_proc_net, unprivileged_port_start},
 };
 use self::{
-    history::{Remembered, accepted, history_owner, live_options, opener, time_wait_began},
+    history::{
+        Remembered, accepted, bound_before_connect, history_owner, live_options, opener,
+        time_wait_began,
+    },
     namespace::{look_in_namespace, port_context, sockets},
 };
 use crate::{
@@ -453,6 +456,11 @@ impl Investigator {
                 h.accepted = h.accepted || o.accepted;
             } else {
                 h.owner_forgotten = self.forgot(&h, netns);
+            }
+            if connected && !h.accepted {
+                h.bound_before_connect = h
+                    .pid
+                    .is_some_and(|pid| bound_before_connect(remembered, s, pid));
             }
             // Said only where the process's differs (it changed user after making the socket).
             if h.socket_uid == h.uid {

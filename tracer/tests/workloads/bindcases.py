@@ -152,12 +152,14 @@ def case_bind_on_device(port, dev):
 
 
 def helper_connect_and_leave(port, server_port, reuseaddr="0"):
-    """Connects from `port` (no SO_REUSEADDR unless asked), closes first (so this side enters
-    TIME-WAIT) and exits: the seed's 1a."""
+    """Connects from `port` (no SO_REUSEADDR unless asked; port 0: the kernel chooses, from the
+    ephemeral range, at connect()), closes first (so this side enters TIME-WAIT) and exits: the
+    seed's 1a."""
     s = sock(reuseaddr=reuseaddr == "1")
-    s.bind((HOST, int(port)))
+    if int(port):
+        s.bind((HOST, int(port)))
     s.connect((HOST, int(server_port)))
-    report(role="client")
+    report(role="client", local_port=s.getsockname()[1])
     s.close()
 
 
@@ -810,6 +812,28 @@ def case_dual_stack(port):
     s = sock()
     err = attempt(lambda: s.bind(("0.0.0.0", port)))
     finish(case="dual_stack", errno=err, port=port, addr="0.0.0.0", reuseaddr=False, reuseport=False)
+
+
+def case_client_chose_its_port(port):
+    """With ip_local_port_range narrowed to P..P+1, a client binds P itself and connects, and
+    another connects from a port the kernel chooses (P+1: P's bind bucket is not one connect()
+    reuses); both close first and exit. Binds of P and then P+1 fail on their TIME-WAITs."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+        f.write(f"{port} {port + 1}")
+    srv = server(port + 10)
+    out = {}
+    for name, asked in (("bound", port), ("ephemeral", 0)):
+        c, info = spawn("helper_connect_and_leave", asked, port + 10)
+        conn, _ = srv.accept()
+        conn.recv(1)
+        conn.close()
+        c.wait()
+        wait_for_tcp_state(info["local_port"], TCP_TIME_WAIT)
+        out[name] = info["local_port"]
+    for name in ("bound", "ephemeral"):
+        s = sock()
+        out[name + "_errno"] = attempt(lambda: s.bind((HOST, out[name])))
+    finish(case="client_chose_its_port", **out)
 
 
 def case_connect_exhaust(port):
