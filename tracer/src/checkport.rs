@@ -330,6 +330,7 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
     let uncertain = !blocked && d.holders.iter().any(|h| h.conflicts);
     let error = crate::errno::name(req.errno);
     let proto = if udp { "udp" } else { "tcp" };
+    let warning = range_warning(port, &d, blocked || uncertain);
     match args.output {
         OutputFormat::Json => {
             let mut v = serde_json::to_value(PortCheck {
@@ -348,6 +349,9 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                 for key in ["cause", "hint", "same_process"] {
                     o.remove(key);
                 }
+            }
+            if let Some(w) = &warning {
+                v["warning"] = w.as_str().into();
             }
             println!("{v}");
         }
@@ -377,21 +381,27 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                     );
                 }
             }
-            // Unless the hint printed above says the same.
-            let hinted = (blocked || uncertain) && d.hint.contains("ip_local_reserved_ports");
-            if d.in_ephemeral_range && !hinted {
-                println!(
-                    "    warning: {port} lies in the ephemeral range {} and is not reserved: an \
-                     outgoing connection can take it at any moment; reserve it with \
-                     `sysctl -w net.ipv4.ip_local_reserved_ports={}` (the list reserved now, \
-                     with {port})",
-                    d.port_range.as_deref().unwrap_or("?"),
-                    reserved_with(d.reserved_ports.as_deref(), port)
-                );
+            if let Some(w) = &warning {
+                println!("    warning: {w}");
             }
         }
     }
     Ok(!blocked)
+}
+
+/// The seed's incident waiting to happen: `port` in the ephemeral range, unreserved — unless the
+/// hint of a verdict that fails (`failing`) says the same already.
+fn range_warning(port: u16, d: &Diagnosis, failing: bool) -> Option<String> {
+    let hinted = failing && d.hint.contains("ip_local_reserved_ports");
+    (d.in_ephemeral_range && !hinted).then(|| {
+        format!(
+            "{port} lies in the ephemeral range {} and is not reserved: an outgoing connection \
+             can take it at any moment; reserve it with \
+             `sysctl -w net.ipv4.ip_local_reserved_ports={}` (the list reserved now, with {port})",
+            d.port_range.as_deref().unwrap_or("?"),
+            reserved_with(d.reserved_ports.as_deref(), port)
+        )
+    })
 }
 
 /// What the service's namespace says before its port is looked at.
@@ -517,8 +527,15 @@ fn listening(
     let report = Listening {
         port_range: ctx.range.map(|(lo, hi)| format!("{lo}-{hi}")),
         reserved_ports: ctx.reserved_with([]),
-        proposed_reserved_ports: (!unprotected.is_empty())
-            .then(|| ctx.reserved_with(unprotected.iter().map(|u| u.port))),
+        // Not the ports perhaps a client's: given at a first send, they need no reserving.
+        proposed_reserved_ports: unprotected.iter().any(|u| !u.maybe_client).then(|| {
+            ctx.reserved_with(
+                unprotected
+                    .iter()
+                    .filter(|u| !u.maybe_client)
+                    .map(|u| u.port),
+            )
+        }),
         unprotected,
     };
     match output {
@@ -545,10 +562,9 @@ fn listening(
                     };
                     println!("    {:>5}  {who}{note}", u.port);
                 }
-                println!(
-                    "protect them: sysctl -w net.ipv4.ip_local_reserved_ports={}",
-                    report.proposed_reserved_ports.as_deref().unwrap_or("")
-                );
+                if let Some(proposed) = &report.proposed_reserved_ports {
+                    println!("protect them: sysctl -w net.ipv4.ip_local_reserved_ports={proposed}");
+                }
             }
         }
     }

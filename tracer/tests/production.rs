@@ -241,6 +241,13 @@ fn check_port_names_real_holders_and_protects_listeners() {
         warn.contains("lies in the ephemeral range 8000-9000"),
         "{warn}"
     );
+    // The same warning, with the command, for a pre-start hook that reads JSON.
+    let free: Value = serde_json::from_slice(&check(&["8621", "--output", "json"]).stdout).unwrap();
+    let w = free["warning"].as_str().unwrap_or_default();
+    assert!(
+        w.contains("ip_local_reserved_ports=8621") && free["would_fail"] == false,
+        "{free:#}"
+    );
     // A UDP receiver's port is taken by clients' ephemeral sockets alike: listed too. A UDP
     // client's port (given at its first send) is listed, but said to be perhaps a client's
     // when a running watch saw no bind() of it.
@@ -266,6 +273,8 @@ fn check_port_names_real_holders_and_protects_listeners() {
     );
     let sent_from = entry(&client.report["local"]).unwrap_or_else(|| panic!("{l:#}"));
     assert_eq!(sent_from["maybe_client"], true, "{l:#}");
+    // Listed, but not proposed for reserving.
+    assert_eq!(l["proposed_reserved_ports"], "8620,8622", "{l:#}");
     let text = String::from_utf8_lossy(&check(&["--listening"]).stdout).into_owned();
     assert!(text.contains("perhaps a client's port"), "{text}");
     client.release();
