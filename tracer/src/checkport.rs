@@ -77,8 +77,12 @@ pub struct CheckPortArgs {
     pub output: OutputFormat,
 }
 
-/// The socket options the service sets.
+/// The socket options the service sets, and what it runs as.
 #[derive(Debug, Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "command-line switches, each its own flag"
+)]
 pub struct ServiceOptions {
     /// The service sets SO_REUSEADDR.
     #[arg(long)]
@@ -94,9 +98,28 @@ pub struct ServiceOptions {
     pub v6only: bool,
 
     /// The user the service runs as, a name or a uid (default: the one running check-port):
-    /// SO_REUSEPORT shares a port only between sockets of one user.
+    /// SO_REUSEPORT shares a port only between sockets of one user, and a user other than root
+    /// is refused ports below net.ipv4.ip_unprivileged_port_start (EACCES) unless the service
+    /// has CAP_NET_BIND_SERVICE.
     #[arg(long, value_name = "USER", value_parser = parse_user)]
     pub user: Option<u32>,
+
+    /// The service has CAP_NET_BIND_SERVICE (systemd AmbientCapabilities=, or file capabilities
+    /// on its binary), which check-port cannot see: with --user, the privileged-port rule then
+    /// lets it through.
+    #[arg(long, requires = "user")]
+    pub cap_net_bind_service: bool,
+}
+
+impl ServiceOptions {
+    /// Whether the service may bind a port below `ip_unprivileged_port_start`: as root or with
+    /// the capability; when no user is given, as check-port itself may.
+    fn may_bind_privileged(&self) -> bool {
+        match self.user {
+            Some(uid) => uid == 0 || self.cap_net_bind_service,
+            None => can_bind_privileged(),
+        }
+    }
 }
 
 /// `--user`: a uid, or a name from the user database.
@@ -311,13 +334,13 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
     req.v6only = addr.ip.is_ipv6().then_some(before.v6only);
     req.bound_dev_if = before.bound_dev_if;
     // Refused before any port rule: the address (the kernel's answer), else the privileged-port
-    // threshold, for this process.
+    // threshold, for the service's user (`--user`), or else for this process.
     let privileged = before
         .unprivileged_start
         .is_some_and(|n| port != 0 && port < n);
     if let Err(Some(errno)) = before.address {
         req.errno = errno;
-    } else if privileged && !can_bind_privileged() {
+    } else if privileged && !opts.may_bind_privileged() {
         req.errno = libc::EACCES;
     }
     let d = inv.investigate(&req, inode, Some(&ns));
@@ -331,6 +354,11 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
     let error = crate::errno::name(req.errno);
     let proto = if udp { "udp" } else { "tcp" };
     let warning = range_warning(port, &d, blocked || uncertain);
+    let note = privilege_note(
+        privileged.then(|| before.unprivileged_start.unwrap_or(1024)),
+        &req,
+        opts,
+    );
     match args.output {
         OutputFormat::Json => {
             let mut v = serde_json::to_value(PortCheck {
@@ -353,6 +381,9 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
             if let Some(w) = &warning {
                 v["warning"] = w.as_str().into();
             }
+            if let Some(n) = &note {
+                v["note"] = n.as_str().into();
+            }
             println!("{v}");
         }
         OutputFormat::Text => {
@@ -372,14 +403,9 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
                     "no bindtrace watch is running; one running when it was made would know them"
                 };
                 print_port_verdict(&what, &d, blocked, uncertain, who_knows);
-                if privileged {
-                    println!(
-                        "    note: {port} is below net.ipv4.ip_unprivileged_port_start ({}): a \
-                         service without CAP_NET_BIND_SERVICE (not root, no \
-                         AmbientCapabilities=) is refused it with EACCES",
-                        before.unprivileged_start.unwrap_or(1024)
-                    );
-                }
+            }
+            if let Some(n) = &note {
+                println!("    note: {n}");
             }
             if let Some(w) = &warning {
                 println!("    warning: {w}");
@@ -387,6 +413,28 @@ pub fn run(args: &CheckPortArgs) -> Result<bool> {
         }
     }
     Ok(!blocked)
+}
+
+/// What the answer for a port below `ip_unprivileged_port_start` (`start`, that threshold; None
+/// for a port above it) rests on: the user it was given for, or, when none was, that the
+/// service's own may be refused.
+fn privilege_note(start: Option<u16>, req: &Request, opts: &ServiceOptions) -> Option<String> {
+    let start = start?;
+    if req.errno == libc::EACCES && opts.user.is_some() {
+        return Some(
+            "for the user given (--user); a service given CAP_NET_BIND_SERVICE may bind it: say \
+             so with --cap-net-bind-service"
+                .to_string(),
+        );
+    }
+    (opts.user.is_none() && req.errno != libc::EACCES).then(|| {
+        format!(
+            "{} is below net.ipv4.ip_unprivileged_port_start ({start}): a service without \
+             CAP_NET_BIND_SERVICE (not root, no AmbientCapabilities=) is refused it with EACCES \
+             (--user USER answers for the service's user)",
+            req.port
+        )
+    })
 }
 
 /// The seed's incident waiting to happen: `port` in the ephemeral range, unreserved — unless the

@@ -478,6 +478,16 @@ fn check_port_answers_address_and_privilege_refusals_as_the_kernel_does() {
     assert_eq!(code, Some(0), "{v:#}");
     holder.release();
 
+    assert_privileged_port_answers(&ns);
+
+    assert_probes_unreported(&tracer, &ns, &truth);
+    tracer.stop();
+}
+
+/// Port 80 as the kernel answers it: refused without CAP_NET_BIND_SERVICE, to check-port itself
+/// or to the user given with --user.
+fn assert_privileged_port_answers(ns: &Netns) {
+    let verdict = |args: &[&str]| ns.check_port_json(args);
     // Port 80 without CAP_NET_BIND_SERVICE (dropped from the bounding set, so root's exec of
     // check-port does not get it) is refused; with it, free.
     let out = Command::new("ip")
@@ -503,9 +513,26 @@ fn check_port_answers_address_and_privilege_refusals_as_the_kernel_does() {
     assert_eq!(v["cause"], "privileged_port", "{v:#}");
     let (code, v) = verdict(&["80"]);
     assert_eq!(code, Some(0), "{v:#}");
-
-    assert_probes_unreported(&tracer, &ns, &truth);
-    tracer.stop();
+    // For the service's user (--user): nobody is refused port 80, as the kernel refuses it;
+    // given CAP_NET_BIND_SERVICE (which check-port cannot see), it may bind it.
+    let real = ns.run_case_as("case_eacces", &["80"], Some(()));
+    assert_eq!(
+        (&real["errno"], &real["uid"]),
+        (&json!(13), &json!(65534)),
+        "{real}"
+    );
+    let (code, v) = verdict(&["80", "--user", "65534"]);
+    assert_eq!((code, &v["error"]), (Some(1), &json!("EACCES")), "{v:#}");
+    assert!(
+        v["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("--cap-net-bind-service")),
+        "{v:#}"
+    );
+    let (code, v) = verdict(&["80", "--user", "65534", "--cap-net-bind-service"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    let (code, v) = verdict(&["80", "--user", "root"]);
+    assert_eq!(code, Some(0), "{v:#}");
 }
 
 /// The workload's refusals (`truth`) were reported, and a failure after every check-port run
