@@ -575,15 +575,11 @@ fn listening(
     let report = Listening {
         port_range: ctx.range.map(|(lo, hi)| format!("{lo}-{hi}")),
         reserved_ports: ctx.reserved_with([]),
-        // Not the ports perhaps a client's: given at a first send, they need no reserving.
-        proposed_reserved_ports: unprotected.iter().any(|u| !u.maybe_client).then(|| {
-            ctx.reserved_with(
-                unprotected
-                    .iter()
-                    .filter(|u| !u.maybe_client)
-                    .map(|u| u.port),
-            )
-        }),
+        // With the ports perhaps a client's: "no running watch saw it bound" is also what a
+        // server bound before the watch started looks like, and reserving a client's port is
+        // harmless.
+        proposed_reserved_ports: (!unprotected.is_empty())
+            .then(|| ctx.reserved_with(unprotected.iter().map(|u| u.port))),
         unprotected,
     };
     match output {
@@ -603,7 +599,8 @@ fn listening(
                     let note = match (u.protocol, u.maybe_client) {
                         ("udp", true) => {
                             " (udp; the running watch saw no bind() of it: perhaps a client's \
-                             port, given at its first send, which needs no reserving)"
+                             port, given at its first send, which would need no reserving, or a \
+                             server's bound before the watch started: kept in the list below)"
                         }
                         ("udp", false) => " (udp)",
                         _ => "",
