@@ -202,7 +202,9 @@ impl Collector {
         sink.stopping();
         // No program writes once detached: what is in the ring buffer then is all there is, and
         // the kernel's counters are final.
+        crate::stopping::at(crate::stopping::Step::Detaching);
         detach();
+        crate::stopping::at(crate::stopping::Step::Draining);
         self.drain(sink, u64::MAX, true)?;
         self.check_lost(sink)?;
         Ok(self.stats)

@@ -26,6 +26,7 @@ mod preexisting;
 mod procfs;
 mod report;
 mod sockdiag;
+mod stopping;
 mod tracefs;
 
 use std::{fmt::Write as _, fs, io::Write as _, path::Path, process::ExitCode};
@@ -123,6 +124,13 @@ fn shutdown_signal() -> impl Future<Output = ()> {
             _ = term.recv() => {}
             () = hup => {}
         }
+        // The stop must end: a second signal, or its deadline, ends the process if it does not.
+        stopping::asked(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
     }
 }
 
@@ -406,6 +414,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
     let stats = collector
         .run(&mut pipeline, stop, move || drop(tracer))
         .await;
+    stopping::at(stopping::Step::Writing);
     let finished = pipeline.finish();
     // `bindtrace watch | head -1`: the reader leaving is the end of the run, not a failure.
     let (stats, finished) = match (stats, finished) {

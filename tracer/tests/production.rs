@@ -835,6 +835,38 @@ fn sighup_stops_watch_cleanly_unless_ignored() {
     assert!(status.success(), "{status}");
 }
 
+/// A second SIGINT while the watch stops (detaching its programs takes a moment: the kernel
+/// waits for its readers) ends it at once, saying which step it was in: an operator whose stop
+/// hangs needs no `kill -9`.
+#[test]
+fn a_second_sigint_ends_a_stop_at_once() {
+    if !can_run("second_sigint") {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = tempdir("second-sigint");
+    let mut child = watch_in(&ns, &dir);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // Apart, or the kernel merges the two into one pending signal.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = exited(&mut child, "after two SIGINTs");
+    let err = stderr_of(&mut child);
+    if status.success() {
+        eprintln!(
+            "second_sigint: the stop ended within 20 ms, before the second signal: not exercised"
+        );
+        return;
+    }
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("a second stop signal (the stop was ") && err.contains("exiting without"),
+        "{err}"
+    );
+}
+
 /// All `child` wrote to its stderr (piped), once it has exited.
 fn stderr_of(child: &mut std::process::Child) -> String {
     let mut err = String::new();
