@@ -122,7 +122,13 @@ fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
         .filter(|_| !req.udp)
         .map(|r| format!(" towards {r}"))
         .unwrap_or_default();
+    let all_reserved = reserved_of_range(ctx).is_some_and(|(r, total)| r == total);
     let fix = match req.syscall {
+        // Nothing in use explains it: the kernel has no port it may choose.
+        _ if all_reserved => {
+            "every port of the range is reserved (net.ipv4.ip_local_reserved_ports), so the \
+             kernel has none to choose: reserve fewer of them, or widen the range"
+        }
         SyscallName::Listen => {
             "listen() on a socket never bound takes an ephemeral port: bind() the port \
              the service should listen on first, or widen the range"
@@ -185,26 +191,27 @@ fn exhausted_hint(req: &Request, ctx: &PortContext) -> String {
     )
 }
 
+/// How many ports of the range `ip_local_reserved_ports` takes, and the range's size.
+fn reserved_of_range(ctx: &PortContext) -> Option<(u32, u32)> {
+    let (lo, hi) = ctx.range?;
+    let mut taken = vec![false; usize::from(hi - lo) + 1];
+    for &(a, b) in &ctx.reserved {
+        for port in a.max(lo)..=b.min(hi) {
+            taken[usize::from(port - lo)] = true;
+        }
+    }
+    let reserved = taken.iter().filter(|&&t| t).count() as u32;
+    Some((reserved, taken.len() as u32))
+}
+
 /// `" (1 of its 2 ports reserved)"` when `ip_local_reserved_ports` takes ports of the range.
 fn reserved_in_range(ctx: &PortContext) -> String {
-    let Some((lo, hi)) = ctx.range else {
-        return String::new();
-    };
-    let reserved: u32 = ctx
-        .reserved
-        .iter()
-        .map(|&(a, b)| {
-            let (a, b) = (a.max(lo), b.min(hi));
-            if a <= b { u32::from(b - a) + 1 } else { 0 }
-        })
-        .sum();
-    if reserved == 0 {
-        return String::new();
+    match reserved_of_range(ctx) {
+        Some((reserved, total)) if reserved > 0 => {
+            format!(" ({reserved} of its {total} ports reserved)")
+        }
+        _ => String::new(),
     }
-    format!(
-        " ({reserved} of its {} ports reserved)",
-        u32::from(hi - lo) + 1
-    )
 }
 
 /// `"3 ESTABLISHED, 3 TIME_WAIT; by python3 (pid 42) 2, curl (3 processes, e.g. pid 7, all

@@ -1036,6 +1036,32 @@ fn a_holder_whose_owner_just_exited_is_said_to_be_going() {
     assert!(!going(State::FinWait2, Source::History));
 }
 
+/// A range wholly reserved leaves the kernel no port to choose, whatever is in use: the hint says
+/// so, not to pool connections.
+#[test]
+fn a_range_wholly_reserved_is_said_to_be() {
+    let mut r = req("0.0.0.0", 0);
+    r.errno = EADDRINUSE;
+    let mut c = ctx();
+    c.range = Some((40000, 40003));
+    // Overlapping reservations count each port once.
+    c.reserved = vec![(39990, 40001), (40001, 40002), (40003, 40003)];
+    c.ports_in_use = Some(0);
+    let d = verdict(&r, vec![], &c);
+    assert_eq!(d.cause, Cause::EphemeralExhausted);
+    assert!(d.hint.contains("(4 of its 4 ports reserved)"), "{}", d.hint);
+    assert!(
+        d.hint.contains("every port of the range is reserved"),
+        "{}",
+        d.hint
+    );
+    assert!(!d.hint.contains("IP_BIND_ADDRESS_NO_PORT"), "{}", d.hint);
+    c.reserved.pop();
+    let d = verdict(&r, vec![], &c);
+    assert!(d.hint.contains("(3 of its 4 ports reserved)"), "{}", d.hint);
+    assert!(!d.hint.contains("every port"), "{}", d.hint);
+}
+
 /// An exhausted range's hint says who holds it, how much of it is reserved, and, when
 /// TIME-WAITs take the ports of a connect() and tcp_tw_reuse is off, how to reuse them.
 #[test]
