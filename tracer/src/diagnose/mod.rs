@@ -185,9 +185,9 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
     };
     let same_process =
         primary.is_some_and(|h| h.pid == Some(req.pid) || h.shared_with.contains(&req.pid));
-    let mut hint = hint_with_notes(cause, req, primary, same_process, ctx);
+    let mut hint = hint_with_notes(cause, req, (primary, &holders), same_process, ctx);
     if let Some(p) = primary {
-        hint.push_str(&others_blocking(p, &holders));
+        hint.push_str(&others_blocking(p, &holders, req.pid));
         let time_waits = holders
             .iter()
             .filter(|h| h.conflicts && h.state == State::TimeWait)
@@ -222,7 +222,7 @@ pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Di
 /// Other processes' listening or bound sockets that block the call beside `primary` (listeners
 /// on other devices, a port taken twice): stopping the one the hint names would not free the
 /// port. Empty when there are none.
-fn others_blocking(primary: &Holder, holders: &[Holder]) -> String {
+fn others_blocking(primary: &Holder, holders: &[Holder], caller: u32) -> String {
     let others: Vec<String> = holders
         .iter()
         .filter(|h| h.conflicts && !std::ptr::eq(*h, primary))
@@ -238,7 +238,13 @@ fn others_blocking(primary: &Holder, holders: &[Holder]) -> String {
                 .or_else(|| (h.bound_dev_if != 0).then(|| format!("#{}", h.bound_dev_if)))
                 .map(|d| format!(" on device {d}"))
                 .unwrap_or_default();
-            format!("{} at {}{dev}", who(h), h.local)
+            // The caller's own other socket (one it bound before this one) is its own doing.
+            let whose = if h.pid == Some(caller) {
+                "this process".to_string()
+            } else {
+                who(h)
+            };
+            format!("{whose} at {}{dev}", h.local)
         })
         .collect();
     if others.is_empty() {

@@ -51,12 +51,31 @@ fn known_holder(h: &Holder, port: u16) -> Option<String> {
     Some(note)
 }
 
+/// The devices the sockets that refuse the call are bound to (SO_BINDTODEVICE), when every one of
+/// them is bound to one: then a socket bound to another device could share the port.
+fn devices_only(holders: &[Holder]) -> Option<Vec<String>> {
+    let mut devices = Vec::new();
+    for h in holders.iter().filter(|h| h.conflicts) {
+        if h.bound_dev_if == 0 {
+            return None;
+        }
+        let d = h
+            .device
+            .clone()
+            .unwrap_or_else(|| format!("#{}", h.bound_dev_if));
+        if !devices.contains(&d) {
+            devices.push(d);
+        }
+    }
+    (!devices.is_empty()).then_some(devices)
+}
+
 /// The hint, with what the holder adds to it: a daemon's purpose, a dual-stack overlap, a socket
 /// gone before the lookup.
 pub(super) fn hint_with_notes(
     cause: Cause,
     req: &Request,
-    primary: Option<&Holder>,
+    (primary, holders): (Option<&Holder>, &[Holder]),
     same: bool,
     ctx: &PortContext,
 ) -> String {
@@ -93,17 +112,22 @@ pub(super) fn hint_with_notes(
             h.local.port()
         );
     }
-    if let Some(h) = primary.filter(|h| h.conflicts && h.bound_dev_if != 0 && req.bound_dev_if == 0)
+    if primary.is_some_and(|h| h.conflicts)
+        && req.bound_dev_if == 0
+        && let Some(devices) = devices_only(holders)
     {
         // The kernel lets sockets bound to different devices share a port; an unbound one
         // meets them all.
+        let (those, are, them) = if holders.iter().filter(|h| h.conflicts).count() == 1 {
+            ("that socket", "is", "it")
+        } else {
+            ("those sockets", "are", "them")
+        };
         let _ = write!(
             hint,
-            " (that socket is bound to device {} only: bound to another device with \
-             SO_BINDTODEVICE, this socket could have the port beside it)",
-            h.device
-                .clone()
-                .unwrap_or_else(|| format!("#{}", h.bound_dev_if))
+            " ({those} {are} bound to device {} only: bound to another device with \
+             SO_BINDTODEVICE, this socket could have the port beside {them})",
+            devices.join(" and ")
         );
     }
     if let Some(h) = primary.filter(|h| !h.conflicts) {

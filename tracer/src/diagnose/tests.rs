@@ -475,7 +475,7 @@ fn every_listener_that_blocks_is_named() {
     b.comm = Some("python3".into());
     b.bound_dev_if = 2;
     b.device = Some("veth0".into());
-    let d = verdict(&req("0.0.0.0", 9020), vec![a, b], &ctx());
+    let d = verdict(&req("0.0.0.0", 9020), vec![a.clone(), b.clone()], &ctx());
     assert_eq!(d.cause, Cause::ListenerConflict);
     assert!(
         d.hint.contains(
@@ -484,6 +484,30 @@ fn every_listener_that_blocks_is_named() {
         "{}",
         d.hint
     );
+    // Binding to either device would fail as well: both are named.
+    assert!(
+        d.hint
+            .contains("(those sockets are bound to device vethA and veth0 only: bound to another"),
+        "{}",
+        d.hint
+    );
+    // The caller's own other socket is its own.
+    let mut r = req("0.0.0.0", 9020);
+    r.pid = 201;
+    let d = verdict(&r, vec![a.clone(), b], &ctx());
+    assert!(
+        d.hint
+            .contains("it is not alone: this process at 0.0.0.0:9020"),
+        "{}",
+        d.hint
+    );
+    // One socket on no device: binding to a device would not help.
+    let mut anywhere = a.clone();
+    anywhere.pid = Some(202);
+    anywhere.bound_dev_if = 0;
+    anywhere.device = None;
+    let d = verdict(&req("0.0.0.0", 9020), vec![a, anywhere], &ctx());
+    assert!(!d.hint.contains("could have the port beside"), "{}", d.hint);
 }
 
 #[test]
