@@ -494,7 +494,12 @@ mod tests {
         let me = std::process::id();
         let mut t = SocketTable::empty();
         let found = t.owners(&[ino], &[]);
-        assert_eq!(found.get(&ino), Some(&vec![(me, fd)]), "full scan");
+        // Another test's child, between its fork and its exec, may hold it too for a moment
+        // (seen once): this process must be among the holders.
+        assert!(
+            found.get(&ino).is_some_and(|v| v.contains(&(me, fd))),
+            "full scan: {found:?}"
+        );
         let found = t.owners(&[ino], &[me]);
         assert_eq!(found.get(&ino), Some(&vec![(me, fd)]), "candidate scan");
         let p = process(me).unwrap();
