@@ -169,6 +169,10 @@ pub struct Holder {
     /// would not keep that client off it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bound_before_connect: bool,
+    /// When the socket took the port (CLOCK_MONOTONIC ns), as its own history record says: one
+    /// that took it after the failure cannot have refused the call.
+    #[serde(skip)]
+    pub took_port_ns: Option<u64>,
     /// Whether the kernel's rules say this socket blocks the request.
     pub conflicts: bool,
 }
@@ -209,6 +213,7 @@ impl Holder {
             accepted: false,
             owner_forgotten: false,
             bound_before_connect: false,
+            took_port_ns: None,
             conflicts: false,
         }
     }

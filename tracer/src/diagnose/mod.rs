@@ -102,12 +102,27 @@ impl Diagnosis {
     }
 }
 
+/// Which holders the kernel's rules say refuse `req`. A socket that took the port after the call
+/// failed (its record says when: the caller, or another process, bound again at once) cannot
+/// have refused it — unless it is all there is.
+fn mark_conflicts(req: &Request, holders: &mut [Holder]) {
+    for h in holders.iter_mut() {
+        h.conflicts = conflicts(req, h);
+    }
+    if let Some(at) = req.at_ns {
+        let later = |h: &Holder| h.took_port_ns.is_some_and(|t| t > at);
+        if holders.iter().any(|h| h.conflicts && !later(h)) {
+            for h in holders.iter_mut().filter(|h| later(h)) {
+                h.conflicts = false;
+            }
+        }
+    }
+}
+
 /// Decides the cause from the failing request, the sockets found on the port and the namespace's
 /// port settings.
 pub fn verdict(req: &Request, mut holders: Vec<Holder>, ctx: &PortContext) -> Diagnosis {
-    for h in &mut holders {
-        h.conflicts = conflicts(req, h);
-    }
+    mark_conflicts(req, &mut holders);
     // Culprits first, then by how well a state explains a failure; of several TIME-WAITs, the
     // one that lasts longest: the wait the hint gives is for the last of them.
     holders.sort_by_key(|h| {

@@ -56,6 +56,7 @@ fn holder(state: State, local: &str) -> Holder {
         accepted: false,
         owner_forgotten: false,
         bound_before_connect: false,
+        took_port_ns: None,
         conflicts: false,
     }
 }
@@ -462,6 +463,31 @@ fn a_predecessor_without_reuseaddr_is_what_refuses_a_server_with_it() {
     r.reuseaddr = false;
     let d = verdict(&r, vec![h], &ctx());
     assert!(d.hint.contains(SERVER_FIX), "{}", d.hint);
+}
+
+/// A socket that took the port after the call failed (the script bound again at once) did not
+/// refuse it: not a culprit while another socket explains the failure.
+#[test]
+fn a_socket_that_took_the_port_after_the_failure_is_not_a_culprit() {
+    let mut first = holder(State::Listen, "0.0.0.0:9300");
+    first.took_port_ns = Some(100);
+    let mut after = holder(State::Listen, "[::]:9300");
+    after.v6only = Some(true);
+    after.took_port_ns = Some(300);
+    let mut r = req("::", 9300);
+    r.v6only = Some(false);
+    r.at_ns = Some(200);
+    let d = verdict(&r, vec![after.clone(), first], &ctx());
+    assert_eq!(d.cause, Cause::DualStackConflict);
+    let late = d
+        .holders
+        .iter()
+        .find(|h| h.took_port_ns == Some(300))
+        .unwrap();
+    assert!(!late.conflicts, "{:?}", d.holders);
+    // Alone, it is still named: nothing else explains the failure.
+    let d = verdict(&r, vec![after], &ctx());
+    assert!(d.holders[0].conflicts);
 }
 
 /// Listeners on two devices both block an unbound wildcard: the hint names both.

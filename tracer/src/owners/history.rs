@@ -385,6 +385,7 @@ pub(super) fn live_options(
         // took the port — a holder that took it a moment before the failure raced the caller.
         if r.role == own_role(state) {
             h.age_ms = Some(r.age_ms);
+            h.took_port_ns = Some(r.owner.ts_ns);
         }
     } else if let Some(o) = procfs::socket_options(pid, fd, s.inode) {
         h.reuseaddr = Some(o.reuseaddr);
