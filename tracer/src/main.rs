@@ -68,6 +68,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // check-port's 1 means "blocked": a check that could not be made says so apart (2, as a
+    // usage error), so that a pre-start hook can tell a busy port from a mistake.
+    let error_code = if matches!(cli.command, Command::CheckPort(_)) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Watch(args) => watch(args).await.map(|()| true),
@@ -84,7 +91,7 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("bindtrace: {e:#}");
-            ExitCode::FAILURE
+            error_code
         }
     }
 }
