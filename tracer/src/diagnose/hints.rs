@@ -6,7 +6,7 @@ use super::{
     Cause, Holder, Opener, PortContext, Request, Source, State, canonical,
     phrases::{
         OLD_SERVER_LACKED, SERVER_FIX, TUPLE_FIX, age, connection_fix, either, reserve_fix,
-        reuseaddr_fix, stop, who,
+        reuseaddr_fix, reuseaddr_way, stop, who,
     },
 };
 use crate::event::SyscallName;
@@ -76,7 +76,7 @@ pub(super) fn hint_for_holder(
         }
         Cause::AcceptedConnectionConflict => accepted_hint(req, h, &w),
         Cause::BoundSocketConflict => {
-            let reuse = reuseaddr_fix(req, h, "that socket");
+            let reuse = reuseaddr_way(req, h, "that socket");
             let ways = [Some("close it"), narrower(req, h), Some(reuse.as_str())];
             format!(
                 "{w} has a socket bound to {local} that neither listens nor connects{}: {}",

@@ -124,6 +124,20 @@ pub(super) fn reuseaddr_fix(req: &Request, h: &Holder, theirs: &str) -> String {
     }
 }
 
+/// `reuseaddr_fix` as one way among others ("close it, ..., or set SO_REUSEADDR on that socket
+/// too (this one has it)").
+pub(super) fn reuseaddr_way(req: &Request, h: &Holder, theirs: &str) -> String {
+    match (req.reuseaddr, h.reuseaddr) {
+        (true, Some(false) | None) => {
+            format!("set SO_REUSEADDR on {theirs} too (this socket has it)")
+        }
+        (false, Some(true)) => {
+            format!("set SO_REUSEADDR on this socket ({theirs} has it already)")
+        }
+        _ => "set SO_REUSEADDR on both sockets".to_string(),
+    }
+}
+
 /// What to do when a connect() from a bound port meets a connection to the same destination.
 pub(super) const TUPLE_FIX: &str = "two connections cannot have the same source and destination \
                                    address and port: let the kernel choose the source port (do not \

@@ -465,6 +465,26 @@ fn a_predecessor_without_reuseaddr_is_what_refuses_a_server_with_it() {
     assert!(d.hint.contains(SERVER_FIX), "{}", d.hint);
 }
 
+/// A bound socket's ways out read as one list: close it, bind fewer addresses, or the option.
+#[test]
+fn a_bound_sockets_ways_out_read_as_a_list() {
+    let mut h = holder(State::Bound, "127.0.0.1:9310");
+    h.reuseaddr = Some(false);
+    let mut r = req("0.0.0.0", 9310);
+    r.reuseaddr = true;
+    let d = verdict(&r, vec![h], &ctx());
+    assert_eq!(d.cause, Cause::BoundSocketConflict);
+    assert!(
+        d.hint.ends_with(
+            ": close it, bind only the addresses this service needs instead of the wildcard (that \
+             socket holds one address), or set SO_REUSEADDR on that socket too (this socket has \
+             it)"
+        ),
+        "{}",
+        d.hint
+    );
+}
+
 /// A socket that took the port after the call failed (the script bound again at once) did not
 /// refuse it: not a culprit while another socket explains the failure.
 #[test]
@@ -1043,7 +1063,8 @@ fn the_reuseaddr_fix_names_the_side_that_lacks_it() {
     for state in [State::TimeWait, State::Established, State::Bound] {
         let h = hint(state, true, false);
         assert!(
-            h.contains("this socket has SO_REUSEADDR already but"),
+            h.contains("this socket has SO_REUSEADDR already but")
+                || h.contains("set SO_REUSEADDR on that socket too (this socket has it)"),
             "{h}"
         );
         let h = hint(state, false, true);
