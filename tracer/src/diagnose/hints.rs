@@ -463,7 +463,8 @@ fn inherited_hint(h: &Holder, o: &Opener, w: &str, same: bool, caller: u32) -> S
     if h.comm.as_deref() == Some(o.comm.as_str()) {
         return format!(
             "{w} holds {what} on {local}, which {opener} opened: {w} runs the same program, a \
-             worker it forked or the server itself after daemonizing, and {stays}; stop {all} \
+             worker it forked, the server itself after daemonizing, or a sibling it passed the \
+             socket to over a unix socket, and {stays}; stop {all} \
              (the server's process group, or through its service manager), or choose another \
              port"
         );

@@ -53,6 +53,18 @@ pub(super) fn either(ways: &[Option<&str>]) -> String {
 }
 
 pub(super) fn reserve_fix(port: u16, ctx: &PortContext) -> String {
+    // The range's last free port: reserving it would leave outgoing connections none.
+    let last = ctx
+        .range
+        .is_some_and(|(lo, hi)| (lo..=hi).all(|p| p == port || ctx.is_reserved(p)));
+    if last {
+        return format!(
+            "port {port} is the only unreserved port of the ephemeral range {} \
+             (net.ipv4.ip_local_port_range): reserving it would leave outgoing connections no \
+             port at all: move the range away from your listen ports",
+            ctx.range_text()
+        );
+    }
     format!(
         "port {port} lies in the ephemeral range {} (net.ipv4.ip_local_port_range) and is not \
          reserved: reserve it with `sysctl -w net.ipv4.ip_local_reserved_ports={}` (the list \

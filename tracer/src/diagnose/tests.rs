@@ -465,6 +465,34 @@ fn a_predecessor_without_reuseaddr_is_what_refuses_a_server_with_it() {
     assert!(d.hint.contains(SERVER_FIX), "{}", d.hint);
 }
 
+/// Reserving the range's only free port would leave outgoing connections none: not proposed.
+#[test]
+fn the_ranges_last_free_port_is_not_proposed_for_reserving() {
+    let mut h = holder(State::TimeWait, "127.0.0.1:8080");
+    h.remote = Some("127.0.0.1:9000".parse().unwrap());
+    let mut c = ctx();
+    c.range = Some((8080, 8080));
+    let d = verdict(&req("0.0.0.0", 8080), vec![h.clone()], &c);
+    assert!(
+        !d.hint.contains("ip_local_reserved_ports=8080"),
+        "{}",
+        d.hint
+    );
+    assert!(
+        d.hint
+            .contains("8080 is the only unreserved port of the ephemeral range 8080-8080"),
+        "{}",
+        d.hint
+    );
+    c.range = Some((8080, 8081));
+    let d = verdict(&req("0.0.0.0", 8080), vec![h], &c);
+    assert!(
+        d.hint.contains("ip_local_reserved_ports=8080"),
+        "{}",
+        d.hint
+    );
+}
+
 /// A bound socket's ways out read as one list: close it, bind fewer addresses, or the option.
 #[test]
 fn a_bound_sockets_ways_out_read_as_a_list() {
