@@ -1,6 +1,6 @@
 //! Command-line interface. `--help` is documentation: keep the texts exact.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -206,6 +206,13 @@ pub fn parse_netns(s: &str) -> Result<u32, String> {
             Ok(n)
         };
     }
+    // A bare name, as `ip netns` lists it (not a file here): its /run/netns entry.
+    let named = format!("/run/netns/{s}");
+    let s = if !s.contains('/') && !Path::new(s).exists() && Path::new(&named).exists() {
+        named.as_str()
+    } else {
+        s
+    };
     let m = std::fs::metadata(s).map_err(|e| format!("{s}: {e}"))?;
     let not_netns = || {
         format!(

@@ -480,6 +480,9 @@ fn check_port_answers_address_and_privilege_refusals_as_the_kernel_does() {
     // No answer (a namespace that cannot be entered) is not "blocked": exit 2, not 1.
     let out = ns.check_port(&["8649", "--netns", "4026539999"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A namespace given by its `ip netns` name.
+    let out = ns.check_port(&["8649", "--netns", &ns.name]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     assert_probes_unreported(&tracer, &ns, &truth);
     tracer.stop();
