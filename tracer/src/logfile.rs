@@ -62,7 +62,8 @@ pub struct LogFile {
     /// Whether this run's `watch_started` record was written: only then does it write its stop.
     started: bool,
     /// What this run logged, for its `watch_stopped` record: failures (and, with `--all`,
-    /// successes) written, and records the kernel dropped since the start.
+    /// successes) it was given to log (written, or counted in `unwritten`), and records the
+    /// kernel dropped since the start.
     failures: u64,
     successes: u64,
     lost_total: u64,
@@ -168,10 +169,10 @@ impl LogFile {
         }
         match open(&self.path).and_then(|f| Ok((f.metadata()?.len(), f))) {
             Ok((size, file)) => {
-                eprintln!(
+                crate::output::notice(format_args!(
                     "bindtrace: {} was moved or deleted; writing to it anew",
                     self.path.display()
-                );
+                ));
                 self.file = file;
                 self.size = size;
                 true
@@ -187,10 +188,10 @@ impl LogFile {
         self.unwritten.fetch_add(1, Ordering::Relaxed);
         if !self.warned {
             self.warned = true;
-            eprintln!(
+            crate::output::notice(format_args!(
                 "bindtrace: cannot write {}: {e}; tracing goes on, unwritten lines are counted",
                 self.path.display()
-            );
+            ));
         }
     }
 }

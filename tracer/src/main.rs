@@ -29,7 +29,7 @@ mod sockdiag;
 mod stopping;
 mod tracefs;
 
-use std::{fmt::Write as _, fs, io::Write as _, path::Path, process::ExitCode};
+use std::{fmt::Write as _, fs, path::Path, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("bindtrace: {e:#}");
+            output::notice(format_args!("bindtrace: {e:#}"));
             error_code
         }
     }
@@ -132,12 +132,7 @@ fn shutdown_signal() -> impl Future<Output = ()> {
             () = hup => {}
         }
         // The stop must end: a second signal, or its deadline, ends the process if it does not.
-        stopping::asked(async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        });
+        stopping::asked(int, term);
     }
 }
 
@@ -426,7 +421,9 @@ async fn watch(args: WatchArgs) -> Result<()> {
     // `bindtrace watch | head -1`: the reader leaving is the end of the run, not a failure.
     let (stats, finished) = match (stats, finished) {
         (Err(e), _) | (_, Err(e)) if broken_pipe(&e) => {
-            eprintln!("bindtrace: the output's reader went away; stopped");
+            output::notice(format_args!(
+                "bindtrace: the output's reader went away; stopped"
+            ));
             return Ok(());
         }
         (stats, finished) => (stats, finished),
@@ -441,13 +438,9 @@ async fn watch(args: WatchArgs) -> Result<()> {
     if unwritten > 0 {
         let _ = write!(extra, ", {unwritten} log line(s) not written");
     }
-    // stderr may be the pipe whose reader went away (`2>&1 | logger`): not a reason to fail.
-    let _ = writeln!(
-        std::io::stderr(),
+    output::notice(format_args!(
         "bindtrace: {} failure(s) reported, {} event(s) lost, {} record(s) unreadable{extra}",
-        stats.failures,
-        stats.lost,
-        stats.corrupt,
-    );
+        stats.failures, stats.lost, stats.corrupt,
+    ));
     Ok(())
 }

@@ -219,6 +219,12 @@ impl Writer for Renderer {
     }
 }
 
+/// A notice on stderr that may be lost: stderr can be the pipe whose reader has gone (`2>&1 |
+/// logger`), where `eprintln!` would panic mid-run.
+pub fn notice(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr(), "{line}");
+}
+
 /// The terminal's output beside a durable one (the log file, the metrics): its reader going away
 /// — a logger the service manager piped it to, which died — ends only this output, not the run,
 /// which goes on for the others. `others` names them, for the one notice on stderr.
@@ -244,12 +250,10 @@ impl Detachable {
         match f(&mut self.inner) {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 self.gone = true;
-                // stderr may have been the same pipe: a notice that cannot be written is dropped.
-                let _ = writeln!(
-                    io::stderr(),
+                notice(format_args!(
                     "bindtrace: the output's reader went away; still writing to {}",
                     self.others
-                );
+                ));
                 Ok(())
             }
             r => r,
