@@ -102,15 +102,17 @@ impl Diagnosis {
     }
 }
 
-/// Which holders the kernel's rules say refuse `req`. A socket that took the port after the call
-/// failed (its record says when: the caller, or another process, bound again at once) cannot
-/// have refused it — unless it is all there is.
+/// Which holders the kernel's rules say refuse `req`. A socket of the caller's own that took the
+/// port after the call failed (its record says when: a script that binds again at once) cannot
+/// have refused it — unless it is all there is. Only the caller's: another process's record,
+/// stamped at its call's exit, may come after a failure it caused (a racing winner preempted
+/// before its exit), and a process's record may be its newer socket's.
 fn mark_conflicts(req: &Request, holders: &mut [Holder]) {
     for h in holders.iter_mut() {
         h.conflicts = conflicts(req, h);
     }
     if let Some(at) = req.at_ns {
-        let later = |h: &Holder| h.took_port_ns.is_some_and(|t| t > at);
+        let later = |h: &Holder| h.pid == Some(req.pid) && h.took_port_ns.is_some_and(|t| t > at);
         if holders.iter().any(|h| h.conflicts && !later(h)) {
             for h in holders.iter_mut().filter(|h| later(h)) {
                 h.conflicts = false;

@@ -336,15 +336,24 @@ pub(super) fn accepted(
 }
 
 /// Whether the connection `s`, of process `pid`, took its port by its own bind() before
-/// connecting: that process's remembered bind of the port, on the connection's address or the
-/// wildcard, made no later than the connection (where its record says when) and not followed by a
-/// listen() of that process (which makes it a server's bind, not this client's). A bind() to port
-/// 0 is not remembered: its port came from the ephemeral range, as a connect()'s does.
+/// connecting: its remembered connection, and that process's remembered bind of the port, on
+/// the connection's address or the wildcard, made within [`BIND_THEN_CONNECT_NS`] before it and
+/// not followed by a listen() of that process (which makes it a server's bind, not this
+/// client's). Said only when both records are there: nothing else ties a bind to a connection,
+/// and a false "bound it itself" would take the seed's fix (reserve the port) away. A bind() to
+/// port 0 is not remembered: its port came from the ephemeral range, as a connect()'s does.
 pub(super) fn bound_before_connect(remembered: &[Remembered], s: &DiagSocket, pid: u32) -> bool {
-    let made = remembered
+    let Some(made) = remembered
         .iter()
-        .find(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote))
-        .map(|r| r.owner.ts_ns);
+        .find(|r| {
+            r.role == Role::Connected
+                && r.owner.pid == pid
+                && diagnose::same_endpoint(r.remote(), s.remote)
+        })
+        .map(|r| r.owner.ts_ns)
+    else {
+        return false;
+    };
     let listened_after = |t: u64| {
         remembered
             .iter()
@@ -354,10 +363,16 @@ pub(super) fn bound_before_connect(remembered: &[Remembered], s: &DiagSocket, pi
         r.role == Role::Bound
             && r.owner.pid == pid
             && (r.on_address(s.local.ip()) || r.local_ip().is_unspecified())
-            && made.is_none_or(|t| r.owner.ts_ns <= t)
+            && r.owner.ts_ns <= made
+            && made - r.owner.ts_ns <= BIND_THEN_CONNECT_NS
             && !listened_after(r.owner.ts_ns)
     })
 }
+
+/// How long before its connect() a client's bind() of the port may come: a client binds, then
+/// connects at once; a bind longer ago by the same process is another socket's (a probe, a
+/// server's), whose port a connect() may have been given by chance since.
+const BIND_THEN_CONNECT_NS: u64 = 10_000_000_000;
 
 /// Fills in the options of the live socket `s`, open in the processes and descriptors `open_in`
 /// (a socket shared by a master and its workers is open in each, in no particular order): as the
@@ -520,5 +535,53 @@ pub(super) mod tests {
             State::from_kernel(other_peer.state, false),
         );
         assert_eq!(r.map(|r| r.role), Some(Role::Listening));
+    }
+
+    /// A client's own bind shortly before its connection is told apart from the kernel's choice;
+    /// nothing is claimed without the connection's record, or for a bind long before it, another
+    /// process's, or one followed by a listen().
+    #[test]
+    fn a_connection_bound_by_its_client_needs_both_records_close_together() {
+        let conn = socket(tcp_state::TIME_WAIT, "127.0.0.1:35001", "127.0.0.1:6379");
+        let at = |ts: u64, mut r: Remembered| {
+            r.owner.ts_ns = ts;
+            r
+        };
+        let second = 1_000_000_000;
+        let bound = |ts| at(ts, remembered(7, Role::Bound, [127, 0, 0, 1], 0));
+        let connected = || {
+            at(
+                20 * second,
+                remembered(7, Role::Connected, [127, 0, 0, 1], 0),
+            )
+        };
+        assert!(bound_before_connect(
+            &[bound(19 * second), connected()],
+            &conn,
+            7
+        ));
+        assert!(
+            !bound_before_connect(&[bound(19 * second)], &conn, 7),
+            "no connection record"
+        );
+        assert!(
+            !bound_before_connect(&[bound(5 * second), connected()], &conn, 7),
+            "long before"
+        );
+        assert!(
+            !bound_before_connect(&[bound(21 * second), connected()], &conn, 7),
+            "after"
+        );
+        let other = at(19 * second, remembered(8, Role::Bound, [127, 0, 0, 1], 0));
+        assert!(
+            !bound_before_connect(&[other, connected()], &conn, 7),
+            "another process"
+        );
+        let listened = at(19 * second + 1, remembered(7, Role::Listening, [0; 4], 0));
+        assert!(!bound_before_connect(
+            &[bound(19 * second), listened, connected()],
+            &conn,
+            7
+        ));
     }
 }
