@@ -1,7 +1,8 @@
 //! `bindtrace check-port`: before a service starts, would its bind succeed now — and if not, who
 //! would block it and why (the same verdicts as `watch`)? Also warns when the port lies inside the
 //! ephemeral range without being reserved, the seed's incident waiting to happen. Exit status 0
-//! (free) or 1 (blocked), to gate a pre-start hook (`ExecStartPre=bindtrace check-port 8080`).
+//! (free), 1 (blocked) or 2 (no answer: an error), to gate a pre-start hook
+//! (`ExecStartPre=bindtrace check-port 8080`).
 //!
 //! `--listening` instead lists the ports services listen on inside the ephemeral range and
 //! proposes the `net.ipv4.ip_local_reserved_ports` value that protects them all.

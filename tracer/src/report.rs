@@ -750,8 +750,7 @@ mod tests {
         );
     }
 
-    /// A listen port taken by the TIME-WAITs of many clients' connections, one after another, is
-    /// one incident that names their programs — not one per program.
+    /// A hint read later says its wait counted from its failure.
     #[test]
     fn a_hints_wait_is_said_to_count_from_its_failure() {
         assert_eq!(
@@ -761,6 +760,8 @@ mod tests {
         assert_eq!(hint_as_of_then("stop it"), "stop it");
     }
 
+    /// A listen port taken by the TIME-WAITs of many clients' connections, one after another, is
+    /// one incident that names their programs — not one per program.
     #[test]
     fn one_call_held_by_many_programs_time_waits_is_one_incident() {
         use crate::diagnose::{Holder, PortContext, Request, Source, State, verdict};

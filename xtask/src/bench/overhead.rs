@@ -247,7 +247,10 @@ fn attach(tool: &Tool) -> Result<Option<Attached>> {
         }
         Tool::Peer => {
             let mut c = Command::new("bpftrace");
-            c.arg(util::root().join("xtask/bench/peer.bt"));
+            // Room for every connection's owner, as bindtrace's history has (bpftrace's maps
+            // default to 4 096 keys, past which updates fail and cost less).
+            c.env("BPFTRACE_MAP_KEYS_MAX", "65536")
+                .arg(util::root().join("xtask/bench/peer.bt"));
             Some(Attached::start(c, None, Some("Attaching"))?)
         }
     })
