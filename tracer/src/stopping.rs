@@ -67,7 +67,9 @@ pub const REPEAT: Duration = Duration::from_secs(1);
 
 /// Called once the stop is asked for: arms the deadline, and ends the process on the next SIGINT
 /// or SIGTERM (`int`, `term`: their streams, still registered) — one that comes later than
-/// [`REPEAT`] after this call — if the stop has not ended by then.
+/// [`REPEAT`] after this call — if the stop has not ended by then. Signals that arrive before the
+/// first is taken (a collector busy with a storm takes it late) count as one, within the
+/// repeat: it takes one more.
 pub fn asked(mut int: Signal, mut term: Signal) {
     at(Step::Asked);
     let first = std::time::Instant::now();
