@@ -495,13 +495,16 @@ mod tests {
         let mut t = SocketTable::empty();
         let found = t.owners(&[ino], &[]);
         // Another test's child, between its fork and its exec, may hold it too for a moment
-        // (seen once): this process must be among the holders.
+        // (seen in both scans): this process must be among the holders.
         assert!(
             found.get(&ino).is_some_and(|v| v.contains(&(me, fd))),
             "full scan: {found:?}"
         );
         let found = t.owners(&[ino], &[me]);
-        assert_eq!(found.get(&ino), Some(&vec![(me, fd)]), "candidate scan");
+        assert!(
+            found.get(&ino).is_some_and(|v| v.contains(&(me, fd))),
+            "candidate scan: {found:?}"
+        );
         let p = process(me).unwrap();
         assert!(!p.comm.is_empty());
         // std sets SO_REUSEADDR on listeners.
