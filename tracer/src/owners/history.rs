@@ -153,6 +153,12 @@ impl Remembered {
         event::ip(self.owner.family, &self.owner.local_addr)
     }
 
+    /// Whether it is the record of the connection `s` made: an outgoing connection's, to the
+    /// same peer.
+    pub(super) fn made(&self, s: &DiagSocket) -> bool {
+        self.role == Role::Connected && diagnose::same_endpoint(self.remote(), s.remote)
+    }
+
     /// Whether it took the port on `ip` (IPv4-mapped addresses counting as IPv4).
     pub(super) fn on_address(&self, ip: std::net::IpAddr) -> bool {
         diagnose::canonical(self.local_ip()) == diagnose::canonical(ip)
@@ -241,16 +247,13 @@ pub(super) fn history_owner<'a>(
         .then_some(s.expires_ms)
         .flatten()
         .map(|left| time_wait_began(u64::from(left)));
-    remembered
-        .iter()
-        .find(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote))
-        .or_else(|| {
-            remembered.iter().find(|r| {
-                r.role == Role::Listening
-                    && diagnose::addresses_overlap(r.local_ip(), r.v6only(), s.local.ip(), None)
-                    && began.is_none_or(|b| r.owner.ts_ns <= b + TIME_WAIT_TIMER_SLACK_NS)
-            })
+    remembered.iter().find(|r| r.made(s)).or_else(|| {
+        remembered.iter().find(|r| {
+            r.role == Role::Listening
+                && diagnose::addresses_overlap(r.local_ip(), r.v6only(), s.local.ip(), None)
+                && began.is_none_or(|b| r.owner.ts_ns <= b + TIME_WAIT_TIMER_SLACK_NS)
         })
+    })
 }
 
 /// How far a TIME-WAIT's start, worked out from its timer (kept in jiffies: 10 ms at the lowest
@@ -320,9 +323,7 @@ pub(super) fn accepted(
     s: &DiagSocket,
     range: Option<(u16, u16)>,
 ) -> bool {
-    let made_here = remembered
-        .iter()
-        .any(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote));
+    let made_here = remembered.iter().any(|r| r.made(s));
     let listened = remembered.iter().any(|r| {
         r.role == Role::Listening
             && diagnose::addresses_overlap(r.local_ip(), r.v6only(), s.local.ip(), None)
@@ -345,11 +346,7 @@ pub(super) fn accepted(
 pub(super) fn bound_before_connect(remembered: &[Remembered], s: &DiagSocket, pid: u32) -> bool {
     let Some(made) = remembered
         .iter()
-        .find(|r| {
-            r.role == Role::Connected
-                && r.owner.pid == pid
-                && diagnose::same_endpoint(r.remote(), s.remote)
-        })
+        .find(|r| r.made(s) && r.owner.pid == pid)
         .map(|r| r.owner.ts_ns)
     else {
         return false;
@@ -435,7 +432,7 @@ fn remembered_socket<'a>(
     match state {
         State::Listen | State::Bound => candidates().find(|r| r.role == own_role(state)),
         _ => candidates()
-            .find(|r| r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote))
+            .find(|r| r.made(s))
             .or_else(|| candidates().find(|r| r.role == Role::Listening)),
     }
 }

@@ -321,9 +321,7 @@ impl Investigator {
             } else if let Some(r) = self
                 .remembered(netns, s.local.port(), protocol)
                 .into_iter()
-                .find(|r| {
-                    r.role == Role::Connected && diagnose::same_endpoint(r.remote(), s.remote)
-                })
+                .find(|r| r.made(s))
             {
                 count(r.owner.pid, &r.process_name(), r.alive);
             } else if let Some(o) = self.sockets.owner_at_start(netns, s.local, s.remote) {
