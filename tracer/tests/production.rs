@@ -817,8 +817,7 @@ fn sighup_stops_watch_cleanly_unless_ignored() {
     let ns = Netns::new();
     let dir = tempdir("sighup");
     let mut child = watch_in_with(&ns, &dir, false, &[]);
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    signal(&child, libc::SIGHUP);
     let status = exited(&mut child, "after SIGHUP");
     let err = stderr_of(&mut child);
     assert!(status.success(), "{status}: {err}");
@@ -826,13 +825,11 @@ fn sighup_stops_watch_cleanly_unless_ignored() {
 
     let dir = tempdir("sighup-ignored");
     let mut child = watch_in_with(&ns, &dir, true, &[]);
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    signal(&child, libc::SIGHUP);
     // Not a timing claim: a watch that took the signal would be gone well within this.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let running = child.try_wait().unwrap().is_none();
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     let status = exited(&mut child, "after SIGTERM");
     assert!(
         running,
@@ -857,14 +854,10 @@ fn a_second_sigint_ends_a_stop_at_once() {
     let unread = child.stdout.take().unwrap();
     let mut storm = storm_in(&ns, 8651);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let sigint = |child: &std::process::Child| {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    };
-    sigint(&child);
+    signal(&child, libc::SIGINT);
     // Apart, or the kernel merges the two into one pending signal; within the second.
     std::thread::sleep(std::time::Duration::from_millis(20));
-    sigint(&child);
+    signal(&child, libc::SIGINT);
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let stopping = child.try_wait().unwrap().is_none();
     // Then again, a second apart, until it ends: a busy collector may take the first signal
@@ -874,7 +867,7 @@ fn a_second_sigint_ends_a_stop_at_once() {
         if child.try_wait().unwrap().is_some() {
             break;
         }
-        sigint(&child);
+        signal(&child, libc::SIGINT);
         std::thread::sleep(std::time::Duration::from_millis(1200));
     }
     let status = exited(&mut child, "after repeated SIGINTs");
@@ -922,6 +915,12 @@ fn storm_in(ns: &Netns, port: u16) -> std::process::Child {
         .read_exact(&mut line)
         .unwrap();
     storm
+}
+
+/// Sends `sig` to `child` (bindtrace, or a shell that exec'd it: the same pid).
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
 }
 
 /// All `child` wrote to its stderr (piped), once it has exited.
@@ -996,8 +995,7 @@ fn watch_with_a_log_file_outlives_its_readers_departure() {
     assert_eq!(logged(&text), 3, "the failures are logged: {text}");
     // Still running: the reader's departure ended only the terminal's output.
     assert!(child.try_wait().unwrap().is_none(), "watch stopped");
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     let status = exited(&mut child, "after SIGTERM");
     let err = stderr_of(&mut child);
     assert!(status.success(), "{status}: {err}");
@@ -1035,8 +1033,7 @@ fn sigterm_stops_watch_during_a_failure_storm() {
         let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id())).map_or(0, Iterator::count);
         most_fds = most_fds.max(fds);
     }
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     let status = exited(&mut child, "after SIGTERM while the storm went on");
     let storm_running = storm.try_wait().unwrap().is_none();
     let _ = storm.kill();
@@ -1130,8 +1127,7 @@ fn a_sigint_at_once_after_ready_stops_watch_even_if_it_came_in_ignored() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     assert!(ready.exists(), "bindtrace did not attach");
-    // SAFETY: kill(2) on our own child (bash exec'd bindtrace: the same pid).
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    signal(&child, libc::SIGINT);
     let status = exited(&mut child, "after SIGINT sent as it became ready");
     assert!(status.success(), "{status}");
 }
