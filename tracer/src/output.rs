@@ -108,10 +108,8 @@ impl Renderer {
 /// `LISTEN tcp 0.0.0.0:8080 nginx[999] uid=0 (live) SO_REUSEADDR` — for text output.
 pub fn holder_text(h: &diagnose::Holder) -> String {
     let mut s = format!("{} {} {}", h.state.as_str(), h.protocol, h.local);
-    if let Some(d) = &h.device {
-        let _ = write!(s, " dev={}", sanitize(d));
-    } else if h.bound_dev_if != 0 {
-        let _ = write!(s, " dev=#{}", h.bound_dev_if);
+    if let Some(d) = h.device_name() {
+        let _ = write!(s, " dev={}", sanitize(&d));
     }
     if let Some(r) = h.remote {
         let _ = write!(s, " -> {r}");

@@ -178,6 +178,16 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// The device the socket is bound to (SO_BINDTODEVICE), by name where known, else `#index`;
+    /// None when bound to none.
+    pub fn device_name(&self) -> Option<String> {
+        (self.bound_dev_if != 0).then(|| {
+            self.device
+                .clone()
+                .unwrap_or_else(|| format!("#{}", self.bound_dev_if))
+        })
+    }
+
     /// The uid SO_REUSEPORT's same-user rule sees: the socket's own, else its process's.
     pub fn sharing_uid(&self) -> Option<u32> {
         self.socket_uid.or(self.uid)

@@ -250,9 +250,7 @@ fn others_blocking(primary: &Holder, holders: &[Holder], caller: u32) -> String 
         })
         .map(|h| {
             let dev = h
-                .device
-                .clone()
-                .or_else(|| (h.bound_dev_if != 0).then(|| format!("#{}", h.bound_dev_if)))
+                .device_name()
                 .map(|d| format!(" on device {d}"))
                 .unwrap_or_default();
             // The caller's own other socket (one it bound before this one) is its own doing.

@@ -56,13 +56,7 @@ fn known_holder(h: &Holder, port: u16) -> Option<String> {
 fn devices_only(holders: &[Holder]) -> Option<Vec<String>> {
     let mut devices = Vec::new();
     for h in holders.iter().filter(|h| h.conflicts) {
-        if h.bound_dev_if == 0 {
-            return None;
-        }
-        let d = h
-            .device
-            .clone()
-            .unwrap_or_else(|| format!("#{}", h.bound_dev_if));
+        let d = h.device_name()?;
         if !devices.contains(&d) {
             devices.push(d);
         }
